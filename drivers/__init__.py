@@ -1,0 +1,1 @@
+"""Sources of readings: one package per transport, each with its decoders."""

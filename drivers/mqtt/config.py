@@ -1,0 +1,92 @@
+"""Configuration of an MQTT source (`type: mqtt`)."""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from gateway.config_types import SecretFile, Seconds, StrictModel, TlsConfig
+
+
+class FieldSpec(StrictModel):
+    """Where a value sits in a JSON payload (`path`, dotted for nested objects) and its unit."""
+
+    path: str
+    unit: str | None = None
+
+
+class Subscription(StrictModel):
+    """A topic filter and how to turn its messages into readings."""
+
+    topic: str = Field(min_length=1)
+    device: str | None = None
+    """Template matched against the topic, e.g. `sensors/{device}/state`; default: the topic itself."""
+    format: Literal["json", "number", "senml"] = "json"
+    fields: dict[str, FieldSpec | str] | None = None
+    """json: value name -> path (or {path, unit}); default: every top-level number, bool and string."""
+    timestamp: str | None = None
+    """json: path of the sample's time (epoch seconds or milliseconds, or RFC 3339)."""
+    value: str = "value"
+    """number: the value's name."""
+    unit: str | None = None
+    """number: the value's unit."""
+    qos: Literal[0, 1] = 1
+    tags: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("topic")
+    @classmethod
+    def _valid_filter(cls, topic: str) -> str:
+        levels = topic.split("/")
+        for i, level in enumerate(levels):
+            if ("#" in level and (level != "#" or i != len(levels) - 1)) or (
+                "+" in level and level != "+"
+            ):
+                raise ValueError(
+                    f"invalid MQTT topic filter {topic!r}: '+' must fill a whole level "
+                    "and '#' must be the last level"
+                )
+        return topic
+
+    @field_validator("device")
+    @classmethod
+    def _valid_template(cls, template: str | None) -> str | None:
+        if template is not None and "{device}" not in template:
+            raise ValueError(f"device template {template!r} must contain '{{device}}'")
+        if template is not None and re.search(r"\{(?!device\}|_\})", template):
+            raise ValueError(
+                f"device template {template!r}: only {{device}} and {{_}} (any level) are allowed"
+            )
+        return template
+
+
+class MqttDriverConfig(StrictModel):
+    """One MQTT broker connection with its subscriptions."""
+
+    type: Literal["mqtt"]
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+$")]
+    host: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=1, le=65535)] | None = None
+    """Default 1883, or 8883 with `tls`."""
+    client_id: str | None = None
+    """Fixed id of the persistent session; default `edge-gateway-<gateway.id>-<name>`."""
+    protocol: Literal["5", "3.1.1"] = "5"
+    username: str | None = None
+    password_file: SecretFile | None = None
+    tls: TlsConfig | None = None
+    keepalive_s: Annotated[int, Field(ge=5, le=3600)] = 30
+    session_expiry_s: Annotated[int, Field(ge=0)] = 7 * 86_400
+    """MQTT 5: how long the broker keeps the session (and queues QoS 1 messages) while we are away."""
+    receive_maximum: Annotated[int, Field(ge=1, le=65_535)] = 2_000
+    """MQTT 5: QoS 1 messages the broker may have in flight to us, waiting for our PUBACK."""
+    max_payload_bytes: Annotated[int, Field(ge=1)] = 65_536
+    reconnect_min_s: Seconds = 1.0
+    reconnect_max_s: Seconds = 60.0
+    subscriptions: list[Subscription] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _credentials(self) -> MqttDriverConfig:
+        if self.password_file is not None and self.username is None:
+            raise ValueError("password_file needs a username")
+        return self

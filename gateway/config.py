@@ -1,0 +1,280 @@
+"""The gateway's configuration: one YAML file validated into frozen models.
+
+Errors are for people editing YAML by hand: each names the file, the line, the
+key path and what was expected, in one line, never a pydantic dump.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+import string
+from pathlib import Path
+from typing import Annotated, Any, Literal, get_args, get_origin
+
+import yaml
+from pydantic import BaseModel, ByteSize, Field, ValidationError, field_validator, model_validator
+
+from drivers.mqtt.config import MqttDriverConfig
+from gateway.config_types import SecretFile, Seconds, StrictModel, TlsConfig
+from gateway.errors import ConfigError
+
+DriverConfig = Annotated[MqttDriverConfig, Field(discriminator="type")]
+
+ROUTING_KEY_FIELDS = frozenset({"gateway", "site", "device", "source"})
+
+
+def _default_state_dir() -> Path:
+    return Path(os.environ.get("STATE_DIRECTORY", "/var/lib/edge-gateway").split(":")[0])
+
+
+class GatewaySection(StrictModel):
+    id: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+$")]
+    site: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+$")] = "default"
+    state_dir: Path = Field(default_factory=_default_state_dir)
+    """Where the buffer and status live; systemd's `StateDirectory=` sets $STATE_DIRECTORY."""
+
+
+class BufferSection(StrictModel):
+    max_bytes: ByteSize = ByteSize(1024**3)
+    when_full: Literal["reject_new", "drop_oldest"] = "reject_new"
+    commit_interval_ms: Annotated[float, Field(ge=0, le=5_000)] = 40.0
+    """Least time between two commits (each one fsync): fewer fsyncs, longer waits."""
+
+
+class BatchSection(StrictModel):
+    max_readings: Annotated[int, Field(ge=1, le=10_000)] = 100
+    max_bytes: ByteSize = ByteSize(256 * 1024)
+    linger_ms: Annotated[float, Field(ge=0, le=60_000)] = 5.0
+
+
+class AmqpSection(StrictModel):
+    url: str | list[str] = "amqp://guest:guest@127.0.0.1:5672/"
+    """One broker URL, or a list tried in turn (a cluster)."""
+    username: str | None = None
+    password_file: SecretFile | None = None
+    exchange: str = "edge-gateway"
+    exchange_type: Literal["topic", "direct", "fanout", "headers"] = "topic"
+    declare_exchange: bool = True
+    routing_key: str = "{site}.{device}"
+    batch: BatchSection = BatchSection()
+    max_in_flight: Annotated[int, Field(ge=1, le=10_000)] = 64
+    timeout_s: Seconds = 10.0
+    heartbeat_s: Annotated[int, Field(ge=0, le=3600)] = 30
+    retry_initial_s: Seconds = 0.5
+    retry_max_s: Seconds = 60.0
+    shutdown_grace_s: Annotated[float, Field(ge=0, le=300)] = 5.0
+    tls: TlsConfig | None = None
+
+    @property
+    def urls(self) -> list[str]:
+        return [self.url] if isinstance(self.url, str) else list(self.url)
+
+    @field_validator("url")
+    @classmethod
+    def _amqp_urls(cls, url: str | list[str]) -> str | list[str]:
+        for one in [url] if isinstance(url, str) else url:
+            if not re.match(r"^amqps?://", one):
+                raise ValueError(f"{one!r} is not an AMQP URL (amqp://host:5672/ or amqps://...)")
+        if isinstance(url, list) and not url:
+            raise ValueError("give at least one broker URL")
+        return url
+
+    @field_validator("routing_key")
+    @classmethod
+    def _known_fields(cls, template: str) -> str:
+        names = {name for _, name, _, _ in string.Formatter().parse(template) if name is not None}
+        unknown = names - ROUTING_KEY_FIELDS
+        if unknown:
+            raise ValueError(
+                f"unknown placeholder {{{sorted(unknown)[0]}}} in routing key; "
+                f"use {', '.join('{' + n + '}' for n in sorted(ROUTING_KEY_FIELDS))}"
+            )
+        return template
+
+
+class LoggingSection(StrictModel):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["auto", "json", "console"] = "auto"
+    """auto: JSON lines when stdout is not a terminal (journald), readable text when it is."""
+
+
+class GatewayConfig(StrictModel):
+    gateway: GatewaySection
+    buffer: BufferSection = BufferSection()
+    amqp: AmqpSection = AmqpSection()
+    drivers: list[DriverConfig] = Field(default_factory=list)
+    logging: LoggingSection = LoggingSection()
+
+    @model_validator(mode="after")
+    def _unique_driver_names(self) -> GatewayConfig:
+        seen: set[str] = set()
+        for driver in self.drivers:
+            if driver.name in seen:
+                raise ValueError(f"two drivers are named {driver.name!r}; names must be unique")
+            seen.add(driver.name)
+        return self
+
+
+# --- loading -----------------------------------------------------------------
+
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+KeyPath = tuple[str | int, ...]
+
+
+def load_config(path: Path | str) -> GatewayConfig:
+    """Read, substitute `${ENV}` and validate a configuration file; raise `ConfigError`."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the configuration: {exc.strerror}") from None
+    data, lines = _parse_yaml(path, text)
+    if data is None:
+        raise ConfigError(f"{path}: the file is empty; see config/gateway.example.yaml")
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}:1: the top level must be a mapping of keys (gateway, amqp, ...)")
+    try:
+        return GatewayConfig.model_validate(data, context={"base_dir": path.parent})
+    except ValidationError as exc:
+        raise ConfigError(_describe(path, data, lines, exc)) from None
+
+
+def _parse_yaml(path: Path, text: str) -> tuple[Any, dict[KeyPath, int]]:
+    """YAML to plain data plus the line of every key path, for error messages."""
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(f"{where}: invalid YAML: {problem}") from None
+    lines: dict[KeyPath, int] = {}
+    constructor = yaml.SafeLoader("")
+
+    def build(node: yaml.Node, at: KeyPath) -> Any:
+        lines.setdefault(at, node.start_mark.line + 1)
+        if isinstance(node, yaml.MappingNode):
+            result: dict[Any, Any] = {}
+            for key_node, value_node in node.value:
+                key = constructor.construct_object(key_node, deep=True)
+                if key in result:
+                    raise ConfigError(
+                        f"{path}:{key_node.start_mark.line + 1}: "
+                        f"{_dotted((*at, key))}: the key appears twice"
+                    )
+                lines[(*at, key)] = key_node.start_mark.line + 1
+                result[key] = build(value_node, (*at, key))
+            return result
+        if isinstance(node, yaml.SequenceNode):
+            return [build(item, (*at, i)) for i, item in enumerate(node.value)]
+        value = constructor.construct_object(node, deep=True)
+        if isinstance(value, str):
+            value = _substitute_env(value, f"{path}:{node.start_mark.line + 1}", at)
+        return value
+
+    return (build(root, ()) if root is not None else None), lines
+
+
+def _substitute_env(value: str, where: str, at: KeyPath) -> str:
+    def replace(match: re.Match[str]) -> str:
+        name, default = match.group(1), match.group(2)
+        if name in os.environ:
+            return os.environ[name]
+        if default is not None:
+            return default
+        raise ConfigError(
+            f"{where}: {_dotted(at)}: environment variable {name} is not set; "
+            f"set it or write ${{{name}:-default}}"
+        )
+
+    return _ENV_REF.sub(replace, value)
+
+
+def _dotted(at: KeyPath) -> str:
+    out = ""
+    for part in at:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "(top level)"
+
+
+def _describe(path: Path, data: Any, lines: dict[KeyPath, int], exc: ValidationError) -> str:
+    """One line per problem: `file:line: key.path: what is wrong (got X)`."""
+    messages = []
+    for error in exc.errors():
+        at = _data_path(data, error["loc"])
+        line = next((lines[at[:n]] for n in range(len(at), -1, -1) if at[:n] in lines), 1)
+        messages.append(f"{path}:{line}: {_dotted(at)}: {_explain(error, data, at)}")
+    return "\n".join(messages)
+
+
+def _data_path(data: Any, loc: tuple[str | int, ...]) -> KeyPath:
+    """Pydantic's error location without union tags, so it matches the YAML's keys."""
+    at: list[str | int] = []
+    node = data
+    for i, part in enumerate(loc):
+        if isinstance(node, dict) and part in node:
+            node = node[part]
+        elif isinstance(node, list) and isinstance(part, int) and part < len(node):
+            node = node[part]
+        elif i < len(loc) - 1:
+            continue  # a discriminated union's tag, not a key in the file
+        at.append(part)
+    return tuple(at)
+
+
+def _explain(error: Any, data: Any, at: KeyPath) -> str:
+    kind, msg = error["type"], error["msg"]
+    if kind == "extra_forbidden":
+        allowed = _allowed_keys(data, at[:-1])
+        hint = difflib.get_close_matches(str(at[-1]), allowed, n=1)
+        if hint:
+            return f"unknown key; did you mean {hint[0]!r}?"
+        return "unknown key" + (f"; allowed here: {', '.join(allowed)}" if allowed else "")
+    if kind == "missing":
+        return "required key is missing"
+    if kind == "union_tag_invalid":
+        ctx = error["ctx"]
+        return f"unknown type {ctx['tag']!r}; expected one of: {ctx['expected_tags']}"
+    if kind == "union_tag_not_found":
+        return "the key 'type' is missing (for a driver: mqtt)"
+    if kind == "value_error":
+        return str(error["ctx"]["error"])
+    got = error.get("input")
+    shown = "" if isinstance(got, dict | list) else f" (got {got!r})"
+    return msg[0].lower() + msg[1:] + shown
+
+
+def _allowed_keys(data: Any, at: KeyPath) -> list[str]:
+    """The keys the model accepts at a path, for 'unknown key' hints."""
+    model: Any = GatewayConfig
+    node = data
+    for part in at:
+        node = node[part] if isinstance(node, dict | list) else None
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(part) if _is_model(model) else None
+        if field is None:
+            return []
+        model = _model_in(field.annotation, node)
+    return sorted(model.model_fields) if _is_model(model) else []
+
+
+def _is_model(tp: Any) -> bool:
+    return isinstance(tp, type) and issubclass(tp, BaseModel)
+
+
+def _model_in(annotation: Any, node: Any) -> Any:
+    """The model class inside an annotation like `list[X]`, `X | None` or a driver union."""
+    if _is_model(annotation):
+        return annotation
+    candidates = [_model_in(arg, node) for arg in get_args(annotation)]
+    models = [c for c in candidates if _is_model(c)]
+    if get_origin(annotation) is list and isinstance(node, dict):
+        wanted = node.get("type")
+        for candidate in models:
+            type_field = candidate.model_fields.get("type")
+            if type_field is not None and wanted in get_args(type_field.annotation):
+                return candidate
+    return models[0] if models else None

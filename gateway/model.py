@@ -1,0 +1,62 @@
+"""The reading: one device's sample at one instant, the unit of buffering.
+
+A reading is encoded to JSON once, when it enters the buffer; the publisher
+splices the stored bytes into messages without parsing them again.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+Value = float | int | bool | str
+
+_encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
+
+
+@dataclass(frozen=True, slots=True)
+class Reading:
+    """One device's named values at one instant.
+
+    `ts` is timezone-aware UTC. `units` maps a value's name to its unit
+    (UCUM/SenML style: "Cel", "%RH", "%", "W"); names without a unit are
+    dimensionless. `source` is the driver instance that produced it.
+    """
+
+    device: str
+    ts: datetime
+    values: Mapping[str, Value]
+    source: str
+    units: Mapping[str, str] = field(default_factory=dict)
+    tags: Mapping[str, str] = field(default_factory=dict)
+
+    def to_json(self) -> bytes:
+        """The reading as a compact JSON object, without its id (the buffer assigns that)."""
+        doc: dict[str, object] = {
+            "device": self.device,
+            "ts": format_ts(self.ts),
+            "values": self.values,
+        }
+        if self.units:
+            doc["units"] = self.units
+        doc["source"] = self.source
+        if self.tags:
+            doc["tags"] = self.tags
+        return _encode(doc).encode()
+
+
+def format_ts(ts: datetime) -> str:
+    """RFC 3339 in UTC with microseconds and a `Z`, the message format's timestamp."""
+    if ts.tzinfo is not UTC:
+        ts = ts.astimezone(UTC)
+    return ts.replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
+
+
+def utc_from_epoch(seconds: float) -> datetime:
+    return datetime.fromtimestamp(seconds, UTC)
+
+
+def now_utc() -> datetime:
+    return datetime.now(UTC)

@@ -1,0 +1,1 @@
+"""Device simulators that feed the edge gateway realistic sensor traffic in tests and benchmarks."""
