@@ -225,7 +225,8 @@ def _data_path(data: Any, loc: tuple[str | int, ...]) -> KeyPath:
 
 
 def _explain(error: Any, data: Any, at: KeyPath) -> str:
-    kind, msg = error["type"], error["msg"]
+    kind: str = error["type"]
+    msg: str = error["msg"]
     if kind == "extra_forbidden":
         allowed = _allowed_keys(data, at[:-1])
         hint = difflib.get_close_matches(str(at[-1]), allowed, n=1)
@@ -251,7 +252,12 @@ def _allowed_keys(data: Any, at: KeyPath) -> list[str]:
     model: Any = GatewayConfig
     node = data
     for part in at:
-        node = node[part] if isinstance(node, dict | list) else None
+        if isinstance(node, dict):
+            node = node.get(part)
+        elif isinstance(node, list) and isinstance(part, int) and part < len(node):
+            node = node[part]
+        else:
+            node = None
         if isinstance(part, int):
             continue
         field = model.model_fields.get(part) if _is_model(model) else None

@@ -1,0 +1,443 @@
+"""The durable store-and-forward buffer: readings wait here, on disk, for the broker's confirm.
+
+One SQLite database in WAL mode with `synchronous=FULL`. All readings put during one
+commit interval become one *chunk*: one row holding the readings compressed together.
+One commit (one fsync) serves every `put()` of the interval (group commit), and a
+chunk row costs the SD card far fewer written bytes than a row per reading.
+
+Reading ids are `<stream>-<seq>`: `stream` is random per database file and `seq` only
+grows, so ids are never reused, not even after a corrupt database is moved aside.
+
+The publisher reads chunks in order and acknowledges a chunk once every reading in
+it is confirmed; deletes are applied lazily, in the next commit at most once a
+second, because a lost delete only costs a duplicate after a crash.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+import sqlite3
+import threading
+import time
+import zlib
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Literal
+
+import structlog
+
+from gateway.errors import BufferFull, StorageError
+from gateway.model import Reading
+
+log = structlog.get_logger("gateway.buffer")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS chunks (
+    first_seq INTEGER PRIMARY KEY,
+    count INTEGER NOT NULL,
+    accepted REAL NOT NULL,
+    data BLOB NOT NULL
+);
+"""
+_DELETE_INTERVAL_S = 1.0
+_COMPRESS_LEVEL = 1
+
+WhenFull = Literal["reject_new", "drop_oldest"]
+
+
+@dataclass(frozen=True, slots=True)
+class StoredReading:
+    """A reading as the buffer hands it to the publisher: encoded, with its id's sequence."""
+
+    seq: int
+    device: str
+    source: str
+    body: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Chunk:
+    first_seq: int
+    accepted: float
+    readings: list[StoredReading]
+
+
+@dataclass(slots=True)
+class BufferCounters:
+    """What the buffer has done since start; read by status and metrics."""
+
+    accepted: int = 0
+    rejected: int = 0
+    dropped: int = 0
+    commits: int = 0
+    last_commit: float = 0.0
+
+
+@dataclass(slots=True)
+class _Put:
+    entries: list[tuple[str, str, bytes]]
+    future: asyncio.Future[None]
+
+
+@dataclass(slots=True)
+class _WriterState:
+    puts: list[_Put] = field(default_factory=list)
+    acks: list[int] = field(default_factory=list)
+    closing: bool = False
+
+
+def encode_chunk(entries: Sequence[tuple[str, str, bytes]]) -> bytes:
+    """First line: JSON list of [device, source]; then one JSON reading per line; deflated."""
+    header = json.dumps([[d, s] for d, s, _ in entries], separators=(",", ":")).encode()
+    return zlib.compress(b"\n".join([header, *(body for _, _, body in entries)]), _COMPRESS_LEVEL)
+
+
+def decode_chunk(first_seq: int, accepted: float, data: bytes) -> Chunk:
+    header, *bodies = zlib.decompress(data).split(b"\n")
+    keys = json.loads(header)
+    return Chunk(
+        first_seq,
+        accepted,
+        [
+            StoredReading(first_seq + i, device, source, body)
+            for i, ((device, source), body) in enumerate(zip(keys, bodies, strict=True))
+        ],
+    )
+
+
+class Buffer:
+    """Durable FIFO of readings. Use as `async with Buffer(...) as buffer`."""
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        max_bytes: int,
+        when_full: WhenFull = "reject_new",
+        commit_interval: float = 0.04,
+    ) -> None:
+        self.path = path
+        self.max_bytes = max_bytes
+        self.when_full = when_full
+        self.commit_interval = commit_interval
+        self.counters = BufferCounters()
+        self.stream = ""
+        self._state = _WriterState()
+        self._cond = threading.Condition()
+        self._writer: threading.Thread | None = None
+        self._reader: sqlite3.Connection | None = None
+        self._reader_pool = ThreadPoolExecutor(1, thread_name_prefix="buffer-reader")
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._committed = asyncio.Event()
+        self._failure: StorageError | None = None
+        self._depth = 0
+        self._next_seq = 1
+
+    # --- lifetime -------------------------------------------------------------
+
+    async def __aenter__(self) -> Buffer:
+        self._loop = asyncio.get_running_loop()
+        conn = await self._loop.run_in_executor(self._reader_pool, self._open)
+        self._writer = threading.Thread(
+            target=self._write_loop, args=(conn,), name="buffer-writer", daemon=True
+        )
+        self._writer.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        """Commit what was put, then close; waits for the writer thread."""
+        with self._cond:
+            self._state.closing = True
+            self._cond.notify()
+        if self._writer is not None:
+            await asyncio.to_thread(self._writer.join)
+        if self._reader is not None:
+            self._reader.close()
+        self._reader_pool.shutdown(wait=True)
+
+    def _open(self) -> sqlite3.Connection:
+        """Open the database, moving an unreadable one aside rather than crash-looping on it."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            conn = self._connect()
+        except sqlite3.DatabaseError as exc:
+            self._quarantine(exc)
+            conn = self._connect()
+        self._reader = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        self._reader.execute("PRAGMA busy_timeout=5000")
+        return conn
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        try:
+            conn.execute("PRAGMA busy_timeout=5000")
+            if not conn.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchall():
+                conn.execute("PRAGMA page_size=1024")  # small pages: fewer bytes per commit
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=FULL")
+            conn.execute("PRAGMA journal_size_limit=8388608")
+            check = conn.execute("PRAGMA quick_check").fetchone()[0]
+            if check != "ok":
+                raise sqlite3.DatabaseError(f"integrity check failed: {check}")
+            conn.executescript(_SCHEMA)
+            row = conn.execute("SELECT value FROM meta WHERE key='stream'").fetchone()
+            if row is None:
+                self.stream = secrets.token_hex(6)
+                conn.execute("INSERT INTO meta VALUES ('stream', ?)", (self.stream,))
+            else:
+                self.stream = row[0]
+            last = conn.execute(
+                "SELECT first_seq + count FROM chunks ORDER BY first_seq DESC LIMIT 1"
+            ).fetchone()
+            saved = conn.execute("SELECT value FROM meta WHERE key='next_seq'").fetchone()
+            self._next_seq = max(last[0] if last else 1, int(saved[0]) if saved else 1)
+            self._depth = conn.execute("SELECT coalesce(sum(count), 0) FROM chunks").fetchone()[0]
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _quarantine(self, exc: sqlite3.DatabaseError) -> None:
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+        target = self.path.with_name(f"{self.path.name}.corrupt-{stamp}")
+        try:
+            for suffix in ("", "-wal", "-shm"):
+                part = Path(f"{self.path}{suffix}")
+                if part.exists():
+                    part.rename(Path(f"{target}{suffix}"))
+        except OSError as move_error:
+            raise StorageError(
+                f"buffer database {self.path} is unreadable ({exc}) and could not be moved "
+                f"aside ({move_error.strerror}); move or delete it by hand, then restart"
+            ) from None
+        log.error(
+            "buffer database unreadable; moved aside, starting an empty one",
+            path=str(self.path),
+            moved_to=str(target),
+            error=str(exc),
+            hint="readings in the old file were not published; keep it for recovery",
+        )
+
+    # --- the producer side ------------------------------------------------------
+
+    async def put(self, readings: Sequence[Reading]) -> None:
+        """Return once the readings are committed to disk (accepted).
+
+        Raises `BufferFull` (when_full=reject_new) or `StorageError`; then nothing
+        of this call was accepted and the caller must not acknowledge its source.
+        """
+        if not readings:
+            return
+        if self._failure is not None:
+            raise self._failure
+        assert self._loop is not None, "use the buffer inside `async with`"
+        entries = [(r.device, r.source, r.to_json()) for r in readings]
+        future = self._loop.create_future()
+        with self._cond:
+            if self._state.closing:
+                raise StorageError("the buffer is closing; the reading was not accepted")
+            self._state.puts.append(_Put(entries, future))
+            self._cond.notify()
+        await future
+
+    # --- the publisher side -------------------------------------------------------
+
+    async def fetch(self, after_seq: int, max_readings: int) -> list[Chunk]:
+        """Chunks holding readings with seq > after_seq, oldest first."""
+        assert self._loop is not None
+        return await self._loop.run_in_executor(
+            self._reader_pool, self._fetch, after_seq, max_readings
+        )
+
+    def _fetch(self, after_seq: int, max_readings: int) -> list[Chunk]:
+        assert self._reader is not None
+        rows = self._reader.execute(
+            "SELECT first_seq, count, accepted, data FROM chunks "
+            "WHERE first_seq + count > ? ORDER BY first_seq LIMIT 256",
+            (after_seq + 1,),
+        ).fetchall()
+        chunks: list[Chunk] = []
+        total = 0
+        for first_seq, count, accepted, data in rows:
+            if chunks and total + count > max_readings:
+                break
+            chunks.append(decode_chunk(first_seq, accepted, data))
+            total += count
+        return chunks
+
+    async def wait_for_commit(self) -> None:
+        """Wait until the next commit that added readings."""
+        self._committed.clear()
+        await self._committed.wait()
+
+    @property
+    def last_seq(self) -> int:
+        """The highest seq committed so far (0 when none)."""
+        return self._next_seq - 1
+
+    def ack(self, chunk_first_seqs: Sequence[int]) -> None:
+        """Every reading of these chunks is confirmed by the broker: delete them (lazily)."""
+        with self._cond:
+            self._state.acks.extend(chunk_first_seqs)
+            self._cond.notify()
+
+    @property
+    def depth(self) -> int:
+        """Readings on disk, not yet confirmed (including any in flight)."""
+        return self._depth
+
+    @property
+    def failure(self) -> StorageError | None:
+        """Set when the disk failed in a way that retrying will not fix."""
+        return self._failure
+
+    # --- the writer thread ----------------------------------------------------------
+
+    def _write_loop(self, conn: sqlite3.Connection) -> None:
+        last_commit = 0.0
+        last_delete = time.monotonic()
+        try:
+            while True:
+                with self._cond:
+                    while not (self._state.puts or self._state.acks or self._state.closing):
+                        self._cond.wait()
+                    closing = self._state.closing
+                wait = last_commit + self.commit_interval - time.monotonic()
+                if wait > 0 and not closing:
+                    time.sleep(wait)  # gather more puts: one fsync for all of them
+                with self._cond:
+                    puts, self._state.puts = self._state.puts, []
+                    deletes_due = closing or time.monotonic() - last_delete >= _DELETE_INTERVAL_S
+                    acks: list[int] = []
+                    if deletes_due:
+                        acks, self._state.acks = self._state.acks, []
+                    if not puts and not acks:
+                        if closing:
+                            return
+                        self._cond.wait(_DELETE_INTERVAL_S)  # only acks, not yet due
+                        continue
+                if acks:
+                    last_delete = time.monotonic()
+                self._commit(conn, puts, acks)
+                last_commit = time.monotonic()
+        finally:
+            conn.close()
+
+    def _commit(self, conn: sqlite3.Connection, puts: list[_Put], acks: list[int]) -> None:
+        entries = [entry for put in puts for entry in put.entries]
+        data = encode_chunk(entries) if entries else b""
+        first_seq = self._next_seq
+        error: BaseException | None = None
+        dropped = 0
+        deleted = 0
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            if acks:
+                deleted = self._delete(conn, acks)
+            if entries:
+                dropped = self._make_room(conn, len(data))
+                conn.execute(
+                    "INSERT INTO chunks VALUES (?, ?, ?, ?)",
+                    (first_seq, len(entries), time.time(), data),
+                )
+            conn.execute("COMMIT")
+        except BufferFull as exc:
+            conn.execute("ROLLBACK")
+            error = exc
+        except sqlite3.Error as exc:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            error = self._storage_error(exc)
+        if error is None:
+            self._next_seq += len(entries)
+            self._depth += len(entries) - deleted - dropped
+            self.counters.accepted += len(entries)
+            self.counters.dropped += dropped
+            self.counters.commits += 1
+            self.counters.last_commit = time.time()
+            if dropped:
+                log.warning(
+                    "buffer full: dropped the oldest readings (when_full: drop_oldest)",
+                    dropped=dropped,
+                    max_bytes=self.max_bytes,
+                )
+        elif isinstance(error, BufferFull):
+            self.counters.rejected += len(entries)
+        assert self._loop is not None
+        self._loop.call_soon_threadsafe(self._settle, puts, error, bool(entries))
+
+    def _settle(self, puts: list[_Put], error: BaseException | None, added: bool) -> None:
+        for put in puts:
+            if put.future.done():
+                continue
+            if error is None:
+                put.future.set_result(None)
+            else:
+                put.future.set_exception(error)
+        if added and error is None:
+            self._committed.set()
+
+    def _delete(self, conn: sqlite3.Connection, acks: list[int]) -> int:
+        placeholders = ",".join("?" * len(acks))
+        deleted: int = conn.execute(
+            f"SELECT coalesce(sum(count), 0) FROM chunks WHERE first_seq IN ({placeholders})",
+            acks,
+        ).fetchone()[0]
+        conn.execute(f"DELETE FROM chunks WHERE first_seq IN ({placeholders})", acks)
+        self._save_next_seq(conn)
+        return deleted
+
+    def _save_next_seq(self, conn: sqlite3.Connection) -> None:
+        """Ids must not restart at 1 when the table empties: remember where they are."""
+        conn.execute(
+            "INSERT OR REPLACE INTO meta VALUES ('next_seq', ?)", (str(self._next_seq),)
+        )
+
+    def _make_room(self, conn: sqlite3.Connection, size: int) -> int:
+        """Apply `when_full` so that a chunk of `size` bytes fits; return readings dropped."""
+        dropped = 0
+        while self._used_bytes(conn) + size > self.max_bytes:
+            if self.when_full == "reject_new":
+                raise BufferFull(
+                    f"buffer {self.path} is full (max_bytes {self.max_bytes}); new readings "
+                    "are refused until the broker takes some (when_full: reject_new)"
+                )
+            row = conn.execute(
+                "SELECT first_seq, count FROM chunks ORDER BY first_seq LIMIT 1"
+            ).fetchone()
+            if row is None:
+                break  # the chunk alone is larger than max_bytes: take it anyway
+            conn.execute("DELETE FROM chunks WHERE first_seq = ?", (row[0],))
+            self._save_next_seq(conn)
+            dropped += row[1]
+        return dropped
+
+    @staticmethod
+    def _used_bytes(conn: sqlite3.Connection) -> int:
+        pages = conn.execute("PRAGMA page_count").fetchone()[0]
+        free = conn.execute("PRAGMA freelist_count").fetchone()[0]
+        page_size = conn.execute("PRAGMA page_size").fetchone()[0]
+        return int((pages - free) * page_size)
+
+    def _storage_error(self, exc: sqlite3.Error) -> StorageError:
+        code = getattr(exc, "sqlite_errorname", "")
+        if code == "SQLITE_FULL":
+            log.error(
+                "disk full: readings are not accepted until space is freed",
+                path=str(self.path),
+                hint="free space on the disk or lower buffer.max_bytes",
+            )
+            return StorageError(f"disk full writing {self.path}; free space on the disk")
+        failure = StorageError(
+            f"buffer {self.path} failed ({code or 'error'}: {exc}); the gateway stops so "
+            "that systemd restarts it on a known-good state"
+        )
+        self._failure = failure
+        log.critical("buffer storage failed", path=str(self.path), error=str(exc), code=code)
+        return failure

@@ -1,0 +1,414 @@
+"""The AMQP publisher: drains the buffer to the broker, deleting only what is confirmed.
+
+A batch (one AMQP message) is readings of one routing key, in buffer order. It is
+built once and kept until the broker confirms it, so its `message_id` is stable
+across retries. Nacks and returns (unroutable with `mandatory`) put the batch
+back with a per-batch backoff; connection trouble puts every batch in flight back
+and reconnects, trying the broker URLs in turn.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import json
+import time
+from collections import deque
+from collections.abc import Awaitable, Iterator
+from contextlib import suppress
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from itertools import cycle
+from typing import TypeVar
+
+import aio_pika
+import aiormq
+import structlog
+from aio_pika.abc import AbstractExchange, AbstractRobustConnection
+from yarl import URL
+
+from gateway.backoff import Backoff
+from gateway.buffer import Buffer, StoredReading
+from gateway.config import AmqpSection, GatewaySection
+from gateway.logs import RateLimitedLog
+from gateway.tls import client_ssl_context
+
+log = structlog.get_logger("gateway.publisher")
+
+# What a broken connection or channel raises; anything else is a bug and propagates.
+CONNECTION_ERRORS = (
+    aiormq.exceptions.AMQPError,
+    aiormq.exceptions.ChannelInvalidStateError,
+    ConnectionError,
+    OSError,
+    TimeoutError,
+)
+MAX_ROUTING_KEY = 255
+T = TypeVar("T")
+
+
+class ConnectionLost(Exception):
+    """The channel or connection broke while batches were in flight."""
+
+
+@dataclass(order=True, slots=True)
+class Batch:
+    """One AMQP message's worth of readings."""
+
+    due: float
+    first_seq: int
+    routing_key: str = field(compare=False)
+    body: bytes = field(compare=False)
+    message_id: str = field(compare=False)
+    count: int = field(compare=False)
+    chunks: dict[int, int] = field(compare=False)
+    """Chunk first_seq -> how many of its readings this batch carries."""
+    backoff: Backoff | None = field(default=None, compare=False)
+
+
+@dataclass(slots=True)
+class PublisherCounters:
+    published_readings: int = 0
+    published_messages: int = 0
+    returned: int = 0
+    nacked: int = 0
+    connection_failures: int = 0
+    in_flight: int = 0
+    connected_url: str | None = None
+    blocked: bool = False
+    last_confirm: float = 0.0
+
+
+def redact(url: str) -> str:
+    """A broker URL safe to log: the password replaced."""
+    parsed = URL(url)
+    return str(parsed.with_password("***")) if parsed.password else url
+
+
+class Publisher:
+    """Publishes buffered readings until cancelled or stopped; see `stop()`."""
+
+    def __init__(self, config: AmqpSection, gateway: GatewaySection, buffer: Buffer) -> None:
+        self.config = config
+        self.gateway = gateway
+        self.buffer = buffer
+        self.counters = PublisherCounters()
+        self._ready: deque[Batch] = deque()
+        self._retry: list[Batch] = []
+        self._cursor = 0
+        self._outstanding: dict[int, int] = {}
+        self._routing_keys: dict[tuple[str, str], str] = {}
+        self._stopping = asyncio.Event()
+        self._loop_time = asyncio.get_running_loop().time
+        self._rate_limited = RateLimitedLog(log)
+        self._head = (
+            b'{"v":1,"gateway":'
+            + json.dumps(gateway.id).encode()
+            + b',"site":'
+            + json.dumps(gateway.site).encode()
+            + b',"readings":['
+        )
+
+    # --- lifetime ---------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Connect, publish, and on failure reconnect with backoff, across the broker URLs."""
+        backoff = Backoff(self.config.retry_initial_s, self.config.retry_max_s)
+        for url in cycle(self.config.urls):
+            if self._stopping.is_set():
+                return
+            try:
+                await self._session(url, backoff)
+                return  # stopped
+            except* CONNECTION_ERRORS + (ConnectionLost,) as group:
+                error = group.exceptions[0]
+            self.counters.connection_failures += 1
+            self.counters.connected_url = None
+            delay = backoff.next_delay()
+            log.warning(
+                "broker unreachable or connection lost; readings stay buffered",
+                url=redact(url),
+                error=f"{type(error).__name__}: {error}",
+                retry_in_s=round(delay, 2),
+                buffered=self.buffer.depth,
+            )
+            with suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), delay)
+
+    def stop(self) -> None:
+        """Take no new batches; `run()` returns once the batches in flight are settled."""
+        self._stopping.set()
+
+    async def _session(self, url: str, backoff: Backoff) -> None:
+        connection = await self._connect(url)
+        try:
+            self.counters.connected_url = redact(url)
+            channel = await self._deadline(connection.channel(publisher_confirms=True))
+            exchange = await self._exchange(channel)
+            log.info("connected to broker", url=redact(url), exchange=self.config.exchange)
+            backoff.reset()
+            await self._pump(connection, exchange)
+        finally:
+            self._requeue_ready()
+            with suppress(*CONNECTION_ERRORS):
+                await asyncio.wait_for(connection.close(), self.config.timeout_s)
+
+    async def _connect(self, url: str) -> AbstractRobustConnection:
+        tls = self.config.tls
+        ssl_context = client_ssl_context(tls) if url.startswith("amqps") else None
+        parsed = URL(url)
+        if self.config.username is not None:
+            parsed = parsed.with_user(self.config.username)
+        if self.config.password_file is not None:
+            password = self.config.password_file.read_text(encoding="utf-8").rstrip("\r\n")
+            parsed = parsed.with_password(password)
+        parsed = parsed.update_query(heartbeat=self.config.heartbeat_s)
+        connection = await self._deadline(
+            aio_pika.connect(
+                parsed,
+                ssl_context=ssl_context,
+                timeout=self.config.timeout_s,
+                client_properties={"connection_name": f"edge-gateway {self.gateway.id}"},
+            )
+        )
+        return connection  # type: ignore[return-value]
+
+    async def _exchange(self, channel: aio_pika.abc.AbstractChannel) -> AbstractExchange:
+        if not self.config.declare_exchange:
+            return await self._deadline(channel.get_exchange(self.config.exchange, ensure=False))
+        return await self._deadline(
+            channel.declare_exchange(
+                self.config.exchange,
+                aio_pika.ExchangeType(self.config.exchange_type),
+                durable=True,
+            )
+        )
+
+    async def _deadline(self, awaitable: Awaitable[T]) -> T:
+        return await asyncio.wait_for(awaitable, self.config.timeout_s)
+
+    # --- the pump ---------------------------------------------------------------
+
+    async def _pump(self, connection: AbstractRobustConnection, exchange: AbstractExchange) -> None:
+        window = asyncio.Semaphore(self.config.max_in_flight)
+        async with asyncio.TaskGroup() as tasks:
+            while True:
+                await window.acquire()
+                await self._unblocked(connection)
+                batch = await self._next_batch()
+                if batch is None:
+                    window.release()
+                    return  # stopping: the task group waits for the batches in flight
+                tasks.create_task(self._publish(exchange, batch, window))
+
+    async def _unblocked(self, connection: AbstractRobustConnection) -> None:
+        """Pause while the broker has said `connection.blocked` (a memory or disk alarm)."""
+        underlay = connection.transport
+        if underlay is None:
+            raise ConnectionLost("the connection is closed")
+        ready = asyncio.ensure_future(underlay.connection.ready())
+        try:
+            await asyncio.wait_for(asyncio.shield(ready), 0.001)
+            return
+        except TimeoutError:
+            pass
+        self.counters.blocked = True
+        log.warning(
+            "broker blocked publishing (resource alarm); readings stay buffered",
+            hint="free memory or disk space on the broker",
+        )
+        try:
+            await ready
+        finally:
+            ready.cancel()
+            self.counters.blocked = False
+        log.info("broker unblocked publishing")
+
+    async def _publish(
+        self, exchange: AbstractExchange, batch: Batch, window: asyncio.Semaphore
+    ) -> None:
+        self.counters.in_flight += 1
+        message = aio_pika.Message(
+            batch.body,
+            message_id=batch.message_id,
+            timestamp=datetime.now(UTC),
+            content_type="application/json",
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            app_id="edge-gateway",
+            headers={"gateway": self.gateway.id, "site": self.gateway.site, "readings": batch.count},
+        )
+        try:
+            result = await asyncio.wait_for(
+                exchange.publish(message, batch.routing_key, mandatory=True),
+                self.config.timeout_s,
+            )
+        except aiormq.exceptions.DeliveryError as exc:
+            self.counters.nacked += 1
+            self._retry_later(batch, "broker refused the message (nack)", str(exc))
+        except CONNECTION_ERRORS as exc:
+            self._retry_now(batch)
+            raise ConnectionLost(f"{type(exc).__name__}: {exc}") from exc
+        except asyncio.CancelledError:
+            self._retry_now(batch)
+            raise
+        else:
+            if isinstance(result, aiormq.spec.Basic.Ack):
+                self._confirmed(batch)
+            else:
+                self.counters.returned += 1
+                self._retry_later(
+                    batch,
+                    "broker returned the message: no queue is bound for its routing key",
+                    "bind a queue to the exchange for this routing key",
+                )
+        finally:
+            self.counters.in_flight -= 1
+            window.release()
+
+    def _confirmed(self, batch: Batch) -> None:
+        self.counters.published_readings += batch.count
+        self.counters.published_messages += 1
+        self.counters.last_confirm = time.time()
+        done = []
+        for first_seq, count in batch.chunks.items():
+            left = self._outstanding[first_seq] - count
+            if left:
+                self._outstanding[first_seq] = left
+            else:
+                del self._outstanding[first_seq]
+                done.append(first_seq)
+        if done:
+            self.buffer.ack(done)
+
+    def _retry_later(self, batch: Batch, problem: str, hint: str) -> None:
+        if batch.backoff is None:
+            batch.backoff = Backoff(self.config.retry_initial_s, self.config.retry_max_s)
+        delay = batch.backoff.next_delay()
+        batch.due = self._loop_time() + delay
+        heapq.heappush(self._retry, batch)
+        self._rate_limited.warning(
+            f"{problem}:{batch.routing_key}",
+            problem + "; kept in the buffer for retry",
+            exchange=self.config.exchange,
+            routing_key=batch.routing_key,
+            readings=batch.count,
+            retry_in_s=round(delay, 2),
+            hint=hint,
+        )
+
+    def _retry_now(self, batch: Batch) -> None:
+        batch.due = 0.0
+        heapq.heappush(self._retry, batch)
+
+    def _requeue_ready(self) -> None:
+        while self._ready:
+            self._retry_now(self._ready.popleft())
+
+    # --- batching ----------------------------------------------------------------
+
+    async def _next_batch(self) -> Batch | None:
+        """The next batch to send: a due retry first, then new readings; None when stopping."""
+        while not self._stopping.is_set():
+            if self._retry and self._retry[0].due <= self._loop_time():
+                return heapq.heappop(self._retry)
+            if self._ready:
+                return self._ready.popleft()
+            await self._fill()
+        return None
+
+    async def _fill(self) -> None:
+        """Fetch readings from the buffer into batches, or wait for data or a due retry."""
+        budget = self.config.max_in_flight * self.config.batch.max_readings
+        held = sum(batch.count for batch in self._retry)
+        readings: list[tuple[int, StoredReading]] = []
+        if held < budget:
+            readings = await self._fetch(budget - held)
+        if readings and len(readings) < self.config.batch.max_readings:
+            await asyncio.sleep(self.config.batch.linger_ms / 1000)
+            readings += await self._fetch(budget - held - len(readings))
+        if readings:
+            self._ready.extend(self._batches(readings))
+            return
+        waits: list[asyncio.Future[object]] = [
+            asyncio.ensure_future(self.buffer.wait_for_commit()),
+            asyncio.ensure_future(self._stopping.wait()),
+        ]
+        timeout = None
+        if self._retry:
+            timeout = max(0.0, self._retry[0].due - self._loop_time())
+        try:
+            await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in waits:
+                waiter.cancel()
+
+    async def _fetch(self, limit: int) -> list[tuple[int, StoredReading]]:
+        if limit <= 0 or self.buffer.last_seq <= self._cursor:
+            return []
+        readings: list[tuple[int, StoredReading]] = []
+        for chunk in await self.buffer.fetch(self._cursor, limit):
+            fresh = [r for r in chunk.readings if r.seq > self._cursor]
+            if chunk.first_seq not in self._outstanding:
+                self._outstanding[chunk.first_seq] = len(fresh)
+            else:
+                self._outstanding[chunk.first_seq] += len(fresh)
+            readings.extend((chunk.first_seq, r) for r in fresh)
+            self._cursor = chunk.readings[-1].seq
+        return readings
+
+    def _batches(self, readings: list[tuple[int, StoredReading]]) -> Iterator[Batch]:
+        """Group readings by routing key, in order, into messages within the size caps."""
+        by_key: dict[str, list[tuple[int, StoredReading]]] = {}
+        for item in readings:
+            by_key.setdefault(self._routing_key(item[1]), []).append(item)
+        limit_count = self.config.batch.max_readings
+        limit_bytes = int(self.config.batch.max_bytes)
+        stream = self.buffer.stream.encode()
+        for key, items in by_key.items():
+            parts: list[bytes] = []
+            members: list[tuple[int, StoredReading]] = []
+            size = len(self._head) + 2
+            for first_seq, reading in items:
+                part = b'{"id":"%s-%d",%s' % (stream, reading.seq, reading.body[1:])
+                if members and (
+                    len(members) >= limit_count or size + len(part) + 1 > limit_bytes
+                ):
+                    yield self._batch(key, parts, members)
+                    parts, members, size = [], [], len(self._head) + 2
+                parts.append(part)
+                members.append((first_seq, reading))
+                size += len(part) + 1
+            if members:
+                yield self._batch(key, parts, members)
+
+    def _batch(
+        self, key: str, parts: list[bytes], members: list[tuple[int, StoredReading]]
+    ) -> Batch:
+        chunks: dict[int, int] = {}
+        for first_seq, _ in members:
+            chunks[first_seq] = chunks.get(first_seq, 0) + 1
+        first, last = members[0][1].seq, members[-1][1].seq
+        return Batch(
+            due=0.0,
+            first_seq=first,
+            routing_key=key,
+            body=self._head + b",".join(parts) + b"]}",
+            message_id=f"{self.buffer.stream}-{first}-{last}-{len(members)}",
+            count=len(members),
+            chunks=chunks,
+        )
+
+    def _routing_key(self, reading: StoredReading) -> str:
+        cache_key = (reading.device, reading.source)
+        key = self._routing_keys.get(cache_key)
+        if key is None:
+            key = self.config.routing_key.format(
+                gateway=self.gateway.id,
+                site=self.gateway.site,
+                device=reading.device,
+                source=reading.source,
+            )
+            key = key.encode()[:MAX_ROUTING_KEY].decode("utf-8", "ignore")
+            if len(self._routing_keys) < 100_000:
+                self._routing_keys[cache_key] = key
+        return key

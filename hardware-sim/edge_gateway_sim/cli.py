@@ -1,0 +1,143 @@
+"""`edge-gateway-sim`: drive simulated devices against a gateway from a shell or a benchmark.
+
+Progress goes to stderr and the final summary is one JSON line on stdout, so scripts can parse
+the result while a human watches the progress.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict
+
+from paho.mqtt.enums import MQTTProtocolVersion
+
+from edge_gateway_sim.mqtt_sensors import DEFAULT_PREFIX, FleetConfig, MqttSensorFleet
+
+Handler = Callable[[argparse.Namespace], int]
+
+_PROTOCOLS = {"3.1.1": MQTTProtocolVersion.MQTTv311, "5": MQTTProtocolVersion.MQTTv5}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="edge-gateway-sim", description="Simulated devices for the edge gateway."
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_mqtt(commands)
+    # More device kinds (serial, ble, demo) register here: add a subparser and
+    # `set_defaults(handler=...)` with a function taking the parsed args, returning an exit code.
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    handler: Handler = args.handler
+    return handler(args)
+
+
+# -- mqtt -------------------------------------------------------------------------------------
+
+
+def _add_mqtt(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = commands.add_parser(
+        "mqtt",
+        help="publish environmental sensor samples to an MQTT broker",
+        description="Publish samples of N sensors round-robin at a total rate to "
+        "<prefix>/sim-NNNN/state. Without --count or --duration, runs until Ctrl-C/SIGTERM.",
+    )
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=1883)
+    p.add_argument("--sensors", type=int, default=10, help="number of devices (default 10)")
+    p.add_argument("--rate", type=float, default=10.0, help="total messages/s (default 10)")
+    until = p.add_mutually_exclusive_group()
+    until.add_argument("--count", type=int, help="stop after this many messages")
+    until.add_argument("--duration", type=float, help="stop after this many seconds")
+    p.add_argument("--qos", type=int, choices=(0, 1), default=1)
+    p.add_argument("--prefix", default=DEFAULT_PREFIX, help="topic prefix (default sensors)")
+    p.add_argument(
+        "--malformed-fraction",
+        type=float,
+        default=0.0,
+        help="fraction of messages that are undecodable garbage (default 0)",
+    )
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--mqtt-version", choices=sorted(_PROTOCOLS), default="3.1.1")
+    p.add_argument("--client-id", default="", help="default: a unique generated id")
+    p.add_argument(
+        "--progress-interval",
+        type=float,
+        default=5.0,
+        help="seconds between progress lines on stderr; 0 for none (default 5)",
+    )
+    p.set_defaults(handler=_run_mqtt)
+
+
+def _run_mqtt(args: argparse.Namespace) -> int:
+    try:
+        config = FleetConfig(
+            host=args.host,
+            port=args.port,
+            sensors=args.sensors,
+            rate=args.rate,
+            qos=args.qos,
+            prefix=args.prefix,
+            malformed_fraction=args.malformed_fraction,
+            seed=args.seed,
+            protocol=_PROTOCOLS[args.mqtt_version],
+            client_id=args.client_id,
+        )
+        fleet = MqttSensorFleet(config)
+        fleet.start(count=args.count, duration=args.duration)
+    except ValueError as exc:
+        print(f"edge-gateway-sim mqtt: {exc}", file=sys.stderr)
+        return 2
+
+    interval: float | None = args.progress_interval if args.progress_interval > 0 else None
+    with _stop_on_sigterm(fleet.request_stop):
+        try:
+            while True:
+                try:
+                    stats = fleet.wait(timeout=interval)
+                    break
+                except TimeoutError:
+                    print(f"edge-gateway-sim mqtt: {fleet.stats().summary()}", file=sys.stderr)
+                except KeyboardInterrupt:
+                    fleet.request_stop()
+        except ConnectionError as exc:
+            print(f"edge-gateway-sim mqtt: {exc}", file=sys.stderr)
+            return 1
+
+    print(f"edge-gateway-sim mqtt: done: {stats.summary()}", file=sys.stderr)
+    summary = asdict(stats) | {"rate": round(stats.rate, 1)}
+    print(json.dumps(summary, separators=(",", ":")))
+    if stats.acked != stats.published:
+        print(
+            f"edge-gateway-sim mqtt: only {stats.acked} of {stats.published} messages "
+            "were acknowledged",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
+
+
+@contextmanager
+def _stop_on_sigterm(stop: Callable[[], None]) -> Iterator[None]:
+    """Turn SIGTERM into a graceful stop while the run lasts (benchmark harnesses terminate us)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers can only be installed from the main thread
+        return
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: stop())
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
