@@ -395,9 +395,7 @@ class Buffer:
 
     def _save_next_seq(self, conn: sqlite3.Connection) -> None:
         """Ids must not restart at 1 when the table empties: remember where they are."""
-        conn.execute(
-            "INSERT OR REPLACE INTO meta VALUES ('next_seq', ?)", (str(self._next_seq),)
-        )
+        conn.execute("INSERT OR REPLACE INTO meta VALUES ('next_seq', ?)", (str(self._next_seq),))
 
     def _make_room(self, conn: sqlite3.Connection, size: int) -> int:
         """Apply `when_full` so that a chunk of `size` bytes fits; return readings dropped."""

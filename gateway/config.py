@@ -17,7 +17,7 @@ import yaml
 from pydantic import BaseModel, ByteSize, Field, ValidationError, field_validator, model_validator
 
 from drivers.mqtt.config import MqttDriverConfig
-from gateway.config_types import SecretFile, Seconds, StrictModel, TlsConfig
+from gateway.config_types import Seconds, SecretFile, StrictModel, TlsConfig
 from gateway.errors import ConfigError
 
 DriverConfig = Annotated[MqttDriverConfig, Field(discriminator="type")]

@@ -120,7 +120,7 @@ class Publisher:
             try:
                 await self._session(url, backoff)
                 return  # stopped
-            except* CONNECTION_ERRORS + (ConnectionLost,) as group:
+            except* (*CONNECTION_ERRORS, ConnectionLost) as group:
                 error = group.exceptions[0]
             self.counters.connection_failures += 1
             self.counters.connected_url = None
@@ -235,7 +235,11 @@ class Publisher:
             content_type="application/json",
             delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
             app_id="edge-gateway",
-            headers={"gateway": self.gateway.id, "site": self.gateway.site, "readings": batch.count},
+            headers={
+                "gateway": self.gateway.id,
+                "site": self.gateway.site,
+                "readings": batch.count,
+            },
         )
         try:
             result = await asyncio.wait_for(
@@ -370,9 +374,7 @@ class Publisher:
             size = len(self._head) + 2
             for first_seq, reading in items:
                 part = b'{"id":"%s-%d",%s' % (stream, reading.seq, reading.body[1:])
-                if members and (
-                    len(members) >= limit_count or size + len(part) + 1 > limit_bytes
-                ):
+                if members and (len(members) >= limit_count or size + len(part) + 1 > limit_bytes):
                     yield self._batch(key, parts, members)
                     parts, members, size = [], [], len(self._head) + 2
                 parts.append(part)

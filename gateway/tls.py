@@ -16,13 +16,10 @@ def client_ssl_context(tls: TlsConfig | None) -> ssl.SSLContext:
             cafile=str(tls.ca_file) if tls.ca_file else None,
         )
         if tls.cert_file is not None:
-            context.load_cert_chain(
-                str(tls.cert_file), str(tls.key_file) if tls.key_file else None
-            )
+            context.load_cert_chain(str(tls.cert_file), str(tls.key_file) if tls.key_file else None)
     except (OSError, ssl.SSLError) as exc:
         raise ConfigError(
-            f"TLS files cannot be loaded ({exc}); check tls.ca_file, tls.cert_file and "
-            "tls.key_file"
+            f"TLS files cannot be loaded ({exc}); check tls.ca_file, tls.cert_file and tls.key_file"
         ) from None
     if not tls.verify:
         context.check_hostname = False

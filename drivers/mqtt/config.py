@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import re
 from typing import Annotated, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from gateway.config_types import SecretFile, Seconds, StrictModel, TlsConfig
+from gateway.config_types import Seconds, SecretFile, StrictModel, TlsConfig
 
 
 class FieldSpec(StrictModel):
@@ -22,16 +21,18 @@ class Subscription(StrictModel):
 
     topic: str = Field(min_length=1)
     device: str | None = None
-    """Template matched against the topic, e.g. `sensors/{device}/state`; default: the topic itself."""
+    """Template matched against the topic, e.g. `sensors/{device}/state`; default: the topic."""
     format: Literal["json", "number", "senml"] = "json"
     fields: dict[str, FieldSpec | str] | None = None
-    """json: value name -> path (or {path, unit}); default: every top-level number, bool and string."""
+    """json: value name -> path (or {path, unit}); default: every top-level scalar."""
     timestamp: str | None = None
     """json: path of the sample's time (epoch seconds or milliseconds, or RFC 3339)."""
     value: str = "value"
     """number: the value's name."""
     unit: str | None = None
     """number: the value's unit."""
+    units: dict[str, str] = Field(default_factory=dict)
+    """Units by value name, for values picked without a `fields` entry of their own."""
     qos: Literal[0, 1] = 1
     tags: dict[str, str] = Field(default_factory=dict)
 
@@ -52,11 +53,15 @@ class Subscription(StrictModel):
     @field_validator("device")
     @classmethod
     def _valid_template(cls, template: str | None) -> str | None:
-        if template is not None and "{device}" not in template:
-            raise ValueError(f"device template {template!r} must contain '{{device}}'")
-        if template is not None and re.search(r"\{(?!device\}|_\})", template):
+        if template is None:
+            return None
+        levels = template.split("/")
+        if "{device}" not in levels or any(
+            "{" in level and level not in ("{device}", "{_}") for level in levels
+        ):
             raise ValueError(
-                f"device template {template!r}: only {{device}} and {{_}} (any level) are allowed"
+                f"device template {template!r}: one level must be exactly {{device}}; "
+                "{_} stands for any other level, e.g. sensors/{device}/state"
             )
         return template
 
@@ -77,7 +82,7 @@ class MqttDriverConfig(StrictModel):
     tls: TlsConfig | None = None
     keepalive_s: Annotated[int, Field(ge=5, le=3600)] = 30
     session_expiry_s: Annotated[int, Field(ge=0)] = 7 * 86_400
-    """MQTT 5: how long the broker keeps the session (and queues QoS 1 messages) while we are away."""
+    """MQTT 5: how long the broker keeps our session (and queues QoS 1 messages) while away."""
     receive_maximum: Annotated[int, Field(ge=1, le=65_535)] = 2_000
     """MQTT 5: QoS 1 messages the broker may have in flight to us, waiting for our PUBACK."""
     max_payload_bytes: Annotated[int, Field(ge=1)] = 65_536

@@ -45,6 +45,7 @@ _BATTERY_DRAIN_MAX: Final = 0.0002  # % per sample: a fleet can run for hours be
 # messages in one go, so high rates are smooth and stop() is honoured quickly.
 _MIN_TICK_S: Final = 0.001
 _MAX_BURST_S: Final = 0.05
+_MAX_LAG_S: Final = 1.0
 _POLL_S: Final = 0.005
 
 _encode_json = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
@@ -242,6 +243,7 @@ class MqttSensorFleet:
         self._rejected = 0
         self._connects = 0
         self._disconnects = 0
+        self._lost = 0
 
     # -- public API ---------------------------------------------------------------------------
 
@@ -386,11 +388,14 @@ class MqttSensorFleet:
     def _publish_loop(self, client: mqtt.Client, count: int | None, duration: float | None) -> None:
         """Publish against a monotonic schedule: message k is due at start + k/rate.
 
-        Each wake-up publishes every message that is due (bounded by _MAX_BURST_S worth), then
-        sleeps until the next one is due, but at least _MIN_TICK_S, so the rate stays exact
-        without a sleep per message.
+        Each wake-up publishes every message that is due (at most _MAX_BURST_S worth), then
+        sleeps until the next one is due, but at least _MIN_TICK_S: the rate stays exact without
+        a sleep per message. At most `max_inflight` messages are unacknowledged at a time; while
+        that window is full (slow broker, outage) publishing waits, and if that puts the fleet
+        more than _MAX_LAG_S behind, the missed slots are skipped rather than sent in a flood.
         """
         rate = self.config.rate
+        window = self.config.max_inflight
         burst_cap = max(1, math.ceil(rate * _MAX_BURST_S))
         start = time.monotonic()
         self._started_at = start
@@ -402,18 +407,27 @@ class MqttSensorFleet:
                 now = time.monotonic()
                 if now >= deadline:
                     break
+                if (now - start) * rate - sent > rate * _MAX_LAG_S:
+                    start = now - sent / rate - _MAX_LAG_S
                 due = min(math.floor((now - start) * rate) + 1, limit)
-                for _ in range(min(int(due) - sent, burst_cap)):
+                burst = min(int(due) - sent, burst_cap, window - self._outstanding())
+                for _ in range(burst):
                     self._publish_one(client)
-                    sent += 1
-                if sent >= limit or sent < due:
-                    continue  # done, or behind schedule: no sleep
-                next_due = start + sent / rate
-                delay = min(max(next_due - time.monotonic(), _MIN_TICK_S), deadline - now)
-                if delay > 0:
+                sent += max(burst, 0)
+                if sent >= limit:
+                    break
+                if burst < 0 or self._outstanding() >= window:
+                    self._stop.wait(_MIN_TICK_S)  # window full: let acks come in
+                elif sent >= due:
+                    next_due = start + sent / rate
+                    delay = min(max(next_due - time.monotonic(), _MIN_TICK_S), deadline - now)
                     self._stop.wait(delay)
         finally:
             self._elapsed = time.monotonic() - start
+
+    def _outstanding(self) -> int:
+        """Messages handed to paho whose fate is not known yet."""
+        return self._published - self._acked - self._rejected - self._lost
 
     def _publish_one(self, client: mqtt.Client) -> None:
         index = self._next
@@ -441,7 +455,7 @@ class MqttSensorFleet:
         """Wait until the broker has acknowledged everything published, or drain_timeout."""
         deadline = time.monotonic() + self.config.drain_timeout
         while time.monotonic() < deadline:
-            if self._acked + self._rejected >= self._published or self._qos0_flushed():
+            if self._outstanding() <= 0 or self._qos0_flushed():
                 return
             time.sleep(_POLL_S)
 
@@ -482,6 +496,10 @@ class MqttSensorFleet:
     ) -> None:
         if reason_code.is_failure:  # not our own disconnect() at the end of a run
             self._disconnects += 1
+        if self.config.qos == 0:
+            # paho discards unsent QoS 0 messages with the connection, without on_publish;
+            # messages published from now until the reconnect are refused (dropped).
+            self._lost = self._published - self._acked - self._rejected
 
     def _on_publish(
         self,

@@ -1,0 +1,218 @@
+"""Payload decoders for MQTT messages: JSON objects, bare numbers and SenML (RFC 8428).
+
+Pure functions: payload in, readings out, or a `DecodeError` that says what is wrong.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+from drivers.mqtt.config import FieldSpec, Subscription
+from gateway.errors import DecodeError
+from gateway.model import Reading, Value, utc_from_epoch
+
+Decoder = Callable[[Subscription, str, bytes, float, str], list[Reading]]
+"""(subscription, device, payload, received at (epoch s), source) -> readings."""
+
+_SENML_RELATIVE_LIMIT = 2**28  # RFC 8428 section 4.5.3: smaller times are relative to now
+_EPOCH_MS_THRESHOLD = 1e11  # epoch seconds stay below this until the year 5138
+
+
+def decode(
+    sub: Subscription, device: str, payload: bytes, received: float, source: str
+) -> list[Reading]:
+    """Decode one message with its subscription's format."""
+    return DECODERS[sub.format](sub, device, payload, received, source)
+
+
+def decode_json(
+    sub: Subscription, device: str, payload: bytes, received: float, source: str
+) -> list[Reading]:
+    doc = _load_json(payload)
+    if not isinstance(doc, dict):
+        raise DecodeError(f"expected a JSON object, got {type(doc).__name__}", payload)
+    ts = _timestamp(_lookup(doc, sub.timestamp), payload) if sub.timestamp else None
+    values: dict[str, Value] = {}
+    units: dict[str, str] = {}
+    if sub.fields is None:
+        for name, raw in doc.items():
+            if name != sub.timestamp and _is_scalar(raw):
+                values[name] = _value(name, raw, payload)
+                if name in sub.units:
+                    units[name] = sub.units[name]
+    else:
+        for name, spec in sub.fields.items():
+            spec = FieldSpec(path=spec) if isinstance(spec, str) else spec
+            raw = _lookup(doc, spec.path)
+            if raw is None:
+                continue
+            if not _is_scalar(raw):
+                raise DecodeError(f"field {spec.path!r} is not a number, bool or string", payload)
+            values[name] = _value(name, raw, payload)
+            unit = spec.unit or sub.units.get(name)
+            if unit:
+                units[name] = unit
+    if not values:
+        raise DecodeError("no values in the JSON object (check the subscription's fields)", payload)
+    return [
+        Reading(
+            device=device,
+            ts=ts if ts is not None else utc_from_epoch(received),
+            values=values,
+            source=source,
+            units=units,
+            tags=sub.tags,
+        )
+    ]
+
+
+def decode_number(
+    sub: Subscription, device: str, payload: bytes, received: float, source: str
+) -> list[Reading]:
+    text = payload.strip()
+    try:
+        number: float | int = int(text)
+    except ValueError:
+        try:
+            number = float(text)
+        except ValueError:
+            raise DecodeError("expected a bare number", payload) from None
+    value = _value(sub.value, number, payload)
+    return [
+        Reading(
+            device=device,
+            ts=utc_from_epoch(received),
+            values={sub.value: value},
+            source=source,
+            units={sub.value: sub.unit} if sub.unit else {},
+            tags=sub.tags,
+        )
+    ]
+
+
+def decode_senml(
+    sub: Subscription, device: str, payload: bytes, received: float, source: str
+) -> list[Reading]:
+    """SenML JSON: records resolved against base fields, one reading per (device, time).
+
+    With a device template the topic names the device and the resolved record
+    name names the value; without one the base name (`bn`) names the device.
+    """
+    pack = _load_json(payload)
+    if not isinstance(pack, list) or not pack:
+        raise DecodeError("SenML must be a non-empty JSON array of records", payload)
+    base_name, base_time, base_unit, base_value = "", 0.0, None, 0.0
+    grouped: dict[tuple[str, float], tuple[dict[str, Value], dict[str, str]]] = {}
+    for record in pack:
+        if not isinstance(record, dict):
+            raise DecodeError("a SenML record is not a JSON object", payload)
+        base_name = _text(record.get("bn", base_name), "bn", payload)
+        base_time = _number(record.get("bt", base_time), "bt", payload)
+        base_unit = record.get("bu", base_unit)
+        base_value = _number(record.get("bv", base_value), "bv", payload)
+        name = base_name + _text(record.get("n", ""), "n", payload)
+        if sub.device is None:
+            owner = base_name.rstrip(":/") or device
+            value_name = name[len(base_name) :] or name
+        else:
+            owner, value_name = device, name
+        if not value_name:
+            raise DecodeError("a SenML record has no name (n or bn)", payload)
+        if "v" in record:
+            value: Value = _value(
+                value_name, _number(record["v"], "v", payload) + base_value, payload
+            )
+        elif "vs" in record:
+            value = _text(record["vs"], "vs", payload)
+        elif "vb" in record:
+            if not isinstance(record["vb"], bool):
+                raise DecodeError("SenML vb must be true or false", payload)
+            value = record["vb"]
+        elif "s" in record:
+            value = _value(value_name, _number(record["s"], "s", payload), payload)
+        else:
+            continue  # a record carrying only base fields
+        t = base_time + _number(record.get("t", 0), "t", payload)
+        when = received + t if t < _SENML_RELATIVE_LIMIT else t
+        unit = record.get("u", base_unit)
+        values, units = grouped.setdefault((owner, when), ({}, {}))
+        values[value_name] = value
+        if isinstance(unit, str) and unit:
+            units[value_name] = unit
+    if not grouped:
+        raise DecodeError("the SenML pack holds no values", payload)
+    return [
+        Reading(owner, utc_from_epoch(when), values, source, units, sub.tags)
+        for (owner, when), (values, units) in grouped.items()
+    ]
+
+
+DECODERS: dict[str, Decoder] = {
+    "json": decode_json,
+    "number": decode_number,
+    "senml": decode_senml,
+}
+
+
+def _load_json(payload: bytes) -> Any:
+    try:
+        return json.loads(payload)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise DecodeError(f"not valid JSON ({exc})", payload) from None
+
+
+def _lookup(doc: dict[str, Any], path: str | None) -> Any:
+    node: Any = doc
+    for part in (path or "").split("."):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+def _is_scalar(raw: Any) -> bool:
+    return isinstance(raw, int | float | str | bool)
+
+
+def _value(name: str, raw: Any, payload: bytes) -> Value:
+    if isinstance(raw, float) and not math.isfinite(raw):
+        raise DecodeError(f"value {name!r} is {raw}, not a finite number", payload)
+    if not isinstance(raw, int | float | str | bool):
+        raise DecodeError(f"value {name!r} is not a number, bool or string", payload)
+    return raw
+
+
+def _number(raw: Any, key: str, payload: bytes) -> float:
+    if isinstance(raw, bool) or not isinstance(raw, int | float) or not math.isfinite(raw):
+        raise DecodeError(f"SenML {key} must be a finite number", payload)
+    return float(raw)
+
+
+def _text(raw: Any, key: str, payload: bytes) -> str:
+    if not isinstance(raw, str):
+        raise DecodeError(f"SenML {key} must be a string", payload)
+    return raw
+
+
+def _timestamp(raw: Any, payload: bytes) -> datetime | None:
+    """Epoch seconds or milliseconds, or RFC 3339; None when the field is absent."""
+    if raw is None:
+        return None
+    if isinstance(raw, int | float) and not isinstance(raw, bool) and math.isfinite(raw):
+        seconds = raw / 1000 if raw > _EPOCH_MS_THRESHOLD else raw
+        if 0 <= seconds < 32_503_680_000:  # before the year 3000
+            return utc_from_epoch(seconds)
+    elif isinstance(raw, str):
+        try:
+            parsed = datetime.fromisoformat(raw.replace("Z", "+00:00"))
+        except ValueError:
+            pass
+        else:
+            if parsed.tzinfo is not None:
+                return parsed
+            raise DecodeError(f"timestamp {raw!r} has no time zone; add Z or +00:00", payload)
+    raise DecodeError(f"timestamp {raw!r} is neither epoch seconds nor RFC 3339", payload)

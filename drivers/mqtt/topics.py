@@ -1,0 +1,45 @@
+"""Topic helpers: which subscription a topic belongs to, and the device id it names."""
+
+from __future__ import annotations
+
+from gateway.errors import DecodeError
+
+
+def topic_matches(topic_filter: str, topic: str) -> bool:
+    """MQTT filter matching (`+` one level, `#` the rest), as the broker does it."""
+    filter_levels = topic_filter.split("/")
+    levels = topic.split("/")
+    if topic.startswith("$") and not topic_filter.startswith("$"):
+        return False  # $SYS and friends only match filters that name them
+    for i, pattern in enumerate(filter_levels):
+        if pattern == "#":
+            return True
+        if i >= len(levels) or (pattern != "+" and pattern != levels[i]):
+            return False
+    return len(levels) == len(filter_levels)
+
+
+class DeviceTemplate:
+    """`sensors/{device}/state`: the level holding `{device}` names the device; `{_}` is any."""
+
+    def __init__(self, template: str | None) -> None:
+        self.template = template
+        self._levels = template.split("/") if template else []
+
+    def device(self, topic: str) -> str:
+        if not self._levels:
+            return topic
+        levels = topic.split("/")
+        if len(levels) != len(self._levels):
+            raise DecodeError(f"topic {topic!r} does not fit the device template {self.template!r}")
+        device = ""
+        for pattern, level in zip(self._levels, levels, strict=True):
+            if pattern == "{device}":
+                device = level
+            elif pattern != "{_}" and pattern != level:
+                raise DecodeError(
+                    f"topic {topic!r} does not fit the device template {self.template!r}"
+                )
+        if not device:
+            raise DecodeError(f"topic {topic!r} has an empty device level")
+        return device
