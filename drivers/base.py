@@ -11,13 +11,13 @@ from gateway.model import Reading
 
 
 class Sink(Protocol):
-    """Where a driver hands readings. `accept` returns once they are on disk.
+    """Where a driver hands readings. `put` returns once they are on disk (the buffer).
 
     It raises `BufferFull` or `StorageError` when they were not accepted; the
     driver must then not acknowledge its source, and retry later.
     """
 
-    async def accept(self, readings: Sequence[Reading]) -> None: ...
+    async def put(self, readings: Sequence[Reading]) -> None: ...
 
 
 class Driver(Protocol):

@@ -136,6 +136,7 @@ class Buffer:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._committed = asyncio.Event()
         self._failure: StorageError | None = None
+        self._failed = asyncio.Event()
         self._depth = 0
         self._next_seq = 1
 
@@ -292,9 +293,10 @@ class Buffer:
         """Readings on disk, not yet confirmed (including any in flight)."""
         return self._depth
 
-    @property
-    def failure(self) -> StorageError | None:
-        """Set when the disk failed in a way that retrying will not fix."""
+    async def wait_failed(self) -> StorageError:
+        """Return once the disk failed in a way that retrying will not fix."""
+        await self._failed.wait()
+        assert self._failure is not None
         return self._failure
 
     # --- the writer thread ----------------------------------------------------------
@@ -437,5 +439,7 @@ class Buffer:
             "that systemd restarts it on a known-good state"
         )
         self._failure = failure
+        assert self._loop is not None
+        self._loop.call_soon_threadsafe(self._failed.set)
         log.critical("buffer storage failed", path=str(self.path), error=str(exc), code=code)
         return failure

@@ -185,6 +185,8 @@ class FleetStats:
     still used up its seq, as a real device's would: receivers see a gap."""
     rejected: int
     """QoS 1 messages the broker refused (MQTT 5 PUBACK with a failure reason code)."""
+    lost: int
+    """QoS 0 messages paho had not yet written when a connection dropped (gone for good)."""
     connects: int
     """Successful connections: 1 plus one per reconnect after an outage."""
     disconnects: int
@@ -202,8 +204,9 @@ class FleetStats:
         """One human-readable line, for progress output."""
         return (
             f"published={self.published} acked={self.acked} malformed={self.malformed} "
-            f"dropped={self.dropped} rejected={self.rejected} connects={self.connects} "
-            f"disconnects={self.disconnects} elapsed={self.elapsed:.1f}s rate={self.rate:.0f}/s"
+            f"dropped={self.dropped} rejected={self.rejected} lost={self.lost} "
+            f"connects={self.connects} disconnects={self.disconnects} "
+            f"elapsed={self.elapsed:.1f}s rate={self.rate:.0f}/s"
         )
 
 
@@ -306,6 +309,7 @@ class MqttSensorFleet:
             malformed=self._malformed,
             dropped=self._dropped,
             rejected=self._rejected,
+            lost=self._lost,
             connects=self._connects,
             disconnects=self._disconnects,
             elapsed=elapsed,
@@ -362,7 +366,7 @@ class MqttSensorFleet:
         client = mqtt.Client(
             CallbackAPIVersion.VERSION2, client_id=client_id, protocol=cfg.protocol
         )
-        client.max_inflight_messages_set(cfg.max_inflight)
+        client.max_inflight_messages_set(0)  # EXPERIMENT
         client.max_queued_messages_set(0)  # unlimited: never refuse a QoS 1 message locally
         client.reconnect_delay_set(min_delay=1, max_delay=2)
         client.on_connect = self._on_connect
@@ -397,8 +401,7 @@ class MqttSensorFleet:
         rate = self.config.rate
         window = self.config.max_inflight
         burst_cap = max(1, math.ceil(rate * _MAX_BURST_S))
-        start = time.monotonic()
-        self._started_at = start
+        start = self._started_at = time.monotonic()
         deadline = math.inf if duration is None else start + duration
         limit = math.inf if count is None else count
         sent = 0
@@ -410,20 +413,20 @@ class MqttSensorFleet:
                 if (now - start) * rate - sent > rate * _MAX_LAG_S:
                     start = now - sent / rate - _MAX_LAG_S
                 due = min(math.floor((now - start) * rate) + 1, limit)
-                burst = min(int(due) - sent, burst_cap, window - self._outstanding())
+                burst = max(0, min(int(due) - sent, burst_cap, window - self._outstanding()))
                 for _ in range(burst):
                     self._publish_one(client)
-                sent += max(burst, 0)
+                sent += burst
                 if sent >= limit:
                     break
-                if burst < 0 or self._outstanding() >= window:
+                if self._outstanding() >= window:
                     self._stop.wait(_MIN_TICK_S)  # window full: let acks come in
                 elif sent >= due:
                     next_due = start + sent / rate
                     delay = min(max(next_due - time.monotonic(), _MIN_TICK_S), deadline - now)
                     self._stop.wait(delay)
         finally:
-            self._elapsed = time.monotonic() - start
+            self._elapsed = time.monotonic() - self._started_at
 
     def _outstanding(self) -> int:
         """Messages handed to paho whose fate is not known yet."""

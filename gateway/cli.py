@@ -1,0 +1,119 @@
+"""The `edge-gateway` command: run, check, status, tail."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import signal
+import sys
+from pathlib import Path
+
+import structlog
+
+from gateway import __version__
+from gateway.config import GatewayConfig, load_config
+from gateway.errors import ConfigError, GatewayError
+from gateway.logs import configure_logging
+from gateway.publisher import redact
+from gateway.status import BUFFER_FILE, format_status, read_status
+
+EXIT_OK, EXIT_FAILURE, EXIT_CONFIG = 0, 1, 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="edge-gateway",
+        description="Sensors (MQTT, serial, BLE) -> durable disk buffer -> AMQP broker.",
+    )
+    parser.add_argument("--version", action="version", version=f"edge-gateway {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+    for name, text in (
+        ("run", "run the gateway until SIGTERM or Ctrl-C"),
+        ("check", "validate a configuration file and summarise it"),
+        ("status", "show the buffer, the uplink and the drivers"),
+    ):
+        sub = commands.add_parser(name, help=text, description=text)
+        sub.add_argument("--config", "-c", required=True, type=Path, help="the YAML file")
+        if name == "status":
+            sub.add_argument("--json", action="store_true", help="print JSON instead of text")
+    tail = commands.add_parser(
+        "tail",
+        help="print readings arriving at an exchange, one JSON line each",
+        description="Bind a temporary queue to the exchange and print each reading.",
+    )
+    tail.add_argument("--url", required=True, help="AMQP URL, e.g. amqp://guest:guest@host/")
+    tail.add_argument("--exchange", required=True)
+    tail.add_argument("--binding", default="#", help="binding key (default: # = everything)")
+    tail.add_argument("--count", type=int, default=0, help="exit after this many readings")
+    tail.add_argument("--messages", action="store_true", help="print whole messages instead")
+    args = parser.parse_args(argv)
+
+    if args.command == "tail":
+        from gateway.tail import tail_readings
+
+        configure_logging("warning")
+        try:
+            return asyncio.run(
+                tail_readings(args.url, args.exchange, args.binding, args.count, args.messages)
+            )
+        except KeyboardInterrupt:
+            return EXIT_OK
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(f"configuration error:\n{exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    if args.command == "check":
+        print(summarise(args.config, config))
+        return EXIT_OK
+    if args.command == "status":
+        report = read_status(config.gateway.state_dir)
+        print(json.dumps(report, indent=2) if args.json else format_status(report))
+        return EXIT_OK
+    configure_logging(config.logging.level, config.logging.format)
+    return asyncio.run(_run(config))
+
+
+async def _run(config: GatewayConfig) -> int:
+    from gateway.app import run_gateway
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    failure: BaseException | None = None
+    try:
+        await run_gateway(config, stop)
+    except* GatewayError as group:
+        failure = group.exceptions[0]
+    if failure is not None:
+        structlog.get_logger("gateway").critical("gateway stopped on an error", error=str(failure))
+        return EXIT_FAILURE
+    return EXIT_OK
+
+
+def summarise(path: Path, config: GatewayConfig) -> str:
+    amqp = config.amqp
+    buffer = config.buffer
+    lines = [
+        f"configuration OK: {path}",
+        f"  gateway  {config.gateway.id} (site {config.gateway.site})",
+        f"  buffer   {config.gateway.state_dir / BUFFER_FILE}, "
+        f"max {buffer.max_bytes.human_readable()}, when full: {buffer.when_full}, "
+        f"commit every {buffer.commit_interval_ms:g} ms",
+        f"  broker   {', '.join(redact(u) for u in amqp.urls)}",
+        f"           exchange {amqp.exchange!r} ({amqp.exchange_type}), "
+        f"routing key {amqp.routing_key!r}, up to {amqp.batch.max_readings} readings/message",
+    ]
+    if not config.drivers:
+        lines.append("  drivers  none (nothing will be read)")
+    for driver in config.drivers:
+        port = driver.port or (8883 if driver.tls else 1883)
+        topics = ", ".join(s.topic for s in driver.subscriptions)
+        lines.append(f"  driver   {driver.name}: mqtt {driver.host}:{port} [{topics}]")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,156 @@
+"""What `edge-gateway status` shows, and the file through which a running gateway tells it.
+
+The running gateway rewrites `status.json` in its state directory every few
+seconds; the buffer's own figures are read from the database directly, so the
+command works whether or not the gateway runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sqlite3
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from drivers.base import Driver
+from gateway.buffer import Buffer
+from gateway.publisher import Publisher
+
+STATUS_FILE = "status.json"
+BUFFER_FILE = "buffer.db"
+_INTERVAL_S = 2.0
+
+
+class StatusWriter:
+    """Writes the live figures of one running gateway, atomically, every two seconds."""
+
+    def __init__(
+        self, state_dir: Path, buffer: Buffer, publisher: Publisher, drivers: list[Driver]
+    ) -> None:
+        self.path = state_dir / STATUS_FILE
+        self.buffer = buffer
+        self.publisher = publisher
+        self.drivers = drivers
+        self.started = time.time()
+
+    async def run(self) -> None:
+        try:
+            while True:
+                self.write()
+                await asyncio.sleep(_INTERVAL_S)
+        finally:
+            self.write(running=False)
+
+    def snapshot(self, running: bool = True) -> dict[str, Any]:
+        return {
+            "pid": os.getpid(),
+            "running": running,
+            "started": self.started,
+            "updated": time.time(),
+            "buffer": {"depth": self.buffer.depth, **asdict(self.buffer.counters)},
+            "publisher": asdict(self.publisher.counters),
+            "drivers": {d.name: d.stats.snapshot() for d in self.drivers},
+        }
+
+    def write(self, running: bool = True) -> None:
+        temporary = self.path.with_suffix(".tmp")
+        temporary.write_text(json.dumps(self.snapshot(running)), encoding="utf-8")
+        os.replace(temporary, self.path)
+
+
+def read_status(state_dir: Path) -> dict[str, Any]:
+    """The buffer as the disk holds it, plus the gateway's last report, if any."""
+    database = state_dir / BUFFER_FILE
+    report: dict[str, Any] = {"state_dir": str(state_dir), "buffer": _buffer_figures(database)}
+    try:
+        live = json.loads((state_dir / STATUS_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        live = None
+    report["gateway"] = live
+    return report
+
+
+def _buffer_figures(database: Path) -> dict[str, Any]:
+    if not database.exists():
+        return {"path": str(database), "exists": False}
+    on_disk = sum(
+        Path(f"{database}{suffix}").stat().st_size
+        for suffix in ("", "-wal")
+        if Path(f"{database}{suffix}").exists()
+    )
+    figures: dict[str, Any] = {"path": str(database), "exists": True, "bytes_on_disk": on_disk}
+    try:
+        conn = sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=5)
+        try:
+            depth, oldest = conn.execute(
+                "SELECT coalesce(sum(count), 0), min(accepted) FROM chunks"
+            ).fetchone()
+        finally:
+            conn.close()
+    except sqlite3.Error as exc:
+        figures["error"] = f"cannot read the buffer: {exc}"
+        return figures
+    figures["depth"] = depth
+    figures["oldest_age_s"] = round(time.time() - oldest, 1) if oldest else None
+    return figures
+
+
+def format_status(report: dict[str, Any]) -> str:
+    """The report as lines a person reads at a glance."""
+    buffer = report["buffer"]
+    lines = [f"buffer     {buffer['path']}"]
+    if not buffer.get("exists"):
+        lines.append("           no buffer yet (the gateway has not run with this state_dir)")
+    elif "error" in buffer:
+        lines.append(f"           {buffer['error']}")
+    else:
+        age = buffer["oldest_age_s"]
+        lines.append(
+            f"           {buffer['depth']} readings waiting, oldest "
+            + (f"{age:.0f} s old" if age is not None else "-")
+            + f", {buffer['bytes_on_disk'] / 1e6:.1f} MB on disk"
+        )
+    live = report["gateway"]
+    if live is None:
+        lines.append("gateway    no status file: the gateway has not run here")
+        return "\n".join(lines)
+    stale = time.time() - live["updated"]
+    if not live["running"] or stale > 3 * _INTERVAL_S:
+        lines.append(f"gateway    NOT RUNNING (last report {stale:.0f} s ago, pid {live['pid']})")
+    else:
+        lines.append(f"gateway    running, pid {live['pid']}, up {_uptime(live):.0f} s")
+    counters = live["buffer"]
+    lines.append(
+        f"           accepted {counters['accepted']}, rejected {counters['rejected']}, "
+        f"dropped {counters['dropped']}, commits {counters['commits']}"
+    )
+    pub = live["publisher"]
+    last = pub["last_confirm"]
+    uplink = pub["connected_url"] or "DISCONNECTED"
+    if pub["blocked"]:
+        uplink += " (BLOCKED by broker alarm)"
+    lines.append(f"uplink     {uplink}")
+    lines.append(
+        f"           published {pub['published_readings']} readings in "
+        f"{pub['published_messages']} messages, in flight {pub['in_flight']}, "
+        f"returned {pub['returned']}, nacked {pub['nacked']}, last confirm "
+        + (f"{time.time() - last:.0f} s ago" if last else "never")
+    )
+    for name, stats in live["drivers"].items():
+        seen = stats["last_reading"]
+        lines.append(
+            f"driver     {name} ({stats['type']}): {stats['state']}, {stats['readings']} readings"
+            + (f", last {time.time() - seen:.0f} s ago" if seen else "")
+            + f", malformed {stats['malformed']}, oversized {stats['oversized']}"
+            + f", errors {stats['errors']}"
+            + (f" (last: {stats['last_error']})" if stats["last_error"] else "")
+        )
+    return "\n".join(lines)
+
+
+def _uptime(live: dict[str, Any]) -> float:
+    return float(live["updated"] - live["started"])
