@@ -109,9 +109,9 @@ class MqttSource:
                 if inbox.overflowed:
                     self.stats.counters["qos0_overflow"] = inbox.overflowed
         finally:
+            self.stats.state = "stopped"
             client.disconnect()
             await asyncio.to_thread(client.loop_stop)
-            self.stats.state = "stopped"
 
     # --- paho side (its network thread) --------------------------------------------
 
