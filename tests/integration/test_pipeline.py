@@ -1,0 +1,221 @@
+"""End to end: simulated MQTT sensors -> Mosquitto -> the gateway process -> RabbitMQ -> consumer.
+
+Every test counts what the consumer received by (device, seq) against what the
+simulator says it handed to Mosquitto: nothing accepted may be missing; duplicates
+(allowed: at-least-once) are counted and printed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+from edge_gateway_sim.brokers import MosquittoBroker, RabbitMQNode
+from edge_gateway_sim.consumer import ReadingCollector
+from edge_gateway_sim.gateway_process import GatewayProcess, site_config
+from edge_gateway_sim.mqtt_sensors import FleetConfig, MqttSensorFleet
+
+from gateway.status import read_status
+
+SCHEMA = json.loads(
+    (Path(__file__).parents[2] / "gateway" / "schemas" / "message.schema.json").read_text()
+)
+validate_message = jsonschema.Draft202012Validator(SCHEMA).validate
+
+
+@dataclass
+class Site:
+    """One simulated site: its gateway process and where it publishes."""
+
+    name: str
+    state_dir: Path
+    amqp_url: str
+    mqtt_port: int
+    gateway: GatewayProcess
+
+    def fleet(self, **options: Any) -> MqttSensorFleet:
+        return MqttSensorFleet(FleetConfig(port=self.mqtt_port, prefix=self.name, **options))
+
+    def collector(self, queue: str = "all", binding: str = "#") -> ReadingCollector:
+        return ReadingCollector(
+            self.amqp_url,
+            self.name,
+            queue=f"{self.name}-{queue}",
+            binding=binding,
+            validate=validate_message,
+        )
+
+    def status(self) -> dict[str, Any]:
+        return read_status(self.state_dir)
+
+
+@pytest.fixture
+def make_site(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Any]:
+    sites: list[Site] = []
+
+    def make(rabbit: RabbitMQNode, mosquitto: MosquittoBroker, **extra: str) -> Site:
+        name = re.sub(r"[^a-z0-9]+", "-", request.node.name.lower()).strip("-")[:40]
+        config = tmp_path / "gateway.yaml"
+        config.write_text(
+            site_config(
+                state_dir=tmp_path / "state",
+                amqp_url=rabbit.url,
+                mqtt_port=mosquitto.port,
+                exchange=name,
+                site=name,
+                prefix=name,
+                extra_mqtt=f"client_id: gw-{name}\n" + extra.pop("extra_mqtt", ""),
+                **extra,
+            )
+        )
+        site = Site(
+            name,
+            tmp_path / "state",
+            rabbit.url,
+            mosquitto.port,
+            GatewayProcess(config, tmp_path / "gateway.log"),
+        )
+        sites.append(site)
+        return site
+
+    yield make
+    for site in sites:
+        site.gateway.close()
+
+
+def report(name: str, received: Any, extra: str = "") -> None:
+    print(
+        f"\n[{name}] unique={received.unique} messages={received.messages} "
+        f"duplicates={received.duplicates} {extra}"
+    )
+
+
+async def test_ten_thousand_readings_arrive_once_each_and_match_the_schema(
+    make_site: Any, rabbitmq: RabbitMQNode, mosquitto: MosquittoBroker
+) -> None:
+    site = make_site(rabbitmq, mosquitto)
+    async with site.collector() as collector:
+        site.gateway.start()
+        fleet = site.fleet(sensors=20, rate=2_000)
+        sent = await asyncio.to_thread(fleet.run, 10_000)
+        assert sent.acked == 10_000
+        await collector.wait_until(lambda got: got.unique >= 10_000, timeout=60)
+    got = collector.received
+    report("10k", got)
+    assert got.invalid == []
+    assert got.missing(sent.last_seq) == {}
+    assert got.unique == 10_000
+    assert site.gateway.terminate() == 0
+    status = site.status()
+    assert status["gateway"]["publisher"]["published_readings"] >= 10_000
+    assert status["gateway"]["running"] is False
+
+
+async def test_rabbitmq_down_for_20_seconds_loses_nothing(
+    make_site: Any, rabbitmq_node: RabbitMQNode, mosquitto: MosquittoBroker
+) -> None:
+    site = make_site(rabbitmq_node, mosquitto, extra_amqp="retry_max_s: 2")
+    async with site.collector() as collector:
+        site.gateway.start()
+        fleet = site.fleet(sensors=5, rate=100)
+        fleet.start(duration=32)
+        await asyncio.sleep(4)
+        await asyncio.to_thread(rabbitmq_node.stop)
+        await asyncio.sleep(20)
+        during = site.status()
+        assert during["gateway"]["publisher"]["connected_url"] is None
+        assert during["buffer"]["depth"] > 1_000  # 20 s at 100/s waited on disk
+        await asyncio.to_thread(rabbitmq_node.start)
+        sent = await asyncio.to_thread(fleet.wait, 60)
+        assert sent.dropped == 0
+        total = sum(sent.last_seq.values())
+        await collector.wait_until(lambda got: got.unique >= total, timeout=90)
+    got = collector.received
+    report("rabbitmq-outage", got, f"sent={total}")
+    assert got.invalid == []
+    assert got.missing(sent.last_seq) == {}
+    assert site.gateway.terminate() == 0
+
+
+async def test_gateway_killed_with_sigkill_and_restarted_loses_nothing(
+    make_site: Any, rabbitmq: RabbitMQNode, tmp_path: Path
+) -> None:
+    # While the gateway is down, Mosquitto queues for its session; its default of 1,000
+    # messages would drop some during a slow restart, which is Mosquitto's loss, not ours.
+    with MosquittoBroker(tmp_path / "mosquitto", ["max_queued_messages 100000"]) as mosquitto:
+        await _kill_and_restart_twice(make_site(rabbitmq, mosquitto))
+
+
+async def _kill_and_restart_twice(site: Site) -> None:
+    async with site.collector() as collector:
+        site.gateway.start()
+        fleet = site.fleet(sensors=10, rate=300)
+        fleet.start(duration=10)
+        for _ in range(2):
+            await asyncio.sleep(3)
+            await asyncio.to_thread(site.gateway.kill)
+            await asyncio.sleep(1)
+            await asyncio.to_thread(site.gateway.start)
+        sent = await asyncio.to_thread(fleet.wait, 60)
+        total = sum(sent.last_seq.values())
+        await collector.wait_until(lambda got: got.unique >= total, timeout=60)
+    got = collector.received
+    report("sigkill", got, f"sent={total}")
+    assert sent.acked == sent.published
+    assert got.invalid == []
+    assert got.missing(sent.last_seq) == {}
+    assert site.gateway.terminate() == 0
+
+
+async def test_unroutable_readings_stay_buffered_until_a_queue_is_bound(
+    make_site: Any, rabbitmq: RabbitMQNode, mosquitto: MosquittoBroker
+) -> None:
+    site = make_site(rabbitmq, mosquitto, extra_amqp="retry_max_s: 1")
+    only_first = f"{site.name}.sim-0001"
+    async with site.collector("first", binding=only_first) as first:
+        site.gateway.start()
+        sent = await asyncio.to_thread(site.fleet(sensors=3, rate=300).run, 300)
+        await first.wait_until(lambda got: got.unique >= 100, timeout=30)
+        await asyncio.sleep(2)  # returns happen and are retried meanwhile
+        status = site.status()
+        assert status["gateway"]["publisher"]["returned"] > 0
+        assert status["gateway"]["buffer"]["depth"] >= 200
+        async with site.collector("rest", binding=f"{site.name}.*") as rest:
+            await rest.wait_until(lambda got: got.unique >= 200, timeout=30)
+    log = site.gateway.log.read_text()
+    assert "no queue is bound for its routing key" in log
+    assert f'"routing_key": "{site.name}.sim-0002"' in log
+    arrived = first.received.seqs | rest.received.seqs
+    missing = {
+        device: [s for s in range(1, last + 1) if s not in arrived.get(device, set())]
+        for device, last in sent.last_seq.items()
+    }
+    assert all(not gaps for gaps in missing.values()), missing
+    assert site.gateway.terminate() == 0
+
+
+async def test_malformed_payloads_are_counted_and_good_ones_next_to_them_arrive(
+    make_site: Any, rabbitmq: RabbitMQNode, mosquitto: MosquittoBroker
+) -> None:
+    site = make_site(rabbitmq, mosquitto)
+    async with site.collector() as collector:
+        site.gateway.start()
+        sent = await asyncio.to_thread(
+            site.fleet(sensors=4, rate=500, malformed_fraction=0.2).run, 1_000
+        )
+        good = sum(sent.last_seq.values())
+        await collector.wait_until(lambda got: got.unique >= good, timeout=30)
+        await asyncio.sleep(2.5)  # one status report interval
+        driver = site.status()["gateway"]["drivers"]["sim-sensors"]
+    assert sent.malformed > 100
+    assert driver["malformed"] == sent.malformed
+    assert collector.received.missing(sent.last_seq) == {}
+    assert "malformed MQTT payload; skipped" in site.gateway.log.read_text()
+    assert site.gateway.terminate() == 0
