@@ -93,6 +93,7 @@ class Publisher:
         self.gateway = gateway
         self.buffer = buffer
         self.counters = PublisherCounters()
+        self._pending: list[tuple[int, StoredReading]] = []
         self._ready: deque[Batch] = deque()
         self._retry: list[Batch] = []
         self._cursor = 0
@@ -190,16 +191,50 @@ class Publisher:
     # --- the pump ---------------------------------------------------------------
 
     async def _pump(self, connection: AbstractRobustConnection, exchange: AbstractExchange) -> None:
+        """Keep up to `max_in_flight` publishes going until the connection breaks or we stop."""
+        broken: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+
+        def on_close(_sender: object, exc: BaseException | None = None) -> None:
+            if not broken.done():
+                broken.set_result(f"connection closed: {exc}")
+
+        connection.close_callbacks.add(on_close)
         window = asyncio.Semaphore(self.config.max_in_flight)
-        async with asyncio.TaskGroup() as tasks:
+        in_flight: set[asyncio.Task[None]] = set()
+        try:
             while True:
-                await window.acquire()
-                await self._unblocked(connection)
-                batch = await self._next_batch()
+                await self._unless_broken(window.acquire(), broken)
+                await self._unless_broken(self._unblocked(connection), broken)
+                batch = await self._unless_broken(self._next_batch(), broken)
                 if batch is None:
-                    window.release()
-                    return  # stopping: the task group waits for the batches in flight
-                tasks.create_task(self._publish(exchange, batch, window))
+                    break  # stopping: settle what is in flight, below
+                task = asyncio.create_task(self._publish(exchange, batch, window, broken))
+                in_flight.add(task)
+                task.add_done_callback(in_flight.discard)
+            await asyncio.gather(*in_flight)  # each is bounded by timeout_s
+        finally:
+            for task in in_flight:
+                task.cancel()
+            await asyncio.gather(*in_flight, return_exceptions=True)
+            connection.close_callbacks.discard(on_close)
+
+    @staticmethod
+    async def _unless_broken(awaitable: Awaitable[T], broken: asyncio.Future[str]) -> T:
+        """Await, but raise `ConnectionLost` as soon as the connection breaks."""
+        task = asyncio.ensure_future(awaitable)
+        if broken.done():
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            raise ConnectionLost(broken.result())
+        try:
+            await asyncio.wait((task, broken), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if not task.done():
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+        if task.done() and not task.cancelled():
+            return task.result()
+        raise ConnectionLost(broken.result())
 
     async def _unblocked(self, connection: AbstractRobustConnection) -> None:
         """Pause while the broker has said `connection.blocked` (a memory or disk alarm)."""
@@ -225,8 +260,13 @@ class Publisher:
         log.info("broker unblocked publishing")
 
     async def _publish(
-        self, exchange: AbstractExchange, batch: Batch, window: asyncio.Semaphore
+        self,
+        exchange: AbstractExchange,
+        batch: Batch,
+        window: asyncio.Semaphore,
+        broken: asyncio.Future[str],
     ) -> None:
+        """Publish one batch and settle it: confirmed, kept for retry, or connection broken."""
         self.counters.in_flight += 1
         message = aio_pika.Message(
             batch.body,
@@ -251,7 +291,8 @@ class Publisher:
             self._retry_later(batch, "broker refused the message (nack)", str(exc))
         except CONNECTION_ERRORS as exc:
             self._retry_now(batch)
-            raise ConnectionLost(f"{type(exc).__name__}: {exc}") from exc
+            if not broken.done():
+                broken.set_result(f"{type(exc).__name__}: {exc}")
         except asyncio.CancelledError:
             self._retry_now(batch)
             raise
@@ -321,17 +362,20 @@ class Publisher:
         return None
 
     async def _fill(self) -> None:
-        """Fetch readings from the buffer into batches, or wait for data or a due retry."""
+        """Fetch readings from the buffer into batches, or wait for data or a due retry.
+
+        Cancellation-safe: fetched readings live in `self._pending` from the moment
+        the cursor passes them, so an interrupted fill loses nothing.
+        """
         budget = self.config.max_in_flight * self.config.batch.max_readings
-        held = sum(batch.count for batch in self._retry)
-        readings: list[tuple[int, StoredReading]] = []
-        if held < budget:
-            readings = await self._fetch(budget - held)
-        if readings and len(readings) < self.config.batch.max_readings:
+        budget -= sum(batch.count for batch in self._retry)
+        await self._fetch(budget - len(self._pending))
+        if self._pending and len(self._pending) < self.config.batch.max_readings:
             await asyncio.sleep(self.config.batch.linger_ms / 1000)
-            readings += await self._fetch(budget - held - len(readings))
-        if readings:
-            self._ready.extend(self._batches(readings))
+            await self._fetch(budget - len(self._pending))
+        if self._pending:
+            pending, self._pending = self._pending, []
+            self._ready.extend(self._batches(pending))
             return
         waits: list[asyncio.Future[object]] = [
             asyncio.ensure_future(self.buffer.wait_for_commit()),
@@ -346,19 +390,17 @@ class Publisher:
             for waiter in waits:
                 waiter.cancel()
 
-    async def _fetch(self, limit: int) -> list[tuple[int, StoredReading]]:
+    async def _fetch(self, limit: int) -> None:
+        """Move up to `limit` readings past the cursor into `self._pending`."""
         if limit <= 0 or self.buffer.last_seq <= self._cursor:
-            return []
-        readings: list[tuple[int, StoredReading]] = []
+            return
         for chunk in await self.buffer.fetch(self._cursor, limit):
             fresh = [r for r in chunk.readings if r.seq > self._cursor]
-            if chunk.first_seq not in self._outstanding:
-                self._outstanding[chunk.first_seq] = len(fresh)
-            else:
-                self._outstanding[chunk.first_seq] += len(fresh)
-            readings.extend((chunk.first_seq, r) for r in fresh)
+            self._outstanding[chunk.first_seq] = self._outstanding.get(chunk.first_seq, 0) + len(
+                fresh
+            )
+            self._pending.extend((chunk.first_seq, r) for r in fresh)
             self._cursor = chunk.readings[-1].seq
-        return readings
 
     def _batches(self, readings: list[tuple[int, StoredReading]]) -> Iterator[Batch]:
         """Group readings by routing key, in order, into messages within the size caps."""
