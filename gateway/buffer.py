@@ -343,24 +343,31 @@ class Buffer:
             if acks:
                 deleted = self._delete(conn, acks)
             if entries:
-                dropped = self._make_room(conn, len(data))
-                conn.execute(
-                    "INSERT INTO chunks VALUES (?, ?, ?, ?)",
-                    (first_seq, len(entries), time.time(), data),
-                )
+                conn.execute("SAVEPOINT intake")
+                try:
+                    dropped = self._make_room(conn, len(data))
+                    conn.execute(
+                        "INSERT INTO chunks VALUES (?, ?, ?, ?)",
+                        (first_seq, len(entries), time.time(), data),
+                    )
+                except BufferFull as exc:
+                    conn.execute("ROLLBACK TO intake")  # refuse the readings, keep the deletes
+                    error = exc
+                conn.execute("RELEASE intake")
             conn.execute("COMMIT")
-        except BufferFull as exc:
-            conn.execute("ROLLBACK")
-            error = exc
         except sqlite3.Error as exc:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
+            deleted = dropped = 0
+            with self._cond:
+                self._state.acks.extend(acks)  # not deleted: try again with the next commit
             error = self._storage_error(exc)
-        if error is None:
-            self._next_seq += len(entries)
-            self._depth += len(entries) - deleted - dropped
-            self.counters.accepted += len(entries)
-            self.counters.dropped += dropped
+        added = len(entries) if error is None else 0
+        self._next_seq += added
+        self._depth += added - deleted - dropped
+        self.counters.accepted += added
+        self.counters.dropped += dropped
+        if not isinstance(error, StorageError):
             self.counters.commits += 1
             self.counters.last_commit = time.time()
             if dropped:
@@ -369,10 +376,10 @@ class Buffer:
                     dropped=dropped,
                     max_bytes=self.max_bytes,
                 )
-        elif isinstance(error, BufferFull):
+        if isinstance(error, BufferFull):
             self.counters.rejected += len(entries)
         assert self._loop is not None
-        self._loop.call_soon_threadsafe(self._settle, puts, error, bool(entries))
+        self._loop.call_soon_threadsafe(self._settle, puts, error, added > 0)
 
     def _settle(self, puts: list[_Put], error: BaseException | None, added: bool) -> None:
         for put in puts:

@@ -81,6 +81,12 @@ class AmqpSection(StrictModel):
             raise ValueError("give at least one broker URL")
         return url
 
+    @model_validator(mode="after")
+    def _tls_needs_amqps(self) -> AmqpSection:
+        if self.tls is not None and not all(u.startswith("amqps://") for u in self.urls):
+            raise ValueError("tls is set, but a broker URL is not amqps://; use amqps://HOST:5671/")
+        return self
+
     @field_validator("routing_key")
     @classmethod
     def _known_fields(cls, template: str) -> str:
@@ -107,14 +113,15 @@ class GatewayConfig(StrictModel):
     drivers: list[DriverConfig] = Field(default_factory=list)
     logging: LoggingSection = LoggingSection()
 
-    @model_validator(mode="after")
-    def _unique_driver_names(self) -> GatewayConfig:
+    @field_validator("drivers")
+    @classmethod
+    def _unique_driver_names(cls, drivers: list[DriverConfig]) -> list[DriverConfig]:
         seen: set[str] = set()
-        for driver in self.drivers:
+        for driver in drivers:
             if driver.name in seen:
                 raise ValueError(f"two drivers are named {driver.name!r}; names must be unique")
             seen.add(driver.name)
-        return self
+        return drivers
 
 
 # --- loading -----------------------------------------------------------------
@@ -203,14 +210,18 @@ def _describe(path: Path, data: Any, lines: dict[KeyPath, int], exc: ValidationE
     """One line per problem: `file:line: key.path: what is wrong (got X)`."""
     messages = []
     for error in exc.errors():
-        at = _data_path(data, error["loc"])
+        at = _data_path(data, error["loc"], error["type"] in ("missing", "extra_forbidden"))
         line = next((lines[at[:n]] for n in range(len(at), -1, -1) if at[:n] in lines), 1)
         messages.append(f"{path}:{line}: {_dotted(at)}: {_explain(error, data, at)}")
     return "\n".join(messages)
 
 
-def _data_path(data: Any, loc: tuple[str | int, ...]) -> KeyPath:
-    """Pydantic's error location without union tags, so it matches the YAML's keys."""
+def _data_path(data: Any, loc: tuple[str | int, ...], key_error: bool) -> KeyPath:
+    """Pydantic's error location without union tags, so it matches the YAML's keys.
+
+    `key_error`: the error is about a key itself (missing or unknown), so the last
+    location part names a key that is not in the data.
+    """
     at: list[str | int] = []
     node = data
     for i, part in enumerate(loc):
@@ -218,7 +229,7 @@ def _data_path(data: Any, loc: tuple[str | int, ...]) -> KeyPath:
             node = node[part]
         elif isinstance(node, list) and isinstance(part, int) and part < len(node):
             node = node[part]
-        elif i < len(loc) - 1:
+        elif i < len(loc) - 1 or not isinstance(node, dict) or not key_error:
             continue  # a discriminated union's tag, not a key in the file
         at.append(part)
     return tuple(at)

@@ -15,27 +15,35 @@ class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-def _resolve_secret_file(path: Path, info: ValidationInfo) -> Path:
-    """Find a secret file: absolute as given; relative ones in systemd's credentials
-    directory when the service runs with `LoadCredential=`, else beside the config file."""
+def _resolve_file(path: Path, info: ValidationInfo) -> Path:
+    """Relative paths are relative to the config file; the file must be readable now."""
     if not path.is_absolute():
-        context = info.context or {}
-        credentials = os.environ.get("CREDENTIALS_DIRECTORY")
-        if credentials and (Path(credentials) / path).exists():
-            path = Path(credentials) / path
-        else:
-            path = Path(context.get("base_dir", ".")) / path
+        path = Path((info.context or {}).get("base_dir", ".")) / path
+    return _readable(path)
+
+
+def _resolve_secret_file(path: Path, info: ValidationInfo) -> Path:
+    """Like `_resolve_file`, but relative paths are first looked up in systemd's
+    credentials directory, where `LoadCredential=` puts secrets."""
+    credentials = os.environ.get("CREDENTIALS_DIRECTORY")
+    if not path.is_absolute() and credentials and (Path(credentials) / path).exists():
+        return _readable(Path(credentials) / path)
+    return _resolve_file(path, info)
+
+
+def _readable(path: Path) -> Path:
     try:
         path.read_bytes()
     except OSError as exc:
-        raise ValueError(
-            f"cannot read secret file {path}: {exc.strerror}; create it or fix the path"
-        ) from None
+        raise ValueError(f"cannot read {path}: {exc.strerror}; create it or fix the path") from None
     return path
 
 
+ConfigFile = Annotated[Path, AfterValidator(_resolve_file)]
+"""A file the gateway reads (a CA certificate); checked readable at load time."""
+
 SecretFile = Annotated[Path, AfterValidator(_resolve_secret_file)]
-"""A path to a file holding one secret (a password, a key); checked readable at load time."""
+"""A file holding one secret (a password, a key); checked readable at load time."""
 
 
 def read_secret(path: Path) -> str:
@@ -49,7 +57,7 @@ Seconds = Annotated[float, Field(gt=0, le=86_400)]
 class TlsConfig(StrictModel):
     """TLS towards a broker. Without `ca_file` the system's trust store is used."""
 
-    ca_file: Path | None = None
-    cert_file: Path | None = None
+    ca_file: ConfigFile | None = None
+    cert_file: ConfigFile | None = None
     key_file: SecretFile | None = None
     verify: bool = True

@@ -44,6 +44,8 @@ CONNECTION_ERRORS = (
     TimeoutError,
 )
 MAX_ROUTING_KEY = 255
+MAX_RETRY_READINGS = 20_000
+"""Readings kept in memory for retry (e.g. returned as unroutable) before intake pauses."""
 T = TypeVar("T")
 
 
@@ -96,6 +98,7 @@ class Publisher:
         self._pending: list[tuple[int, StoredReading]] = []
         self._ready: deque[Batch] = deque()
         self._retry: list[Batch] = []
+        self._retry_readings = 0
         self._cursor = 0
         self._outstanding: dict[int, int] = {}
         self._routing_keys: dict[tuple[str, str], str] = {}
@@ -330,7 +333,7 @@ class Publisher:
             batch.backoff = Backoff(self.config.retry_initial_s, self.config.retry_max_s)
         delay = batch.backoff.next_delay()
         batch.due = self._loop_time() + delay
-        heapq.heappush(self._retry, batch)
+        self._park(batch)
         self._rate_limited.warning(
             f"{problem}:{batch.routing_key}",
             problem + "; kept in the buffer for retry",
@@ -343,7 +346,11 @@ class Publisher:
 
     def _retry_now(self, batch: Batch) -> None:
         batch.due = 0.0
+        self._park(batch)
+
+    def _park(self, batch: Batch) -> None:
         heapq.heappush(self._retry, batch)
+        self._retry_readings += batch.count
 
     def _requeue_ready(self) -> None:
         while self._ready:
@@ -355,7 +362,9 @@ class Publisher:
         """The next batch to send: a due retry first, then new readings; None when stopping."""
         while not self._stopping.is_set():
             if self._retry and self._retry[0].due <= self._loop_time():
-                return heapq.heappop(self._retry)
+                batch = heapq.heappop(self._retry)
+                self._retry_readings -= batch.count
+                return batch
             if self._ready:
                 return self._ready.popleft()
             await self._fill()
@@ -368,7 +377,8 @@ class Publisher:
         the cursor passes them, so an interrupted fill loses nothing.
         """
         budget = self.config.max_in_flight * self.config.batch.max_readings
-        budget -= sum(batch.count for batch in self._retry)
+        if self._retry_readings >= MAX_RETRY_READINGS:
+            budget = 0  # memory stays bounded; the rest waits on disk
         await self._fetch(budget - len(self._pending))
         if self._pending and len(self._pending) < self.config.batch.max_readings:
             await asyncio.sleep(self.config.batch.linger_ms / 1000)

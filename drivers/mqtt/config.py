@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import BeforeValidator, Field, field_validator, model_validator
 
 from gateway.config_types import Seconds, SecretFile, StrictModel, TlsConfig
 
@@ -76,7 +76,7 @@ class MqttDriverConfig(StrictModel):
     """Default 1883, or 8883 with `tls`."""
     client_id: str | None = None
     """Fixed id of the persistent session; default `edge-gateway-<gateway.id>-<name>`."""
-    protocol: Literal["5", "3.1.1"] = "5"
+    protocol: Annotated[Literal["5", "3.1.1"], BeforeValidator(str)] = "5"
     username: str | None = None
     password_file: SecretFile | None = None
     tls: TlsConfig | None = None

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from drivers.mqtt.config import FieldSpec, Subscription
@@ -25,8 +25,11 @@ _EPOCH_MS_THRESHOLD = 1e11  # epoch seconds stay below this until the year 5138
 def decode(
     sub: Subscription, device: str, payload: bytes, received: float, source: str
 ) -> list[Reading]:
-    """Decode one message with its subscription's format."""
-    return DECODERS[sub.format](sub, device, payload, received, source)
+    """Decode one message with its subscription's format; raise only `DecodeError`."""
+    try:
+        return DECODERS[sub.format](sub, device, payload, received, source)
+    except (ValueError, OverflowError, OSError) as exc:  # e.g. a time beyond the year 9999
+        raise DecodeError(f"value out of range ({exc})", payload) from None
 
 
 def decode_json(
@@ -183,7 +186,18 @@ def _value(name: str, raw: Any, payload: bytes) -> Value:
         raise DecodeError(f"value {name!r} is {raw}, not a finite number", payload)
     if not isinstance(raw, int | float | str | bool):
         raise DecodeError(f"value {name!r} is not a number, bool or string", payload)
+    _encodable(name, payload)
+    if isinstance(raw, str):
+        _encodable(raw, payload)
     return raw
+
+
+def _encodable(text: str, payload: bytes) -> None:
+    """JSON may carry lone surrogates (`"\\ud800"`) that no UTF-8 message can hold."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise DecodeError("a string holds an invalid Unicode surrogate", payload) from None
 
 
 def _number(raw: Any, key: str, payload: bytes) -> float:
@@ -195,6 +209,7 @@ def _number(raw: Any, key: str, payload: bytes) -> float:
 def _text(raw: Any, key: str, payload: bytes) -> str:
     if not isinstance(raw, str):
         raise DecodeError(f"SenML {key} must be a string", payload)
+    _encodable(raw, payload)
     return raw
 
 
@@ -213,6 +228,6 @@ def _timestamp(raw: Any, payload: bytes) -> datetime | None:
             pass
         else:
             if parsed.tzinfo is not None:
-                return parsed
+                return parsed.astimezone(UTC)
             raise DecodeError(f"timestamp {raw!r} has no time zone; add Z or +00:00", payload)
     raise DecodeError(f"timestamp {raw!r} is neither epoch seconds nor RFC 3339", payload)

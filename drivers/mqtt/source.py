@@ -10,6 +10,7 @@ A crash before that leaves them unacknowledged, so the broker sends them again.
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 import time
 from collections.abc import Sequence
@@ -37,6 +38,7 @@ from gateway.tls import client_ssl_context
 log = structlog.get_logger("drivers.mqtt")
 
 _MAX_TOPIC_CACHE = 10_000
+_INVALID_TOPIC = "\x00invalid-utf8-topic"
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,14 +134,21 @@ class MqttSource:
             client.username_pw_set(self.config.username, password)
         if self.config.tls is not None:
             client.tls_set_context(client_ssl_context(self.config.tls))
+        client.suppress_exceptions = True  # a callback bug must not end paho's network thread
+        client.enable_logger(logging.getLogger("paho.mqtt"))
         client.on_connect = self._on_connect
+        client.on_connect_fail = self._on_connect_fail
         client.on_disconnect = self._on_disconnect
         client.on_subscribe = self._on_subscribe
 
         def on_message(_client: mqtt.Client, _userdata: Any, message: mqtt.MQTTMessage) -> None:
+            try:
+                topic = message.topic
+            except UnicodeDecodeError:  # MQTT requires UTF-8 topics; count it, then ack it
+                topic = _INVALID_TOPIC
             inbox.push(
                 _Message(
-                    message.topic,
+                    topic,
                     bytes(message.payload),
                     message.qos,
                     message.mid,
@@ -191,6 +200,18 @@ class MqttSource:
             client.subscribe([(s.topic, SubscribeOptions(qos=s.qos)) for s in self._subs])
         else:
             client.subscribe([(s.topic, int(s.qos)) for s in self._subs])
+
+    def _on_connect_fail(self, _client: mqtt.Client, _userdata: Any) -> None:
+        self.stats.state = "unreachable"
+        self.stats.failed(f"cannot connect to {self.config.host}")
+        self._bad_input.warning(
+            "connect-fail",
+            "MQTT broker unreachable; retrying with backoff",
+            driver=self.name,
+            host=self.config.host,
+            port=self.config.port or (8883 if self.config.tls else 1883),
+            hint="check that the broker runs and host/port are right",
+        )
 
     def _on_disconnect(
         self, _client: mqtt.Client, _userdata: Any, _flags: Any, reason: Any, _props: Any
@@ -251,8 +272,15 @@ class MqttSource:
                 max_payload_bytes=self.config.max_payload_bytes,
             )
             return []
-        index = self._subscription_for(message.topic)
+        index = None if message.topic == _INVALID_TOPIC else self._subscription_for(message.topic)
         if index is None:
+            self.stats.malformed += 1
+            self._bad_input.warning(
+                "no-subscription",
+                "MQTT message on a topic no subscription matches (or not UTF-8); skipped",
+                driver=self.name,
+                topic=message.topic,
+            )
             return []
         sub = self.config.subscriptions[index]
         try:
