@@ -95,22 +95,18 @@ def _signal_pid(pid: int, sig: signal.Signals) -> None:
         pass
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
-
-
 def _spawn(
-    args: Sequence[str | Path], output: Path, env: dict[str, str] | None = None
+    args: Sequence[str | Path],
+    output: Path,
+    env: dict[str, str] | None = None,
+    cwd: Path = Path("/"),
 ) -> subprocess.Popen[bytes]:
     """Start `args` in its own session (a Ctrl-C in the terminal does not reach it) with stdout
     and stderr appended to `output`."""
     with output.open("ab") as out:
         return subprocess.Popen(
             [str(a) for a in args],
+            cwd=cwd,
             stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -218,7 +214,7 @@ class RabbitMQNode(_Broker):
         self._node: subprocess.Popen[bytes] | None = None
         self._epmd: subprocess.Popen[bytes] | None = None
         self._env: dict[str, str] | None = None  # built on the first start()
-        self._scripts_dir = bin_dir
+        self._server = bin_dir / "rabbitmq-server"
         self.log_dir = self.base_dir / "log"
         self.log_file = self.log_dir / f"{self.nodename}.log"
         self.console_file = self.base_dir / "console.out"
@@ -235,6 +231,20 @@ class RabbitMQNode(_Broker):
         return f"amqp://guest:guest@{LOOPBACK}:{self._port}/"
 
     @property
+    def dist_port(self) -> int:
+        """The Erlang distribution port (rabbitmqctl talks to the node through it)."""
+        return self._dist_port
+
+    @property
+    def epmd_port(self) -> int:
+        return self._epmd_port
+
+    @property
+    def pid(self) -> int | None:
+        """The pid of the node's Erlang VM (beam.smp) while it runs."""
+        return self._beam_pid() if self.is_running else None
+
+    @property
     def is_running(self) -> bool:
         return self._node is not None and self._node.poll() is None
 
@@ -246,7 +256,7 @@ class RabbitMQNode(_Broker):
         self._start_epmd()
         self.pid_file.unlink(missing_ok=True)
         deadline = time.monotonic() + self.startup_timeout
-        self._node = _spawn([self._scripts_dir / "rabbitmq-server"], self.console_file, env)
+        self._node = _spawn([self._server], self.console_file, env, cwd=self.base_dir)
         try:
             # The pid file appears once the node is registered with epmd; from then on
             # `await_startup` waits for the boot to finish (before, it fails at once).
@@ -268,7 +278,10 @@ class RabbitMQNode(_Broker):
         """Graceful shutdown (SIGTERM: RabbitMQ stops its listeners, queues and message stores
         as with `rabbitmqctl shutdown`, without the 2 s the CLI takes to boot)."""
         node = self._node
-        if node is None or node.poll() is not None:
+        if node is None:
+            return
+        if node.poll() is not None:  # it crashed or was killed behind our back
+            self._kill_node()
             return
         _signal_pid(self._beam_pid() or node.pid, signal.SIGTERM)
         try:
@@ -278,7 +291,7 @@ class RabbitMQNode(_Broker):
             raise BrokerError(
                 f"{self.nodename} did not stop in {timeout} s\n{self.log_tail()}"
             ) from None
-        self._wait_beam_gone(timeout=5.0)
+        self._node = None  # the launcher script has reaped the VM
 
     def kill(self) -> None:
         """Crash the node: SIGKILL its beam.smp, as a power cut or the OOM killer would."""
@@ -293,7 +306,7 @@ class RabbitMQNode(_Broker):
         """Run `rabbitmqctl ARGS` against this node and return its output, e.g.
         `ctl("set_vm_memory_high_watermark", "0")` to raise a memory alarm."""
         env = dict(self._prepare())
-        del env["RABBITMQ_SCRIPTS_DIR"]  # the full CLI, with every plugin's commands
+        env.pop("RABBITMQ_SCRIPTS_DIR", None)  # the full CLI, with every plugin's commands
         cmd = [str(self._bin_dir / "rabbitmqctl"), "--quiet", *args]
         try:
             done = subprocess.run(
@@ -334,6 +347,11 @@ class RabbitMQNode(_Broker):
         """Write the node's files (once) and return its environment."""
         if self._env is not None:
             return self._env
+        if not (self._bin_dir / "rabbitmq-server").exists():
+            raise BrokerError(
+                f"no {self._bin_dir}/rabbitmq-server: is rabbitmq-server installed? "
+                "(scripts/bootstrap.sh installs it)"
+            )
         base = self.base_dir
         home = base / "home"
         for d in (home, base / "mnesia", self.log_dir, base / "conf.d"):
@@ -352,7 +370,7 @@ class RabbitMQNode(_Broker):
         (base / "enabled_plugins").write_text("[].\n")  # no management plugin, no HTTP port
         (base / "rabbitmq-env.conf").write_text("")
         slim = _slim_rabbitmq_home(self._bin_dir, base / "rabbitmq-home")
-        self._scripts_dir = slim / "sbin" if slim else self._bin_dir
+        self._server = (slim / "sbin" if slim else self._bin_dir) / "rabbitmq-server"
         dist_on_loopback = "-kernel inet_dist_use_interface {127,0,0,1}"
         self._env = _clean_env() | {
             "HOME": str(home),
@@ -373,8 +391,10 @@ class RabbitMQNode(_Broker):
             # Erlang distribution (node and CLI) on loopback only, not 0.0.0.0.
             "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS": dist_on_loopback,
             "RABBITMQ_CTL_ERL_ARGS": dist_on_loopback,
-            "RABBITMQ_SCRIPTS_DIR": str(self._scripts_dir),
+            "ERL_CRASH_DUMP": str(self.log_dir / "erl_crash.dump"),  # not in the caller's cwd
         }
+        if slim is not None:
+            self._env["RABBITMQ_SCRIPTS_DIR"] = str(slim / "sbin")
         return self._env
 
     def _start_epmd(self) -> None:
@@ -406,17 +426,18 @@ class RabbitMQNode(_Broker):
         beam = self._beam_pid()
         if beam is not None and node.poll() is None:
             _signal_pid(beam, signal.SIGKILL)
-        if node.poll() is None:
-            node.kill()
+            try:
+                node.wait(5.0)  # the launcher script reaps the VM, then exits
+            except subprocess.TimeoutExpired:
+                pass
+        # Whatever is left of the node's process group: the launcher script and, if the node died
+        # before writing its pid file, the VM itself (`_spawn` made the launcher a group leader).
+        try:
+            os.killpg(node.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
         node.wait()
-        self._wait_beam_gone(timeout=5.0)
-
-    def _wait_beam_gone(self, timeout: float) -> None:
-        """The pid file's process may not be our child (if `erl` forked): wait for it too."""
-        beam = self._beam_pid()
-        deadline = time.monotonic() + timeout
-        while beam is not None and _pid_alive(beam) and time.monotonic() < deadline:
-            time.sleep(0.02)
+        self._node = None
 
 
 # --------------------------------------------------------------------------------------------
@@ -470,6 +491,10 @@ class MosquittoBroker(_Broker):
         return self._port
 
     @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None and self._proc.poll() is None else None
+
+    @property
     def is_running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
 
@@ -478,7 +503,10 @@ class MosquittoBroker(_Broker):
         if self.is_running:
             raise BrokerError(f"mosquitto on port {self._port} is already running")
         self._write_config()
-        proc = self._proc = _spawn([MOSQUITTO, "-c", self.config_file], self.console_file)
+        exe = shutil.which(MOSQUITTO) or shutil.which(MOSQUITTO, path="/usr/sbin:/usr/local/sbin")
+        if exe is None:
+            raise BrokerError("mosquitto is not installed (scripts/bootstrap.sh installs it)")
+        proc = self._proc = _spawn([exe, "-c", self.config_file], self.console_file)
         deadline = time.monotonic() + self.startup_timeout
         while not _port_open(self._port):
             if proc.poll() is not None:

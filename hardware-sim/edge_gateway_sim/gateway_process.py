@@ -82,6 +82,7 @@ class GatewayProcess:
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             env={**os.environ, **(self.env or {})},
+            start_new_session=True,  # a Ctrl-C meant for the parent is not ours to act on
         )
         deadline = time.monotonic() + ready_timeout
         while b'"gateway started"' not in self.log.read_bytes()[offset:]:
