@@ -11,6 +11,7 @@ import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import aio_pika
@@ -113,12 +114,18 @@ class ReadingCollector:
             got.unique += 1
             if isinstance(seq, int):
                 seen.add(seq)
-            if self.measure_latency and "sent" in reading["values"]:
-                got.latencies.append(now - reading["values"]["sent"])
+            if self.measure_latency:
+                latency = _latency(now, reading)
+                if latency is not None:
+                    got.latencies.append(latency)
         await message.ack()
         self._changed.set()
 
-    async def wait_until(self, done: Callable[[Received], bool], timeout: float) -> bool:
+    async def wait_until(
+        self,
+        done: Callable[[Received], bool],
+        timeout: float,  # noqa: ASYNC109 (seconds, as it always was)
+    ) -> bool:
         """Wait until `done(received)` holds; False if `timeout` passed first."""
         deadline = time.monotonic() + timeout
         while not done(self.received):
@@ -131,3 +138,18 @@ class ReadingCollector:
             except TimeoutError:
                 pass
         return True
+
+
+def _latency(now: float, reading: dict[str, Any]) -> float | None:
+    """Seconds from the sample to its arrival here: from `values.sent` (epoch seconds) if the
+    reading has one, else from its `ts` (RFC 3339, the simulator's sampling time)."""
+    sent = reading["values"].get("sent")
+    if isinstance(sent, int | float):
+        return now - sent
+    ts = reading.get("ts")
+    if not isinstance(ts, str):
+        return None
+    try:
+        return now - datetime.fromisoformat(ts).timestamp()
+    except ValueError:
+        return None

@@ -1,4 +1,4 @@
-"""`edge-gateway-sim demo`: a whole simulated site on this machine, watched with `edge-gateway tail`.
+"""`edge-gateway-sim demo`: a whole simulated site here, shown by `edge-gateway tail`.
 
 Private RabbitMQ and Mosquitto processes on free loopback ports, simulated MQTT
 sensors, the real gateway as a child process, and the `tail` command a user
@@ -26,9 +26,10 @@ def run_demo(sensors: int, rate: float, duration: float | None, keep: bool) -> i
     base = Path(tempfile.mkdtemp(prefix="edge-gateway-demo-"))
     say(f"working directory: {base}")
     try:
-        with RabbitMQNode(base / "rabbitmq", "demo") as rabbit, MosquittoBroker(
-            base / "mosquitto"
-        ) as mosquitto:
+        with (
+            RabbitMQNode(base / "rabbitmq", "demo") as rabbit,
+            MosquittoBroker(base / "mosquitto") as mosquitto,
+        ):
             say(f"RabbitMQ  {rabbit.url}")
             say(f"Mosquitto mqtt://127.0.0.1:{mosquitto.port}")
             config = base / "gateway.yaml"

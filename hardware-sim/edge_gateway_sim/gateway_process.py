@@ -25,6 +25,7 @@ def site_config(
     site: str = "sim-site",
     prefix: str = "sensors",
     extra_amqp: str = "",
+    max_bytes: str = "256MB",
     extra_buffer: str = "",
     extra_mqtt: str = "",
 ) -> str:
@@ -35,7 +36,7 @@ gateway:
   site: {site}
   state_dir: {state_dir}
 buffer:
-  max_bytes: 256MB
+  max_bytes: {max_bytes}
 {_indent(extra_buffer)}
 amqp:
   url: "{amqp_url}"

@@ -8,93 +8,11 @@ simulator says it handed to Mosquitto: nothing accepted may be missing; duplicat
 from __future__ import annotations
 
 import asyncio
-import json
-import re
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import jsonschema
-import pytest
 from edge_gateway_sim.brokers import MosquittoBroker, RabbitMQNode
-from edge_gateway_sim.consumer import ReadingCollector
-from edge_gateway_sim.gateway_process import GatewayProcess, site_config
-from edge_gateway_sim.mqtt_sensors import FleetConfig, MqttSensorFleet
-
-from gateway.status import read_status
-
-SCHEMA = json.loads(
-    (Path(__file__).parents[2] / "gateway" / "schemas" / "message.schema.json").read_text()
-)
-validate_message = jsonschema.Draft202012Validator(SCHEMA).validate
-
-
-@dataclass
-class Site:
-    """One simulated site: its gateway process and where it publishes."""
-
-    name: str
-    state_dir: Path
-    amqp_url: str
-    mqtt_port: int
-    gateway: GatewayProcess
-
-    def fleet(self, **options: Any) -> MqttSensorFleet:
-        return MqttSensorFleet(FleetConfig(port=self.mqtt_port, prefix=self.name, **options))
-
-    def collector(self, queue: str = "all", binding: str = "#") -> ReadingCollector:
-        return ReadingCollector(
-            self.amqp_url,
-            self.name,
-            queue=f"{self.name}-{queue}",
-            binding=binding,
-            validate=validate_message,
-        )
-
-    def status(self) -> dict[str, Any]:
-        return read_status(self.state_dir)
-
-
-@pytest.fixture
-def make_site(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Any]:
-    sites: list[Site] = []
-
-    def make(rabbit: RabbitMQNode, mosquitto: MosquittoBroker, **extra: str) -> Site:
-        name = re.sub(r"[^a-z0-9]+", "-", request.node.name.lower()).strip("-")[:40]
-        config = tmp_path / "gateway.yaml"
-        config.write_text(
-            site_config(
-                state_dir=tmp_path / "state",
-                amqp_url=rabbit.url,
-                mqtt_port=mosquitto.port,
-                exchange=name,
-                site=name,
-                prefix=name,
-                extra_mqtt=f"client_id: gw-{name}\n" + extra.pop("extra_mqtt", ""),
-                **extra,
-            )
-        )
-        site = Site(
-            name,
-            tmp_path / "state",
-            rabbit.url,
-            mosquitto.port,
-            GatewayProcess(config, tmp_path / "gateway.log"),
-        )
-        sites.append(site)
-        return site
-
-    yield make
-    for site in sites:
-        site.gateway.close()
-
-
-def report(name: str, received: Any, extra: str = "") -> None:
-    print(
-        f"\n[{name}] unique={received.unique} messages={received.messages} "
-        f"duplicates={received.duplicates} {extra}"
-    )
+from harness import Site, report
 
 
 async def test_ten_thousand_readings_arrive_once_each_and_match_the_schema(

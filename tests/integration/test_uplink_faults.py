@@ -1,0 +1,166 @@
+"""Uplink faults: nacks, broker alarms, lost confirms, cut connections, failover, full buffer.
+
+As in test_pipeline, every test counts what a consumer received against what the
+simulated sensors handed to Mosquitto: no accepted reading may be missing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from typing import Any
+
+import aio_pika
+from edge_gateway_sim.brokers import MosquittoBroker, RabbitMQNode, free_port
+from harness import report
+from tcp_proxy import TcpProxy
+
+
+async def test_nacked_messages_are_retried_until_the_broker_takes_them(
+    make_site: Any, rabbitmq: RabbitMQNode, mosquitto: MosquittoBroker
+) -> None:
+    site = make_site(rabbitmq, mosquitto, extra_amqp="retry_max_s: 1")
+    async with site.collector() as collector:
+        connection = await aio_pika.connect(rabbitmq.url)
+        channel = await connection.channel()
+        exchange = await channel.get_exchange(site.name)
+        limited = await channel.declare_queue(
+            f"{site.name}-limited",
+            arguments={"x-max-length": 5, "x-overflow": "reject-publish"},
+        )
+        await limited.bind(exchange, "#")
+        site.gateway.start()
+        sent = await asyncio.to_thread(site.fleet(sensors=4, rate=200).run, 400)
+        await asyncio.sleep(3)
+        assert site.status()["gateway"]["publisher"]["nacked"] > 0
+        await limited.delete(if_unused=False, if_empty=False)
+        await connection.close()
+        await collector.wait_until(lambda got: got.unique >= 400, timeout=30)
+    report("nack", collector.received)
+    assert collector.received.missing(sent.last_seq) == {}
+    assert "broker refused the message (nack)" in site.gateway.log.read_text()
+    assert site.gateway.terminate() == 0
+
+
+async def test_broker_memory_alarm_pauses_publishing_until_it_clears(
+    make_site: Any, rabbitmq_node: RabbitMQNode, mosquitto: MosquittoBroker
+) -> None:
+    site = make_site(rabbitmq_node, mosquitto)
+    async with site.collector() as collector:
+        await asyncio.to_thread(rabbitmq_node.ctl, "set_vm_memory_high_watermark", "0")
+        site.gateway.start()
+        sent = await asyncio.to_thread(site.fleet(sensors=3, rate=150).run, 300)
+        await asyncio.sleep(3)
+        status = site.status()["gateway"]
+        assert status["publisher"]["blocked"] is True
+        assert status["publisher"]["published_readings"] == 0
+        assert collector.received.unique == 0
+        await asyncio.to_thread(rabbitmq_node.ctl, "set_vm_memory_high_watermark", "0.4")
+        await collector.wait_until(lambda got: got.unique >= 300, timeout=30)
+    report("blocked", collector.received)
+    assert collector.received.missing(sent.last_seq) == {}
+    assert "broker blocked publishing (resource alarm)" in site.gateway.log.read_text()
+    assert site.gateway.terminate() == 0
+
+
+async def test_lost_confirms_and_a_cut_uplink_cost_duplicates_not_readings(
+    make_site: Any, rabbitmq: RabbitMQNode, mosquitto: MosquittoBroker
+) -> None:
+    async with TcpProxy(rabbitmq.port) as proxy:
+        site = make_site(
+            rabbitmq,
+            mosquitto,
+            gateway_url=f"amqp://guest:guest@127.0.0.1:{proxy.port}/",
+            extra_amqp="timeout_s: 2\nretry_max_s: 1",
+        )
+        async with site.collector() as collector:
+            site.gateway.start()
+            fleet = site.fleet(sensors=5, rate=200)
+            fleet.start(duration=12)
+            await asyncio.sleep(3)
+            proxy.swallow_replies = True  # the broker's confirms never reach the gateway
+            await asyncio.sleep(4)
+            proxy.swallow_replies = False
+            proxy.cut()  # and the connections that were left hanging drop
+            await asyncio.sleep(3)
+            proxy.cut()
+            sent = await asyncio.to_thread(fleet.wait, 30)
+            total = sum(sent.last_seq.values())
+            await collector.wait_until(lambda got: got.unique >= total, timeout=60)
+    report("lost-confirms", collector.received, f"sent={total}")
+    assert collector.received.missing(sent.last_seq) == {}
+    assert collector.received.duplicates > 0  # what was confirmed but unheard went twice
+    assert site.gateway.terminate() == 0
+
+
+async def test_publisher_fails_over_to_the_next_broker_url(
+    make_site: Any, rabbitmq: RabbitMQNode, mosquitto: MosquittoBroker
+) -> None:
+    dead = f"amqp://guest:guest@127.0.0.1:{free_port()}/"
+    site = make_site(rabbitmq, mosquitto, gateway_url=dead, extra_amqp="retry_max_s: 1")
+    config = site.gateway.config
+    config.write_text(
+        config.read_text().replace(f'url: "{dead}"', f'url: ["{dead}", "{rabbitmq.url}"]')
+    )
+    async with site.collector() as collector:
+        site.gateway.start()
+        sent = await asyncio.to_thread(site.fleet(sensors=2, rate=100).run, 100)
+        await collector.wait_until(lambda got: got.unique >= 100, timeout=30)
+    assert collector.received.missing(sent.last_seq) == {}
+    log = site.gateway.log.read_text()
+    assert "broker unreachable or connection lost" in log
+    assert f'"url": "amqp://guest:***@127.0.0.1:{rabbitmq.port}/", "exchange"' in log
+    assert site.gateway.terminate() == 0
+
+
+async def test_sigterm_mid_stream_exits_0_and_the_restart_delivers_the_rest(
+    make_site: Any, rabbitmq: RabbitMQNode, mosquitto: MosquittoBroker
+) -> None:
+    site = make_site(rabbitmq, mosquitto)
+    async with site.collector() as collector:
+        site.gateway.start()
+        fleet = site.fleet(sensors=5, rate=300)
+        fleet.start(duration=5)
+        await asyncio.sleep(1.5)
+        started = time.monotonic()
+        assert await asyncio.to_thread(site.gateway.terminate) == 0
+        stopped_in = time.monotonic() - started
+        await asyncio.to_thread(site.gateway.start)
+        sent = await asyncio.to_thread(fleet.wait, 30)
+        total = sum(sent.last_seq.values())
+        await collector.wait_until(lambda got: got.unique >= total, timeout=30)
+    report("sigterm", collector.received, f"sent={total} stopped_in={stopped_in:.2f}s")
+    assert stopped_in < 6  # amqp.shutdown_grace_s is 5 s, and little was in flight
+    assert collector.received.missing(sent.last_seq) == {}
+    assert '"gateway stopped"' in site.gateway.log.read_text()
+    assert site.gateway.terminate() == 0
+
+
+async def test_full_buffer_with_reject_new_holds_mqtt_acks_until_there_is_room(
+    make_site: Any, rabbitmq_node: RabbitMQNode, tmp_path: Path
+) -> None:
+    with MosquittoBroker(tmp_path / "mosquitto", ["max_queued_messages 100000"]) as mosquitto:
+        site = make_site(
+            rabbitmq_node,
+            mosquitto,
+            max_bytes="48KB",
+            extra_buffer="when_full: reject_new",
+            extra_amqp="retry_max_s: 1",
+        )
+        async with site.collector() as collector:
+            await asyncio.to_thread(rabbitmq_node.stop)
+            site.gateway.start()
+            sent = await asyncio.to_thread(site.fleet(sensors=5, rate=1_000).run, 3_000)
+            await asyncio.sleep(3)
+            status = site.status()
+            assert status["gateway"]["buffer"]["rejected"] > 0
+            assert status["buffer"]["depth"] < 3_000  # the rest waits, unacknowledged, in MQTT
+            await asyncio.to_thread(rabbitmq_node.start)
+            await collector.wait_until(lambda got: got.unique >= 3_000, timeout=90)
+    report("reject-new", collector.received)
+    assert collector.received.missing(sent.last_seq) == {}
+    assert "buffer did not accept readings; holding them unacknowledged" in (
+        site.gateway.log.read_text()
+    )
+    assert site.gateway.terminate() == 0

@@ -1,0 +1,501 @@
+"""The buffer's contract: durable, ordered, ids never reused, bounded, crash safe.
+
+Every test uses its own database under `tmp_path`. `commit_interval=0` where a test puts
+one batch after another (each put then commits at once); the group-commit test keeps
+the real interval, because gathering puts into one commit is what it checks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import random
+import re
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from collections.abc import AsyncIterator
+from contextlib import closing
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import gateway.buffer
+from gateway.buffer import Buffer, Chunk, StoredReading, decode_chunk, encode_chunk
+from gateway.errors import BufferFull, StorageError
+from gateway.model import Reading
+
+T0 = datetime(2024, 3, 1, 12, 0, tzinfo=UTC)
+
+
+def reading(i: int, *, pad_bytes: int = 0, device: str | None = None) -> Reading:
+    """A distinct reading; `pad_bytes` of random (incompressible) data make it big."""
+    values: dict[str, float | int | bool | str] = {"i": i, "temp": 20.0 + i / 10}
+    if pad_bytes:
+        values["pad"] = base64.b64encode(os.urandom(pad_bytes)).decode()
+    return Reading(
+        device=device or f"dev-{i % 3}",
+        ts=T0 + timedelta(seconds=i),
+        values=values,
+        source="test-src",
+        units={"temp": "Cel"},
+    )
+
+
+async def fetch_all(buffer: Buffer) -> list[StoredReading]:
+    """Every reading on disk, oldest first, as the publisher would page through them."""
+    out: list[StoredReading] = []
+    after = 0
+    while chunks := await buffer.fetch(after, 500):
+        for chunk in chunks:
+            out.extend(r for r in chunk.readings if r.seq > after)
+        after = chunks[-1].readings[-1].seq
+    return out
+
+
+def write_file(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+
+
+def chunk_rows(db: Path) -> list[tuple[int, int]]:
+    """(first_seq, count) of every chunk row, read with plain sqlite3."""
+    with closing(sqlite3.connect(db)) as conn:
+        return conn.execute("SELECT first_seq, count FROM chunks ORDER BY first_seq").fetchall()
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Path:
+    return tmp_path / "state" / "buffer.db"
+
+
+@pytest.fixture
+async def buffer(db: Path) -> AsyncIterator[Buffer]:
+    async with Buffer(db, max_bytes=64 * 1024**2, commit_interval=0) as buf:
+        yield buf
+
+
+# --- put and fetch --------------------------------------------------------------------------
+
+
+async def test_put_then_fetch_returns_readings_in_order_with_increasing_seqs(
+    buffer: Buffer,
+) -> None:
+    batches = [[reading(0)], [reading(1), reading(2), reading(3)], [reading(4), reading(5)]]
+    for batch in batches:
+        await buffer.put(batch)
+    put = [r for batch in batches for r in batch]
+
+    stored = await fetch_all(buffer)
+
+    assert [s.seq for s in stored] == [1, 2, 3, 4, 5, 6]
+    assert [s.body for s in stored] == [r.to_json() for r in put]
+    assert [(s.device, s.source) for s in stored] == [(r.device, r.source) for r in put]
+    assert re.fullmatch(r"[0-9a-f]{12}", buffer.stream)
+    assert (buffer.last_seq, buffer.depth, buffer.counters.accepted) == (6, 6, 6)
+
+
+async def test_fetch_pages_by_chunk_after_a_seq(buffer: Buffer) -> None:
+    for batch in ([reading(0)], [reading(1), reading(2), reading(3)], [reading(4), reading(5)]):
+        await buffer.put(batch)  # one commit, so one chunk, each
+
+    def shape(chunks: list[Chunk]) -> list[list[int]]:
+        return [[r.seq for r in chunk.readings] for chunk in chunks]
+
+    assert shape(await buffer.fetch(0, 100)) == [[1], [2, 3, 4], [5, 6]]
+    assert shape(await buffer.fetch(0, 2)) == [[1]]  # the next chunk would exceed 2
+    assert shape(await buffer.fetch(1, 2)) == [[2, 3, 4]]  # but one chunk always comes
+    assert shape(await buffer.fetch(3, 100)) == [[2, 3, 4], [5, 6]]
+    assert shape(await buffer.fetch(4, 100)) == [[5, 6]]
+    assert await buffer.fetch(6, 100) == []
+
+
+async def test_put_of_nothing_commits_nothing(buffer: Buffer) -> None:
+    await buffer.put([])
+    assert buffer.counters.commits == 0
+    assert await fetch_all(buffer) == []
+
+
+async def test_wait_for_commit_returns_after_a_put_is_committed(buffer: Buffer) -> None:
+    waiter = asyncio.create_task(buffer.wait_for_commit())
+    await asyncio.sleep(0)  # let the waiter start waiting (it clears the event first)
+    assert not waiter.done()
+    await buffer.put([reading(1)])
+    await asyncio.wait_for(waiter, timeout=5)
+
+
+async def test_put_after_close_is_refused(db: Path) -> None:
+    async with Buffer(db, max_bytes=1024**2, commit_interval=0) as buf:
+        await buf.put([reading(1)])
+    with pytest.raises(StorageError, match="closing"):
+        await buf.put([reading(2)])
+
+
+async def test_readings_put_before_close_are_committed(db: Path) -> None:
+    async with Buffer(db, max_bytes=1024**2, commit_interval=0.3) as buf:
+        await buf.put([reading(1)])  # the first commit has no interval to wait for
+        pending = asyncio.ensure_future(buf.put([reading(2), reading(3)]))
+        await asyncio.sleep(0)  # the put queues its readings; the writer waits out the interval
+    await pending  # settled by the commit that closing makes
+    async with Buffer(db, max_bytes=1024**2) as buf:
+        stored = await fetch_all(buf)
+    assert [s.body for s in stored] == [reading(i).to_json() for i in (1, 2, 3)]
+
+
+# --- ids ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("ack_everything", [True, False], ids=["table-emptied", "table-kept"])
+async def test_seqs_are_never_reused_after_reopening(db: Path, ack_everything: bool) -> None:
+    async with Buffer(db, max_bytes=1024**2, commit_interval=0) as buf:
+        for i in range(5):
+            await buf.put([reading(i)])
+        first = await fetch_all(buf)
+        stream = buf.stream
+        if ack_everything:
+            buf.ack([s.seq for s in first])  # one reading per chunk: seq == first_seq
+    if ack_everything:
+        assert chunk_rows(db) == []
+
+    async with Buffer(db, max_bytes=1024**2, commit_interval=0) as buf:
+        assert buf.stream == stream
+        assert buf.last_seq == 5
+        await buf.put([reading(10), reading(11)])
+        stored = await fetch_all(buf)
+
+    new_bodies = {reading(10).to_json(), reading(11).to_json()}
+    assert [s.seq for s in stored if s.body in new_bodies] == [6, 7]
+    assert [s.seq for s in stored if s.body not in new_bodies] == (
+        [] if ack_everything else [1, 2, 3, 4, 5]
+    )
+
+
+async def test_dropped_oldest_seqs_are_not_reused_after_reopening(db: Path) -> None:
+    async with Buffer(db, max_bytes=24 * 1024, when_full="drop_oldest", commit_interval=0) as buf:
+        for i in range(60):
+            await buf.put([reading(i, pad_bytes=600)])
+        last = buf.last_seq
+        assert buf.counters.dropped > 0
+    async with Buffer(db, max_bytes=24 * 1024, when_full="drop_oldest", commit_interval=0) as buf:
+        await buf.put([reading(100)])
+        assert (await fetch_all(buf))[-1].seq == last + 1
+
+
+# --- group commit -------------------------------------------------------------------------------
+
+
+async def test_concurrent_puts_share_few_commits(db: Path) -> None:
+    async with Buffer(db, max_bytes=64 * 1024**2, commit_interval=0.04) as buf:
+        await asyncio.gather(*(buf.put([reading(i)]) for i in range(1000)))
+        commits = buf.counters.commits
+        stored = await fetch_all(buf)
+
+    assert commits < 50, f"{commits} commits for 1000 concurrent puts"
+    assert buf.counters.accepted == 1000
+    assert [s.seq for s in stored] == list(range(1, 1001))
+    assert sorted(s.body for s in stored) == sorted(reading(i).to_json() for i in range(1000))
+
+
+# --- when full ---------------------------------------------------------------------------------
+
+
+async def fill_until_full(buf: Buffer, pad_bytes: int = 600, limit: int = 500) -> list[Reading]:
+    """Put one big reading at a time until the buffer refuses one; return those accepted."""
+    accepted: list[Reading] = []
+    for i in range(limit):
+        one = reading(i, pad_bytes=pad_bytes)
+        try:
+            await buf.put([one])
+        except BufferFull:
+            return accepted
+        accepted.append(one)
+    raise AssertionError(f"{limit} readings of {pad_bytes} bytes fit in {buf.max_bytes} bytes")
+
+
+async def test_reject_new_raises_buffer_full_and_keeps_what_it_has(db: Path) -> None:
+    async with Buffer(db, max_bytes=32 * 1024, when_full="reject_new", commit_interval=0) as buf:
+        accepted = await fill_until_full(buf)
+        assert buf.counters.rejected == 1
+        with pytest.raises(BufferFull, match="max_bytes 32768"):
+            await buf.put([reading(900, pad_bytes=600), reading(901, pad_bytes=600)])
+        assert buf.counters.rejected == 3
+        assert buf.counters.dropped == 0
+        assert buf.last_seq == len(accepted)  # refused readings take no seq
+        stored = await fetch_all(buf)
+    assert len(accepted) > 5
+    assert [s.body for s in stored] == [r.to_json() for r in accepted]
+    assert [s.seq for s in stored] == list(range(1, len(accepted) + 1))
+
+
+async def test_drop_oldest_drops_the_oldest_and_counts_them(db: Path) -> None:
+    puts = [reading(i, pad_bytes=600) for i in range(120)]
+    async with Buffer(db, max_bytes=32 * 1024, when_full="drop_oldest", commit_interval=0) as buf:
+        for one in puts:
+            await buf.put([one])  # never refused
+        stored = await fetch_all(buf)
+        dropped = buf.counters.dropped
+        depth = buf.depth
+
+    assert 0 < dropped < 120
+    assert buf.counters.rejected == 0
+    assert len(stored) == 120 - dropped == depth
+    assert [s.body for s in stored] == [r.to_json() for r in puts[dropped:]]  # the newest
+    assert [s.seq for s in stored] == list(range(dropped + 1, 121))
+
+
+async def test_acks_survive_a_rejected_put(db: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Deletes and a refused chunk in one commit: the readings are refused, the deletes kept."""
+    monkeypatch.setattr(gateway.buffer, "_DELETE_INTERVAL_S", 0.0)  # acks due at every commit
+    async with Buffer(db, max_bytes=64 * 1024, when_full="reject_new", commit_interval=0) as buf:
+        await fill_until_full(buf)
+        # The publisher acks everything while a source puts a reading too big for even an
+        # empty buffer; a commit interval makes the writer take both into one commit.
+        buf.commit_interval = 0.5
+        buf.ack([chunk.first_seq for chunk in await buf.fetch(0, 10_000)])
+        with pytest.raises(BufferFull):  # larger than the whole buffer: refused, rightly
+            await buf.put([reading(999, pad_bytes=100_000)])
+        buf.commit_interval = 0
+        await buf.put([reading(1000)])  # the acked readings' room is free again
+        last = buf.last_seq
+    assert chunk_rows(db) == [(last, 1)]  # only the last reading: the acked ones are gone
+
+
+# --- corruption -------------------------------------------------------------------------------
+
+
+async def test_garbage_database_is_moved_aside_and_a_fresh_one_works(db: Path) -> None:
+    garbage = b"this is not an SQLite database\n" * 512
+    write_file(db, garbage)
+
+    async with Buffer(db, max_bytes=1024**2, commit_interval=0) as buf:
+        await buf.put([reading(1), reading(2)])
+        stored = await fetch_all(buf)
+
+    assert [s.seq for s in stored] == [1, 2]
+    [moved] = db.parent.glob("buffer.db.corrupt-*")
+    assert re.fullmatch(r"buffer\.db\.corrupt-\d{8}T\d{6}Z", moved.name)
+    assert moved.read_bytes() == garbage
+
+
+async def test_damaged_database_is_moved_aside_with_a_new_stream(db: Path) -> None:
+    async with Buffer(db, max_bytes=1024**2, commit_interval=0) as buf:
+        for i in range(50):
+            await buf.put([reading(i, pad_bytes=200)])
+        old_stream = buf.stream
+    with db.open("r+b") as f:  # overwrite pages 2.. (the schema and the tables)
+        f.seek(1024)
+        f.write(os.urandom(8 * 1024))
+
+    async with Buffer(db, max_bytes=1024**2, commit_interval=0) as buf:
+        await buf.put([reading(1)])
+        assert [s.seq for s in await fetch_all(buf)] == [1]
+        # seqs restart, but ids are `<stream>-<seq>`: a new stream keeps them unique
+        assert buf.stream != old_stream
+    assert len(list(db.parent.glob("buffer.db.corrupt-*"))) == 1
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="bug: Buffer._quarantine names the moved file by the second; a second corrupt "
+    "database in the same second (a restart loop) overwrites the first one kept for recovery",
+)
+async def test_two_corrupt_databases_in_one_second_are_both_kept(
+    db: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    class FrozenClock(datetime):
+        @classmethod
+        def now(cls, tz: object = None) -> FrozenClock:
+            return cls(2024, 3, 1, 12, 0, tzinfo=UTC)
+
+    monkeypatch.setattr(gateway.buffer, "datetime", FrozenClock)
+    for garbage in (b"first garbage " * 100, b"second garbage " * 100):
+        write_file(db, garbage)
+        async with Buffer(db, max_bytes=1024**2, commit_interval=0):
+            pass
+    kept = {p.read_bytes()[:6] for p in db.parent.glob("buffer.db.corrupt-*")}
+    assert kept == {b"first ", b"second"}
+
+
+# --- acks --------------------------------------------------------------------------------------
+
+
+async def test_acked_chunks_are_gone_from_disk_after_close(db: Path) -> None:
+    async with Buffer(db, max_bytes=1024**2, commit_interval=0) as buf:
+        await buf.put([reading(0), reading(1)])
+        await buf.put([reading(2)])
+        await buf.put([reading(3), reading(4), reading(5)])
+        chunks = await buf.fetch(0, 100)
+        buf.ack([chunks[0].first_seq, chunks[1].first_seq])
+
+    assert chunk_rows(db) == [(4, 3)]
+    async with Buffer(db, max_bytes=1024**2, commit_interval=0) as buf:
+        assert buf.depth == 3
+        assert [s.seq for s in await fetch_all(buf)] == [4, 5, 6]
+
+
+async def test_acking_an_unknown_chunk_changes_nothing(db: Path) -> None:
+    async with Buffer(db, max_bytes=1024**2, commit_interval=0) as buf:
+        await buf.put([reading(0)])
+        buf.ack([12345])
+    assert chunk_rows(db) == [(1, 1)]
+
+
+# --- the chunk format ------------------------------------------------------------------------
+
+_bodies = st.binary(max_size=200).map(lambda b: b.replace(b"\n", b" "))  # one JSON line each
+_entries = st.lists(st.tuples(st.text(max_size=20), st.text(max_size=20), _bodies), max_size=30)
+
+
+@given(
+    entries=_entries,
+    first_seq=st.integers(1, 2**62),
+    accepted=st.floats(0, 2e9, allow_nan=False),
+)
+def test_chunk_encoding_round_trips(
+    entries: list[tuple[str, str, bytes]], first_seq: int, accepted: float
+) -> None:
+    chunk = decode_chunk(first_seq, accepted, encode_chunk(entries))
+    assert chunk == Chunk(
+        first_seq,
+        accepted,
+        [StoredReading(first_seq + i, d, s, body) for i, (d, s, body) in enumerate(entries)],
+    )
+
+
+_values = st.dictionaries(
+    st.text(min_size=1, max_size=8),
+    st.integers(-(2**53), 2**53)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.booleans()
+    | st.text(max_size=20),
+    min_size=1,
+    max_size=4,
+)
+_readings = st.builds(
+    Reading,
+    device=st.text(min_size=1, max_size=12),
+    ts=st.datetimes(timezones=st.just(UTC)),
+    values=_values,
+    source=st.text(min_size=1, max_size=8),
+    units=st.dictionaries(st.text(max_size=4), st.text(max_size=4), max_size=2),
+    tags=st.dictionaries(st.text(max_size=4), st.text(max_size=4), max_size=2),
+)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(batches=st.lists(st.lists(_readings, min_size=1, max_size=5), min_size=1, max_size=5))
+def test_any_readings_come_back_exactly_as_put(batches: list[list[Reading]]) -> None:
+    async def put_and_fetch(db: Path) -> list[StoredReading]:
+        async with Buffer(db, max_bytes=64 * 1024**2, commit_interval=0) as buf:
+            for batch in batches:
+                await buf.put(batch)
+            return await fetch_all(buf)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        stored = asyncio.run(put_and_fetch(Path(tmp) / "buffer.db"))
+    put = [r for batch in batches for r in batch]
+    assert [(s.seq, s.device, s.source, s.body) for s in stored] == [
+        (i + 1, r.device, r.source, r.to_json()) for i, r in enumerate(put)
+    ]
+
+
+# --- crash safety ------------------------------------------------------------------------------
+
+CHILD = textwrap.dedent(
+    """\
+    import asyncio, sys
+    from datetime import UTC, datetime
+    from pathlib import Path
+
+    from gateway.buffer import Buffer
+    from gateway.model import Reading
+
+
+    async def main(path, run):
+        async with Buffer(Path(path), max_bytes=1 << 30, commit_interval=0.002) as buffer:
+            print("open", buffer.stream, buffer.last_seq, flush=True)
+            i = 0
+            while True:
+                batch = [
+                    Reading(f"dev-{k}", datetime.now(UTC), {"run": run, "i": i, "k": k}, "crash")
+                    for k in range(1 + i % 3)
+                ]
+                await buffer.put(batch)
+                # one producer, so this commit held exactly this batch
+                print("put", i, buffer.last_seq - len(batch) + 1, buffer.last_seq, flush=True)
+                i += 1
+
+
+    asyncio.run(main(sys.argv[1], int(sys.argv[2])))
+    """
+)
+
+
+def run_child_until_killed(child: Path, db: Path, run: int, rng: random.Random) -> list[str]:
+    """Start the child, let it put a random number of batches, kill -9 it at a random moment;
+    return the complete lines it printed."""
+    proc = subprocess.Popen(
+        [sys.executable, str(child), str(db), str(run)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    lines: list[str] = []
+    try:
+        assert proc.stdout is not None
+        for _ in range(1 + rng.randrange(40)):
+            line = proc.stdout.readline()
+            if not line:
+                break
+            lines.append(line)
+        time.sleep(rng.uniform(0, 0.015))  # a random moment: between puts, in one, in an fsync
+    finally:
+        proc.kill()  # SIGKILL: no cleanup, no close, no final commit
+        out, err = proc.communicate(timeout=30)
+    lines.extend(out.splitlines(keepends=True))
+    assert lines and lines[0].startswith("open "), f"child failed: {err}"
+    return [line for line in lines if line.endswith("\n")]  # a cut-off line proves nothing
+
+
+async def read_back(db: Path) -> tuple[str, dict[int, dict[str, object]]]:
+    async with Buffer(db, max_bytes=1 << 30) as buf:
+        return buf.stream, {s.seq: json.loads(s.body)["values"] for s in await fetch_all(buf)}
+
+
+def test_every_reading_whose_put_returned_survives_kill_9(tmp_path: Path) -> None:
+    seed = int(os.environ.get("BUFFER_CRASH_SEED", random.randrange(2**32)))
+    print(f"BUFFER_CRASH_SEED={seed}")  # shown on failure; set it to replay the same kills
+    rng = random.Random(seed)
+    child = tmp_path / "child.py"
+    child.write_text(CHILD)
+    db = tmp_path / "buffer.db"
+    confirmed: dict[int, dict[str, object]] = {}  # seq -> values, of every returned put
+    stream = None
+
+    for run in range(4):
+        lines = run_child_until_killed(child, db, run, rng)
+        _, child_stream, last_seq_at_open = lines[0].split()
+        stream = stream or child_stream
+        assert child_stream == stream, f"run {run}: database was not reopened cleanly ({seed=})"
+        assert int(last_seq_at_open) >= max(confirmed, default=0), f"seqs went back ({seed=})"
+        for line in lines[1:]:
+            _, i, first, last = line.split()
+            for k, seq in enumerate(range(int(first), int(last) + 1)):
+                assert seq not in confirmed, f"seq {seq} given twice ({seed=})"
+                confirmed[seq] = {"run": run, "i": int(i), "k": k}
+
+        on_disk_stream, on_disk = asyncio.run(read_back(db))
+        assert on_disk_stream == stream
+        assert list(db.parent.glob("buffer.db.corrupt-*")) == [], f"quarantined ({seed=})"
+        missing = {seq: v for seq, v in confirmed.items() if on_disk.get(seq) != v}
+        assert not missing, f"run {run}: confirmed readings lost or changed: {missing} ({seed=})"
+
+    assert len(confirmed) > 4

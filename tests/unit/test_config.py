@@ -1,0 +1,714 @@
+"""Loading the YAML configuration: defaults, one-line errors a person can act on, the CLI.
+
+Every error must name `file:line`, the dotted key path and the problem; tests check the
+line and the path exactly and the problem by its key words.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from textwrap import dedent
+
+import pytest
+import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from gateway.cli import main
+from gateway.config import GatewayConfig, load_config
+from gateway.config_types import read_secret
+from gateway.errors import ConfigError
+
+MINIMAL = """\
+gateway:
+  id: gw-1
+"""
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("STATE_DIRECTORY", "CREDENTIALS_DIRECTORY"):
+        monkeypatch.delenv(name, raising=False)
+
+
+def write(tmp_path: Path, *parts: str) -> Path:
+    """Write gateway.yaml from parts, each dedented on its own (a part may be MINIMAL)."""
+    path = tmp_path / "gateway.yaml"
+    path.write_text("".join(dedent(part) for part in parts), encoding="utf-8")
+    return path
+
+
+def config_error(path: Path) -> str:
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    return str(info.value)
+
+
+def assert_one_error(message: str, path: Path, line: int, key_path: str, *words: str) -> None:
+    """`file:line: key.path: problem`, on one line, with the problem's key words."""
+    assert "\n" not in message, message
+    prefix = f"{path}:{line}: {key_path}: "
+    assert message.startswith(prefix), f"{message!r} does not start with {prefix!r}"
+    for word in words:
+        assert word in message[len(prefix) :], f"{word!r} not in {message!r}"
+
+
+# --- a valid file --------------------------------------------------------------------
+
+
+def test_minimal_file_loads_with_the_documented_defaults(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, MINIMAL))
+    assert config.model_dump() == {
+        "gateway": {"id": "gw-1", "site": "default", "state_dir": Path("/var/lib/edge-gateway")},
+        "buffer": {"max_bytes": 1024**3, "when_full": "reject_new", "commit_interval_ms": 40.0},
+        "amqp": {
+            "url": "amqp://guest:guest@127.0.0.1:5672/",
+            "username": None,
+            "password_file": None,
+            "exchange": "edge-gateway",
+            "exchange_type": "topic",
+            "declare_exchange": True,
+            "routing_key": "{site}.{device}",
+            "batch": {"max_readings": 100, "max_bytes": 256 * 1024, "linger_ms": 5.0},
+            "max_in_flight": 64,
+            "timeout_s": 10.0,
+            "heartbeat_s": 30,
+            "retry_initial_s": 0.5,
+            "retry_max_s": 60.0,
+            "shutdown_grace_s": 5.0,
+            "tls": None,
+        },
+        "drivers": [],
+        "logging": {"level": "info", "format": "auto"},
+    }
+    assert config.amqp.urls == ["amqp://guest:guest@127.0.0.1:5672/"]
+
+
+def test_state_dir_defaults_to_systemds_state_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("STATE_DIRECTORY", "/run/state/one:/run/state/two")
+    assert load_config(write(tmp_path, MINIMAL)).gateway.state_dir == Path("/run/state/one")
+
+
+def test_mqtt_driver_defaults_and_human_sizes(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        """\
+        gateway: {id: gw-1}
+        buffer: {max_bytes: 512 MiB, when_full: drop_oldest}
+        amqp:
+          url: [amqp://a:5672/, amqps://b:5671/]
+        drivers:
+          - type: mqtt
+            name: local
+            subscriptions:
+              - topic: sensors/+/state
+                device: sensors/{device}/state
+        """,
+    )
+    config = load_config(path)
+    assert config.buffer.max_bytes == 512 * 1024**2
+    assert config.amqp.urls == ["amqp://a:5672/", "amqps://b:5671/"]
+    [driver] = config.drivers
+    assert driver.model_dump(exclude={"subscriptions"}) == {  # docs/configuration.md
+        "type": "mqtt",
+        "name": "local",
+        "host": "127.0.0.1",
+        "port": None,  # 1883, or 8883 with tls, chosen when connecting
+        "client_id": None,
+        "protocol": "5",
+        "username": None,
+        "password_file": None,
+        "tls": None,
+        "keepalive_s": 30,
+        "session_expiry_s": 7 * 86_400,
+        "receive_maximum": 2_000,
+        "max_payload_bytes": 65_536,
+        "reconnect_min_s": 1.0,
+        "reconnect_max_s": 60.0,
+    }
+    [subscription] = driver.subscriptions
+    assert subscription.model_dump() == {
+        "topic": "sensors/+/state",
+        "device": "sensors/{device}/state",
+        "format": "json",
+        "fields": None,
+        "timestamp": None,
+        "value": "value",
+        "unit": None,
+        "units": {},
+        "qos": 1,
+        "tags": {},
+    }
+
+
+# --- errors: file:line, key path, problem ------------------------------------------------
+
+
+def test_unknown_key_suggests_the_closest_known_key(tmp_path: Path) -> None:
+    path = write(tmp_path, MINIMAL + "amqp:\n  exchnage: readings\n")
+    assert_one_error(config_error(path), path, 4, "amqp.exchnage", "unknown key", "'exchange'")
+
+
+def test_unknown_top_level_key_suggests_the_section(tmp_path: Path) -> None:
+    path = write(tmp_path, MINIMAL + "bufer:\n  max_bytes: 1 GiB\n")
+    assert_one_error(config_error(path), path, 3, "bufer", "unknown key", "'buffer'")
+
+
+def test_unknown_key_without_close_match_lists_the_allowed_keys(tmp_path: Path) -> None:
+    path = write(tmp_path, MINIMAL + "logging:\n  zzzzzz: 1\n")
+    assert_one_error(config_error(path), path, 4, "logging.zzzzzz", "unknown key", "format, level")
+
+
+def test_unknown_key_in_a_driver_suggests_the_drivers_key(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        MINIMAL,
+        """\
+        drivers:
+          - type: mqtt
+            name: local
+            hots: broker.lan
+            subscriptions: [{topic: a/b}]
+        """,
+    )
+    assert_one_error(config_error(path), path, 6, "drivers[0].hots", "unknown key", "'host'")
+
+
+def test_wrong_type_names_the_value_given(tmp_path: Path) -> None:
+    path = write(tmp_path, MINIMAL + "amqp:\n  max_in_flight: lots\n")
+    assert_one_error(
+        config_error(path), path, 4, "amqp.max_in_flight", "valid integer", "(got 'lots')"
+    )
+
+
+def test_bad_enum_value_lists_the_choices(tmp_path: Path) -> None:
+    path = write(tmp_path, MINIMAL + "buffer:\n  when_full: drop_newest\n")
+    assert_one_error(
+        config_error(path),
+        path,
+        4,
+        "buffer.when_full",
+        "'reject_new' or 'drop_oldest'",
+        "(got 'drop_newest')",
+    )
+
+
+def test_invalid_yaml_names_the_line(tmp_path: Path) -> None:
+    path = write(tmp_path, "gateway:\n  id: gw-1\n   site: x\nlogging: {}\n")
+    message = config_error(path)
+    assert message.startswith(f"{path}:3: invalid YAML: ")
+    assert "mapping values are not allowed" in message
+
+
+def test_duplicate_key_names_the_second_occurrence(tmp_path: Path) -> None:
+    path = write(tmp_path, "gateway:\n  id: gw-1\n  site: a\n  id: gw-2\n")
+    assert_one_error(config_error(path), path, 4, "gateway.id", "appears twice")
+
+
+def test_duplicate_section_is_an_error(tmp_path: Path) -> None:
+    path = write(tmp_path, MINIMAL + "logging: {}\nlogging: {level: debug}\n")
+    assert_one_error(config_error(path), path, 4, "logging", "appears twice")
+
+
+def test_missing_gateway_id_is_named(tmp_path: Path) -> None:
+    path = write(tmp_path, "logging: {}\ngateway:\n  site: plant-3\n")
+    assert_one_error(config_error(path), path, 2, "gateway.id", "required key is missing")
+
+
+def test_missing_gateway_section_is_named(tmp_path: Path) -> None:
+    path = write(tmp_path, "logging: {}\n")
+    assert_one_error(config_error(path), path, 1, "gateway", "required key is missing")
+
+
+def test_bad_gateway_id_characters(tmp_path: Path) -> None:
+    path = write(tmp_path, "gateway:\n  id: gw 1/2\n")
+    assert_one_error(config_error(path), path, 2, "gateway.id", "pattern", "(got 'gw 1/2')")
+
+
+TWO_DRIVERS_NAMED_A = """\
+gateway: {id: gw-1}
+drivers:
+  - type: mqtt
+    name: a
+    subscriptions: [{topic: x}]
+  - type: mqtt
+    name: a
+    subscriptions: [{topic: y}]
+"""
+
+
+def test_duplicate_driver_names_are_refused(tmp_path: Path) -> None:
+    path = write(tmp_path, TWO_DRIVERS_NAMED_A)
+    assert_one_error(config_error(path), path, 2, "drivers", "two drivers are named 'a'", "unique")
+
+
+def test_unknown_driver_type_lists_the_known_types(tmp_path: Path) -> None:
+    path = write(tmp_path, MINIMAL + "drivers:\n  - type: modbus\n    name: plc\n")
+    assert_one_error(config_error(path), path, 4, "drivers[0]", "unknown type 'modbus'", "'mqtt'")
+
+
+def test_driver_without_type_says_so(tmp_path: Path) -> None:
+    path = write(tmp_path, MINIMAL + "drivers:\n  - name: plc\n")
+    assert_one_error(config_error(path), path, 4, "drivers[0]", "'type' is missing")
+
+
+@pytest.mark.parametrize("topic", ["sensors/#/state", "sensors/a+", "sensors/#x", "a/b+/c"])
+def test_bad_mqtt_topic_filter(tmp_path: Path, topic: str) -> None:
+    path = write(
+        tmp_path,
+        MINIMAL,
+        f"""\
+        drivers:
+          - type: mqtt
+            name: local
+            subscriptions:
+              - topic: {topic}
+        """,
+    )
+    assert_one_error(
+        config_error(path),
+        path,
+        7,
+        "drivers[0].subscriptions[0].topic",
+        f"invalid MQTT topic filter {topic!r}",
+    )
+
+
+@pytest.mark.parametrize("topic", ["#", "+", "a/+/b/#", "$SYS/#", "a//b"])
+def test_good_mqtt_topic_filters_load(tmp_path: Path, topic: str) -> None:
+    path = write(
+        tmp_path,
+        MINIMAL
+        + f"drivers:\n  - type: mqtt\n    name: x\n    subscriptions: [{{topic: '{topic}'}}]\n",
+    )
+    assert load_config(path).drivers[0].subscriptions[0].topic == topic
+
+
+@pytest.mark.parametrize("template", ["sensors/{id}/state", "sensors/state", "sensors/x{device}"])
+def test_bad_device_template(tmp_path: Path, template: str) -> None:
+    path = write(
+        tmp_path,
+        MINIMAL,
+        f"""\
+        drivers:
+          - type: mqtt
+            name: local
+            subscriptions:
+              - topic: sensors/+/state
+                device: {template}
+        """,
+    )
+    assert_one_error(
+        config_error(path),
+        path,
+        8,
+        "drivers[0].subscriptions[0].device",
+        f"device template {template!r}",
+        "{device}",
+    )
+
+
+def test_bad_routing_key_placeholder_lists_the_known_ones(tmp_path: Path) -> None:
+    path = write(tmp_path, MINIMAL + "amqp:\n  routing_key: '{site}.{sensor}'\n")
+    assert_one_error(
+        config_error(path),
+        path,
+        4,
+        "amqp.routing_key",
+        "unknown placeholder {sensor}",
+        "{device}, {gateway}, {site}, {source}",
+    )
+
+
+@pytest.mark.parametrize(
+    "url", ["http://broker:15672/", "mqtt://broker/", "broker:5672", "[amqp://a/, 'http://b/']"]
+)
+def test_non_amqp_url_is_refused(tmp_path: Path, url: str) -> None:
+    path = write(tmp_path, MINIMAL + f"amqp:\n  url: {url}\n")
+    assert_one_error(config_error(path), path, 4, "amqp.url", "is not an AMQP URL")
+
+
+def test_empty_url_list_is_refused(tmp_path: Path) -> None:
+    path = write(tmp_path, MINIMAL + "amqp:\n  url: []\n")
+    assert_one_error(config_error(path), path, 4, "amqp.url", "at least one broker URL")
+
+
+def test_several_problems_give_one_line_each(tmp_path: Path) -> None:
+    path = write(tmp_path, MINIMAL + "buffer:\n  when_full: nope\nlogging:\n  level: loud\n")
+    lines = config_error(path).splitlines()
+    assert [line.split(": ")[0:2] for line in lines] == [
+        [f"{path}:4", "buffer.when_full"],
+        [f"{path}:6", "logging.level"],
+    ]
+
+
+def test_tls_needs_amqps_urls(tmp_path: Path) -> None:
+    path = write(tmp_path, MINIMAL, "amqp:\n  url: amqp://h/\n  tls: {verify: false}\n")
+    assert_one_error(config_error(path), path, 3, "amqp", "tls is set", "amqps://")
+
+
+def test_tls_ca_file_is_read_relative_to_the_config_file(tmp_path: Path) -> None:
+    (tmp_path / "ca.pem").write_text("-----BEGIN CERTIFICATE-----\n")
+    path = write(tmp_path, MINIMAL, "amqp:\n  url: amqps://h/\n  tls: {ca_file: ca.pem}\n")
+    tls = load_config(path).amqp.tls
+    assert tls is not None
+    assert tls.ca_file == tmp_path / "ca.pem"
+
+
+def test_missing_tls_ca_file_is_an_error(tmp_path: Path) -> None:
+    path = write(tmp_path, MINIMAL, "amqp:\n  url: amqps://h/\n  tls:\n    ca_file: nope.pem\n")
+    assert_one_error(
+        config_error(path), path, 6, "amqp.tls.ca_file", f"cannot read {tmp_path / 'nope.pem'}"
+    )
+
+
+# --- ${ENV} substitution ---------------------------------------------------------------------
+
+
+def test_env_reference_is_substituted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GW_ID", "from-env")
+    monkeypatch.setenv("BROKER", "rabbit.lan")
+    path = write(tmp_path, "gateway:\n  id: ${GW_ID}\namqp:\n  url: amqp://${BROKER}:5672/\n")
+    config = load_config(path)
+    assert config.gateway.id == "from-env"
+    assert config.amqp.url == "amqp://rabbit.lan:5672/"
+
+
+def test_unset_env_reference_takes_its_default(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("GW_SITE", raising=False)
+    monkeypatch.delenv("MQTT_PORT", raising=False)
+    path = write(
+        tmp_path,
+        """\
+        gateway:
+          id: gw-1
+          site: ${GW_SITE:-plant-3}
+        drivers:
+          - type: mqtt
+            name: local
+            port: ${MQTT_PORT:-1884}
+            subscriptions: [{topic: a}]
+        """,
+    )
+    config = load_config(path)
+    assert config.gateway.site == "plant-3"
+    assert config.drivers[0].port == 1884
+
+
+def test_set_env_reference_wins_over_its_default(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("GW_SITE", "plant-9")
+    path = write(tmp_path, "gateway:\n  id: gw-1\n  site: ${GW_SITE:-plant-3}\n")
+    assert load_config(path).gateway.site == "plant-9"
+
+
+def test_unset_env_reference_without_default_names_the_variable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("BROKER_URL", raising=False)
+    path = write(tmp_path, MINIMAL + "amqp:\n  url: ${BROKER_URL}\n")
+    assert_one_error(
+        config_error(path),
+        path,
+        4,
+        "amqp.url",
+        "environment variable BROKER_URL is not set",
+        "${BROKER_URL:-default}",
+    )
+
+
+# --- secret files -------------------------------------------------------------------------
+
+
+def test_password_file_is_read_relative_to_the_config_file(tmp_path: Path) -> None:
+    config_dir = tmp_path / "etc"
+    config_dir.mkdir()
+    (config_dir / "amqp-password").write_text("s3cret\n")
+    path = write(config_dir, MINIMAL + "amqp:\n  username: gw\n  password_file: amqp-password\n")
+    config = load_config(path)
+    assert config.amqp.password_file == config_dir / "amqp-password"
+    assert config.amqp.password_file is not None
+    assert read_secret(config.amqp.password_file) == "s3cret"
+
+
+def test_password_file_is_found_in_credentials_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    credentials = tmp_path / "credentials"
+    credentials.mkdir()
+    (credentials / "amqp-password").write_text("from-systemd")
+    (tmp_path / "amqp-password").write_text("beside-the-config")
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(credentials))
+    path = write(tmp_path, MINIMAL + "amqp:\n  username: gw\n  password_file: amqp-password\n")
+    config = load_config(path)
+    assert config.amqp.password_file == credentials / "amqp-password"
+
+
+def test_credentials_directory_without_the_file_falls_back_to_the_config_dir(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    credentials = tmp_path / "credentials"
+    credentials.mkdir()
+    (tmp_path / "amqp-password").write_text("beside-the-config")
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(credentials))
+    path = write(tmp_path, MINIMAL + "amqp:\n  password_file: amqp-password\n")
+    assert load_config(path).amqp.password_file == tmp_path / "amqp-password"
+
+
+def test_missing_password_file_is_an_error_naming_the_path(tmp_path: Path) -> None:
+    path = write(tmp_path, MINIMAL + "amqp:\n  username: gw\n  password_file: nowhere.txt\n")
+    assert_one_error(
+        config_error(path),
+        path,
+        5,
+        "amqp.password_file",
+        f"cannot read {tmp_path / 'nowhere.txt'}",
+        "No such file",
+    )
+
+
+def test_mqtt_password_file_needs_a_username(tmp_path: Path) -> None:
+    (tmp_path / "mqtt-password").write_text("pw")
+    path = write(
+        tmp_path,
+        MINIMAL,
+        """\
+        drivers:
+          - type: mqtt
+            name: local
+            password_file: mqtt-password
+            subscriptions: [{topic: a}]
+        """,
+    )
+    assert "password_file needs a username" in config_error(path)
+
+
+def test_driver_level_error_names_the_driver_not_its_type_tag(tmp_path: Path) -> None:
+    (tmp_path / "mqtt-password").write_text("pw")
+    path = write(
+        tmp_path,
+        MINIMAL,
+        """\
+        drivers:
+          - type: mqtt
+            name: local
+            password_file: mqtt-password
+            subscriptions: [{topic: a}]
+        """,
+    )
+    assert_one_error(config_error(path), path, 4, "drivers[0]", "password_file needs a username")
+
+
+# --- whole-file problems -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "text", ["", "\n\n", "# only a comment\n"], ids=["empty", "blank", "comment"]
+)
+def test_empty_file_is_an_error(tmp_path: Path, text: str) -> None:
+    path = write(tmp_path, text)
+    assert config_error(path) == f"{path}: the file is empty; see config/gateway.example.yaml"
+
+
+def test_top_level_list_is_an_error(tmp_path: Path) -> None:
+    path = write(tmp_path, "- gateway\n- amqp\n")
+    assert config_error(path) == (
+        f"{path}:1: the top level must be a mapping of keys (gateway, amqp, ...)"
+    )
+
+
+def test_missing_file_is_an_error(tmp_path: Path) -> None:
+    path = tmp_path / "absent.yaml"
+    assert config_error(path) == (
+        f"{path}: cannot read the configuration: No such file or directory"
+    )
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="bug: config._parse_yaml uses a constructed key as a dict key; a YAML "
+    "sequence/mapping key ('[a, b]: 1') raises TypeError: unhashable type",
+)
+def test_complex_yaml_key_is_a_config_error(tmp_path: Path) -> None:
+    path = write(tmp_path, MINIMAL + "[a, b]: 1\n")
+    assert config_error(path).startswith(f"{path}:3: ")
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="bug: config._parse_yaml constructs scalars outside its YAMLError handler; a bad "
+    "tag raises yaml ConstructorError / ValueError instead of ConfigError",
+)
+@pytest.mark.parametrize("value", ["!!int abc", "!secret x", "!!float nope"])
+def test_bad_yaml_tag_is_a_config_error(tmp_path: Path, value: str) -> None:
+    path = write(tmp_path, f"gateway:\n  id: {value}\n")
+    assert config_error(path).startswith(f"{path}:2: ")
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="bug: config._parse_yaml builds mappings itself and does not handle YAML merge "
+    "keys ('<<: *base'); it raises ConstructorError for tag:yaml.org,2002:merge",
+)
+def test_yaml_merge_keys_share_driver_settings(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        """\
+        x-mqtt: &mqtt
+          type: mqtt
+          host: broker.lan
+        gateway: {id: gw-1}
+        drivers:
+          - <<: *mqtt
+            name: a
+            subscriptions: [{topic: a/#}]
+        """,
+    )
+    try:
+        load_config(path)
+    except ConfigError as exc:  # refusing the extra x-mqtt key is fine, crashing is not
+        assert "x-mqtt" in str(exc)
+        assert "<<" not in str(exc)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="bug: load_config catches only OSError around read_text; a file that is not "
+    "UTF-8 raises UnicodeDecodeError instead of ConfigError",
+)
+def test_non_utf8_file_is_a_config_error(tmp_path: Path) -> None:
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes("gateway:\n  id: gw-1\n  site: Köln\n".encode("latin-1"))
+    assert config_error(path).startswith(f"{path}")
+
+
+FIELD_TYPO = """\
+gateway: {id: gw-1}
+drivers:
+  - type: mqtt
+    name: local
+    subscriptions:
+      - topic: a/b
+        fields:
+          temp: {path: t, unti: Cel}
+"""
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="bug (error quality): _allowed_keys treats the user's field name ('temp') as a "
+    "model field, so an unknown key inside a `fields` entry gets no did-you-mean hint",
+)
+def test_unknown_key_in_a_field_spec_suggests_unit(tmp_path: Path) -> None:
+    path = write(tmp_path, FIELD_TYPO)
+    assert "did you mean 'unit'?" in config_error(path)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="bug (error quality): for `FieldSpec | str` both union branches are reported; "
+    "the second line names a key that is not in the file ('fields.temp.str')",
+)
+def test_unknown_key_in_a_field_spec_is_one_error(tmp_path: Path) -> None:
+    path = write(tmp_path, FIELD_TYPO)
+    assert_one_error(
+        config_error(path), path, 8, "drivers[0].subscriptions[0].fields.temp.unti", "unknown key"
+    )
+
+
+# --- any YAML document: a config or a ConfigError, never a crash -------------------------------
+
+_SECTION_KEYS = ["gateway", "buffer", "amqp", "drivers", "logging", "id", "type", "name"]
+_FIELD_KEYS = ["url", "max_bytes", "when_full", "subscriptions", "topic", "device", "fields"]
+# Keys without control characters: a key holding a line break would split the message.
+_keys = st.sampled_from(_SECTION_KEYS + _FIELD_KEYS) | st.text(
+    st.characters(blacklist_categories=("Cc", "Cs", "Zl", "Zp")), max_size=5
+)
+_leaves = (
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**40), 2**40)
+    | st.floats(allow_nan=False)
+    | st.sampled_from(["mqtt", "gw-1", "amqp://h/", "a/+/b", "reject_new", "1 KiB", "${HOME}"])
+    | st.text(max_size=6)
+)
+documents = st.recursive(
+    _leaves,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(_keys, inner, max_size=4),
+    max_leaves=15,
+)
+
+
+@settings(
+    max_examples=100,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(document=documents)
+def test_any_yaml_document_loads_or_raises_config_error(tmp_path: Path, document: object) -> None:
+    path = tmp_path / "fuzz.yaml"
+    path.write_text(yaml.safe_dump(document), encoding="utf-8")
+    try:
+        config = load_config(path)
+    except ConfigError as exc:
+        for line in str(exc).split("\n"):
+            assert re.match(rf"{re.escape(str(path))}(:\d+)?: ", line), line
+    else:
+        assert isinstance(config, GatewayConfig)
+
+
+# --- the CLI ------------------------------------------------------------------------------------
+
+
+def test_cli_check_prints_the_summary_and_returns_0(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write(
+        tmp_path,
+        """\
+        gateway: {id: gw-1, site: plant-3, state_dir: /srv/gw}
+        amqp:
+          url: amqp://gw:hunter2@rabbit.lan:5672/
+          exchange: readings
+        drivers:
+          - type: mqtt
+            name: local
+            host: mosquitto.lan
+            subscriptions: [{topic: sensors/+/state}, {topic: meters/#}]
+        """,
+    )
+    assert main(["check", "--config", str(path)]) == 0
+    out, err = capsys.readouterr()
+    assert err == ""
+    lines = out.splitlines()
+    assert lines[0] == f"configuration OK: {path}"
+    assert "  gateway  gw-1 (site plant-3)" in lines
+    assert any(line.startswith("  buffer   /srv/gw/buffer.db, max 1.0GiB") for line in lines)
+    assert "  driver   local: mqtt mosquitto.lan:1883 [sensors/+/state, meters/#]" in lines
+    assert "hunter2" not in out  # the broker password is redacted
+    assert "rabbit.lan" in out
+
+
+def test_cli_check_without_drivers_says_nothing_will_be_read(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["check", "--config", str(write(tmp_path, MINIMAL))]) == 0
+    assert "  drivers  none (nothing will be read)" in capsys.readouterr().out.splitlines()
+
+
+def test_cli_check_bad_file_returns_2_with_the_message_on_stderr(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write(tmp_path, MINIMAL + "amqp:\n  exchnage: readings\n")
+    assert main(["check", "--config", str(path)]) == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err == (
+        f"configuration error:\n{path}:4: amqp.exchnage: unknown key; did you mean 'exchange'?\n"
+    )
