@@ -130,6 +130,7 @@ class Buffer:
         self.stream = ""
         self._state = _WriterState()
         self._cond = threading.Condition()
+        self._closing = threading.Event()
         self._writer: threading.Thread | None = None
         self._reader: sqlite3.Connection | None = None
         self._reader_pool = ThreadPoolExecutor(1, thread_name_prefix="buffer-reader")
@@ -156,6 +157,7 @@ class Buffer:
         with self._cond:
             self._state.closing = True
             self._cond.notify()
+        self._closing.set()
         if self._writer is not None:
             await asyncio.to_thread(self._writer.join)
         if self._reader is not None:
@@ -207,6 +209,10 @@ class Buffer:
     def _quarantine(self, exc: sqlite3.DatabaseError) -> None:
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
         target = self.path.with_name(f"{self.path.name}.corrupt-{stamp}")
+        n = 1
+        while target.exists():  # a restart loop can quarantine twice in one second
+            target = self.path.with_name(f"{self.path.name}.corrupt-{stamp}-{n}")
+            n += 1
         try:
             for suffix in ("", "-wal", "-shm"):
                 part = Path(f"{self.path}{suffix}")
@@ -312,7 +318,7 @@ class Buffer:
                     closing = self._state.closing
                 wait = last_commit + self.commit_interval - time.monotonic()
                 if wait > 0 and not closing:
-                    time.sleep(wait)  # gather more puts: one fsync for all of them
+                    self._closing.wait(wait)  # gather more puts: one fsync for all of them
                 with self._cond:
                     puts, self._state.puts = self._state.puts, []
                     deletes_due = closing or time.monotonic() - last_delete >= _DELETE_INTERVAL_S

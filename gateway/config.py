@@ -137,6 +137,10 @@ def load_config(path: Path | str) -> GatewayConfig:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read the configuration: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"{path}: the file is not UTF-8 text (byte {exc.start}); save it as UTF-8"
+        ) from None
     data, lines = _parse_yaml(path, text)
     if data is None:
         raise ConfigError(f"{path}: the file is empty; see config/gateway.example.yaml")
@@ -160,12 +164,32 @@ def _parse_yaml(path: Path, text: str) -> tuple[Any, dict[KeyPath, int]]:
     lines: dict[KeyPath, int] = {}
     constructor = yaml.SafeLoader("")
 
+    def scalar(node: yaml.Node) -> Any:
+        try:
+            return constructor.construct_object(node, deep=True)
+        except (yaml.YAMLError, ValueError) as exc:
+            raise ConfigError(
+                f"{path}:{node.start_mark.line + 1}: cannot read the value {node.value!r}: "
+                f"{getattr(exc, 'problem', None) or exc}"
+            ) from None
+
     def build(node: yaml.Node, at: KeyPath) -> Any:
         lines.setdefault(at, node.start_mark.line + 1)
         if isinstance(node, yaml.MappingNode):
             result: dict[Any, Any] = {}
+            merged: dict[Any, Any] = {}
             for key_node, value_node in node.value:
-                key = constructor.construct_object(key_node, deep=True)
+                if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *defaults`
+                    for source in _merge_sources(path, value_node):
+                        for key, value in build(source, at).items():
+                            merged.setdefault(key, value)
+                    continue
+                key = scalar(key_node) if isinstance(key_node, yaml.ScalarNode) else None
+                if not isinstance(key, str | int):
+                    raise ConfigError(
+                        f"{path}:{key_node.start_mark.line + 1}: {_dotted(at)}: "
+                        "keys must be plain words, not lists or mappings"
+                    )
                 if key in result:
                     raise ConfigError(
                         f"{path}:{key_node.start_mark.line + 1}: "
@@ -173,15 +197,25 @@ def _parse_yaml(path: Path, text: str) -> tuple[Any, dict[KeyPath, int]]:
                     )
                 lines[(*at, key)] = key_node.start_mark.line + 1
                 result[key] = build(value_node, (*at, key))
-            return result
+            return {**merged, **result}
         if isinstance(node, yaml.SequenceNode):
             return [build(item, (*at, i)) for i, item in enumerate(node.value)]
-        value = constructor.construct_object(node, deep=True)
+        value = scalar(node)
         if isinstance(value, str):
             value = _substitute_env(value, f"{path}:{node.start_mark.line + 1}", at)
         return value
 
     return (build(root, ()) if root is not None else None), lines
+
+
+def _merge_sources(path: Path, node: yaml.Node) -> list[yaml.Node]:
+    """The mappings a YAML merge key (`<<`) names: one alias or a list of them."""
+    sources = node.value if isinstance(node, yaml.SequenceNode) else [node]
+    if not all(isinstance(source, yaml.MappingNode) for source in sources):
+        raise ConfigError(
+            f"{path}:{node.start_mark.line + 1}: '<<' must name a mapping (<<: *anchor)"
+        )
+    return list(sources)
 
 
 def _substitute_env(value: str, where: str, at: KeyPath) -> str:
@@ -208,11 +242,18 @@ def _dotted(at: KeyPath) -> str:
 
 def _describe(path: Path, data: Any, lines: dict[KeyPath, int], exc: ValidationError) -> str:
     """One line per problem: `file:line: key.path: what is wrong (got X)`."""
+    located = [
+        (_data_path(data, error["loc"], error["type"] in ("missing", "extra_forbidden")), error)
+        for error in exc.errors()
+    ]
     messages = []
-    for error in exc.errors():
-        at = _data_path(data, error["loc"], error["type"] in ("missing", "extra_forbidden"))
+    for at, error in located:
+        if any(len(other) > len(at) and other[: len(at)] == at for other, _ in located):
+            continue  # a union's other branch failing less specifically: noise
         line = next((lines[at[:n]] for n in range(len(at), -1, -1) if at[:n] in lines), 1)
-        messages.append(f"{path}:{line}: {_dotted(at)}: {_explain(error, data, at)}")
+        message = f"{path}:{line}: {_dotted(at)}: {_explain(error, data, at)}"
+        if message not in messages:
+            messages.append(message)
     return "\n".join(messages)
 
 
@@ -260,7 +301,7 @@ def _explain(error: Any, data: Any, at: KeyPath) -> str:
 
 def _allowed_keys(data: Any, at: KeyPath) -> list[str]:
     """The keys the model accepts at a path, for 'unknown key' hints."""
-    model: Any = GatewayConfig
+    annotation: Any = GatewayConfig
     node = data
     for part in at:
         if isinstance(node, dict):
@@ -269,29 +310,36 @@ def _allowed_keys(data: Any, at: KeyPath) -> list[str]:
             node = node[part]
         else:
             node = None
-        if isinstance(part, int):
-            continue
-        field = model.model_fields.get(part) if _is_model(model) else None
-        if field is None:
+        model = _model_in(annotation, node)
+        container = _container(annotation)
+        if container is not None:
+            annotation = get_args(container)[-1]  # a user's key or a list index
+        elif model is not None and part in model.model_fields:
+            annotation = model.model_fields[part].annotation
+        else:
             return []
-        model = _model_in(field.annotation, node)
-    return sorted(model.model_fields) if _is_model(model) else []
+    model = _model_in(annotation, node)
+    return sorted(model.model_fields) if model is not None else []
 
 
-def _is_model(tp: Any) -> bool:
-    return isinstance(tp, type) and issubclass(tp, BaseModel)
+def _container(annotation: Any) -> Any:
+    """`dict[...]` or `list[...]` inside an annotation like `dict[str, X] | None`, else None."""
+    for candidate in (annotation, *get_args(annotation)):
+        if get_origin(candidate) in (dict, list):
+            return candidate
+    return None
 
 
 def _model_in(annotation: Any, node: Any) -> Any:
-    """The model class inside an annotation like `list[X]`, `X | None` or a driver union."""
-    if _is_model(annotation):
+    """The model an annotation like `X | None`, `X | str` or a driver union means for `node`."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         return annotation
-    candidates = [_model_in(arg, node) for arg in get_args(annotation)]
-    models = [c for c in candidates if _is_model(c)]
-    if get_origin(annotation) is list and isinstance(node, dict):
-        wanted = node.get("type")
+    if get_origin(annotation) in (dict, list):
+        return None
+    models = [m for m in (_model_in(arg, node) for arg in get_args(annotation)) if m is not None]
+    if isinstance(node, dict) and len(models) > 1:
         for candidate in models:
             type_field = candidate.model_fields.get("type")
-            if type_field is not None and wanted in get_args(type_field.annotation):
+            if type_field is not None and node.get("type") in get_args(type_field.annotation):
                 return candidate
     return models[0] if models else None

@@ -302,11 +302,6 @@ async def test_damaged_database_is_moved_aside_with_a_new_stream(db: Path) -> No
     assert len(list(db.parent.glob("buffer.db.corrupt-*"))) == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: Buffer._quarantine names the moved file by the second; a second corrupt "
-    "database in the same second (a restart loop) overwrites the first one kept for recovery",
-)
 async def test_two_corrupt_databases_in_one_second_are_both_kept(
     db: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

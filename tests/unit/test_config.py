@@ -530,32 +530,17 @@ def test_missing_file_is_an_error(tmp_path: Path) -> None:
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: config._parse_yaml uses a constructed key as a dict key; a YAML "
-    "sequence/mapping key ('[a, b]: 1') raises TypeError: unhashable type",
-)
 def test_complex_yaml_key_is_a_config_error(tmp_path: Path) -> None:
     path = write(tmp_path, MINIMAL + "[a, b]: 1\n")
     assert config_error(path).startswith(f"{path}:3: ")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: config._parse_yaml constructs scalars outside its YAMLError handler; a bad "
-    "tag raises yaml ConstructorError / ValueError instead of ConfigError",
-)
 @pytest.mark.parametrize("value", ["!!int abc", "!secret x", "!!float nope"])
 def test_bad_yaml_tag_is_a_config_error(tmp_path: Path, value: str) -> None:
     path = write(tmp_path, f"gateway:\n  id: {value}\n")
     assert config_error(path).startswith(f"{path}:2: ")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: config._parse_yaml builds mappings itself and does not handle YAML merge "
-    "keys ('<<: *base'); it raises ConstructorError for tag:yaml.org,2002:merge",
-)
 def test_yaml_merge_keys_share_driver_settings(tmp_path: Path) -> None:
     path = write(
         tmp_path,
@@ -577,11 +562,6 @@ def test_yaml_merge_keys_share_driver_settings(tmp_path: Path) -> None:
         assert "<<" not in str(exc)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: load_config catches only OSError around read_text; a file that is not "
-    "UTF-8 raises UnicodeDecodeError instead of ConfigError",
-)
 def test_non_utf8_file_is_a_config_error(tmp_path: Path) -> None:
     path = tmp_path / "latin1.yaml"
     path.write_bytes("gateway:\n  id: gw-1\n  site: Köln\n".encode("latin-1"))
@@ -600,21 +580,11 @@ drivers:
 """
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug (error quality): _allowed_keys treats the user's field name ('temp') as a "
-    "model field, so an unknown key inside a `fields` entry gets no did-you-mean hint",
-)
 def test_unknown_key_in_a_field_spec_suggests_unit(tmp_path: Path) -> None:
     path = write(tmp_path, FIELD_TYPO)
     assert "did you mean 'unit'?" in config_error(path)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug (error quality): for `FieldSpec | str` both union branches are reported; "
-    "the second line names a key that is not in the file ('fields.temp.str')",
-)
 def test_unknown_key_in_a_field_spec_is_one_error(tmp_path: Path) -> None:
     path = write(tmp_path, FIELD_TYPO)
     assert_one_error(
