@@ -77,6 +77,8 @@ def decode_number(
     sub: Subscription, device: str, payload: bytes, received: float, source: str
 ) -> list[Reading]:
     text = payload.strip()
+    if b"_" in text:  # Python's int() and float() take 1_000; a sensor's number never has it
+        raise DecodeError("expected a bare number", payload)
     try:
         number: float | int = int(text)
     except ValueError:
