@@ -68,6 +68,12 @@ class RateLimitedLog:
         self._suppressed: dict[str, int] = {}
 
     def warning(self, key: str, event: str, **fields: Any) -> None:
+        self._emit("warning", key, event, fields)
+
+    def error(self, key: str, event: str, **fields: Any) -> None:
+        self._emit("error", key, event, fields)
+
+    def _emit(self, level: str, key: str, event: str, fields: dict[str, Any]) -> None:
         now = time.monotonic()
         if now - self._last.get(key, -self._interval) < self._interval:
             self._suppressed[key] = self._suppressed.get(key, 0) + 1
@@ -76,4 +82,4 @@ class RateLimitedLog:
         suppressed = self._suppressed.pop(key, 0)
         if suppressed:
             fields["suppressed_since_last"] = suppressed
-        self._log.warning(event, **fields)
+        getattr(self._log, level)(event, **fields)

@@ -179,8 +179,10 @@ class MqttSource:
         if reason.is_failure:
             self.stats.state = "refused"
             self.stats.failed(f"broker refused the connection: {reason}")
-            self._log.error(
+            self._bad_input.error(
+                "refused",
                 "MQTT broker refused the connection",
+                driver=self.name,
                 host=self.config.host,
                 reason=str(reason),
                 hint="check username, password_file, client_id and the broker's ACLs",
@@ -216,8 +218,8 @@ class MqttSource:
     def _on_disconnect(
         self, _client: mqtt.Client, _userdata: Any, _flags: Any, reason: Any, _props: Any
     ) -> None:
-        if self.stats.state == "stopped":
-            return
+        if self.stats.state in ("stopped", "refused"):
+            return  # refused: the reason was logged, a disconnect is no news
         self.stats.state = "disconnected"
         self._bad_input.warning(
             "disconnect",

@@ -54,6 +54,13 @@ def _add_mqtt(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=1883)
     p.add_argument("--sensors", type=int, default=10, help="number of devices (default 10)")
+    p.add_argument(
+        "--first-device",
+        type=int,
+        default=1,
+        help="number of the first device (default 1 = sim-0001); lets several processes "
+        "share a load with disjoint devices",
+    )
     p.add_argument("--rate", type=float, default=10.0, help="total messages/s (default 10)")
     until = p.add_mutually_exclusive_group()
     until.add_argument("--count", type=int, help="stop after this many messages")
@@ -84,6 +91,7 @@ def _run_mqtt(args: argparse.Namespace) -> int:
             host=args.host,
             port=args.port,
             sensors=args.sensors,
+            first_device=args.first_device,
             rate=args.rate,
             qos=args.qos,
             prefix=args.prefix,

@@ -36,6 +36,8 @@ class Received:
     seqs: dict[str, set[int]] = field(default_factory=dict)
     latencies: list[float] = field(default_factory=list)
     invalid: list[str] = field(default_factory=list)
+    kept: list[dict[str, Any]] = field(default_factory=list)
+    """Every distinct reading, when the collector was asked to keep them."""
 
     def missing(self, last_seq: dict[str, int] | Any) -> dict[str, list[int]]:
         """Per device, the seqs in 1..last_seq that never arrived."""
@@ -64,6 +66,7 @@ class ReadingCollector:
         binding: str = "#",
         validate: Callable[[Any], None] | None = None,
         measure_latency: bool = False,
+        keep_readings: bool = False,
     ) -> None:
         self.url = url
         self.exchange = exchange
@@ -71,6 +74,7 @@ class ReadingCollector:
         self.binding = binding
         self.validate = validate
         self.measure_latency = measure_latency
+        self.keep_readings = keep_readings
         self.received = Received()
         self._connection: AbstractRobustConnection | None = None
         self._changed = asyncio.Event()
@@ -112,6 +116,8 @@ class ReadingCollector:
                 continue
             got.ids.add(reading["id"])
             got.unique += 1
+            if self.keep_readings:
+                got.kept.append(reading)
             if isinstance(seq, int):
                 seen.add(seq)
             if self.measure_latency:

@@ -234,9 +234,10 @@ class MqttSensorFleet:
     throughput, so the fleet runs the network loop itself and keeps its own `max_inflight`
     window instead.
 
-    If the broker goes away the fleet reconnects every 0.5 s. At QoS 1 the window's worth of
-    unacknowledged messages is resent after the reconnect, and publishing resumes on schedule;
-    at QoS 0 messages published while disconnected are `dropped`.
+    If the broker goes away the fleet reconnects every 0.5 s. At QoS 1 publishing goes on into
+    paho's queue until the `max_inflight` window is full, then waits; after the reconnect paho
+    resends them and the fleet resumes its schedule (catching up at most _MAX_LAG_S worth of
+    messages). At QoS 0, messages published while disconnected are `dropped`.
     """
 
     def __init__(self, config: FleetConfig) -> None:
@@ -418,16 +419,17 @@ class MqttSensorFleet:
         try:
             while sent < limit and not self._stop.is_set():
                 now = time.monotonic()
-                if now >= deadline:
-                    break
                 if (now - start) * rate - sent > rate * _MAX_LAG_S:
                     start = now - sent / rate - _MAX_LAG_S
-                due = min(math.floor((now - start) * rate) + 1, limit)
+                if now < deadline:
+                    due = min(math.floor((now - start) * rate) + 1, limit)
+                else:  # the slots before the deadline, then stop
+                    due = min(math.ceil((deadline - start) * rate - 1e-9), limit)
                 burst = max(0, min(int(due) - sent, burst_cap, window - self._outstanding()))
                 for _ in range(burst):
                     self._publish_one(client)
                 sent += burst
-                if sent >= limit:
+                if sent >= limit or now >= deadline:
                     break
                 if sent < due and self._outstanding() < window:
                     wait = 0.0  # behind schedule
@@ -478,20 +480,25 @@ class MqttSensorFleet:
     # -- network work -------------------------------------------------------------------------
 
     def _pump(self, client: mqtt.Client, wait: float) -> None:
-        """Sleep `wait` seconds, then do the client's network work without blocking.
+        """Write what is queued, sleep `wait` seconds, then handle what arrived meanwhile.
 
-        Sleeping instead of waiting in select() for each PUBACK batches the acks of a whole
-        tick into one pass; the socket buffers them meanwhile.
+        Sleeping instead of waking up in select() for each PUBACK handles the acks of a whole
+        tick in one pass; the socket buffers them meanwhile.
         """
-        if wait > 0:
-            time.sleep(wait)
+        wait = max(wait, 0.0)
         if client.socket() is None:
             self._try_connect(client)
+        if client.socket() is None:
+            time.sleep(wait)
             return
-        rc = client.loop_read()  # reads whatever has arrived, returns when nothing more has
-        if rc == MQTTErrorCode.MQTT_ERR_SUCCESS and client.want_write():
+        ok = MQTTErrorCode.MQTT_ERR_SUCCESS
+        rc = client.loop_write() if client.want_write() else ok
+        time.sleep(wait)
+        if rc == ok:
+            rc = client.loop_read()  # returns as soon as nothing more has arrived
+        if rc == ok and client.want_write():
             rc = client.loop_write()
-        if rc == MQTTErrorCode.MQTT_ERR_SUCCESS:
+        if rc == ok:
             client.loop_misc()  # keepalive pings
 
     def _try_connect(self, client: mqtt.Client) -> None:

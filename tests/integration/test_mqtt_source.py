@@ -1,0 +1,165 @@
+"""The MQTT driver against a real Mosquitto: payload formats, oversized payloads, credentials."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from edge_gateway_sim.brokers import MosquittoBroker, RabbitMQNode
+from edge_gateway_sim.consumer import ReadingCollector
+from edge_gateway_sim.gateway_process import GatewayProcess
+from harness import validate_message
+
+from gateway.status import read_status
+
+
+def _config(tmp_path: Path, rabbit: RabbitMQNode, port: int, exchange: str, driver: str) -> Path:
+    config = tmp_path / "gateway.yaml"
+    config.write_text(
+        f"""\
+gateway: {{id: gw, site: {exchange}, state_dir: {tmp_path / "state"}}}
+amqp: {{url: "{rabbit.url}", exchange: {exchange}}}
+drivers:
+  - type: mqtt
+    name: field
+    port: {port}
+    client_id: gw-{exchange}
+{driver}
+"""
+    )
+    return config
+
+
+def _publish(port: int, messages: list[tuple[str, bytes]], **auth: str) -> None:
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="test-publisher")
+    if auth:
+        client.username_pw_set(auth["username"], auth["password"])
+    client.connect("127.0.0.1", port)
+    client.loop_start()
+    infos = [client.publish(topic, payload, qos=1) for topic, payload in messages]
+    for info in infos:
+        info.wait_for_publish(10)
+    client.disconnect()
+    client.loop_stop()
+
+
+async def test_number_and_senml_payloads_arrive_and_oversized_ones_are_counted(
+    rabbitmq: RabbitMQNode, mosquitto: MosquittoBroker, tmp_path: Path
+) -> None:
+    exchange = "formats"
+    config = _config(
+        tmp_path,
+        rabbitmq,
+        mosquitto.port,
+        exchange,
+        """\
+    max_payload_bytes: 300
+    subscriptions:
+      - topic: formats/meters/+/power
+        device: "formats/meters/{device}/power"
+        format: number
+        value: power
+        unit: W
+      - topic: formats/senml/#
+        format: senml
+""",
+    )
+    senml = [
+        {"bn": "urn:dev:mac:0024befffe804ff1:", "bt": 1.276020076e9, "bu": "A", "n": "voltage",
+         "u": "V", "v": 120.1},
+        {"n": "current", "t": -5, "v": 1.2},
+        {"n": "current", "t": -4, "v": 1.3},
+    ]  # fmt: skip
+    async with ReadingCollector(
+        rabbitmq.url, exchange, queue="formats", validate=validate_message, keep_readings=True
+    ) as collector:
+        with GatewayProcess(config, tmp_path / "gateway.log") as gateway:
+            gateway.start()
+            await asyncio.to_thread(
+                _publish,
+                mosquitto.port,
+                [
+                    ("formats/meters/m1/power", b" 123.5\n"),
+                    ("formats/senml/pack", json.dumps(senml).encode()),
+                    ("formats/meters/m2/power", b"9" * 400),
+                ],
+            )
+            await collector.wait_until(lambda got: got.unique >= 3, timeout=20)
+            await asyncio.sleep(2.5)  # one status report
+            driver = read_status(tmp_path / "state")["gateway"]["drivers"]["field"]
+            assert gateway.terminate() == 0
+    by_device: dict[str, list[dict[str, Any]]] = {}
+    for reading in collector.received.kept:
+        by_device.setdefault(reading["device"], []).append(reading)
+    assert by_device["m1"][0]["values"] == {"power": 123.5}
+    assert by_device["m1"][0]["units"] == {"power": "W"}
+    senml_readings = sorted(by_device["urn:dev:mac:0024befffe804ff1"], key=lambda r: r["ts"])
+    assert [r["ts"] for r in senml_readings] == [
+        "2010-06-08T18:01:11.000000Z",
+        "2010-06-08T18:01:12.000000Z",
+        "2010-06-08T18:01:16.000000Z",
+    ]
+    assert senml_readings[2]["values"] == {"voltage": 120.1}
+    assert senml_readings[2]["units"] == {"voltage": "V"}
+    assert senml_readings[0]["values"] == {"current": 1.2}
+    assert senml_readings[0]["units"] == {"current": "A"}
+    assert "m2" not in by_device
+    assert driver["oversized"] == 1
+    assert "MQTT payload too large; skipped" in (tmp_path / "gateway.log").read_text()
+
+
+async def test_refused_mqtt_credentials_are_reported_and_fixed_ones_work(
+    rabbitmq: RabbitMQNode, tmp_path: Path
+) -> None:
+    passwords = tmp_path / "mosquitto.passwd"
+    await asyncio.to_thread(
+        subprocess.run,
+        ["mosquitto_passwd", "-c", "-b", str(passwords), "gateway", "right"],
+        check=True,
+    )
+    passwords.chmod(0o644)
+    secret = tmp_path / "mqtt-password"
+    secret.write_text("wrong\n")
+    exchange = "credentials"
+    config = _config(
+        tmp_path,
+        rabbitmq,
+        0,
+        exchange,
+        f"""\
+    username: gateway
+    password_file: {secret}
+    reconnect_max_s: 1
+    subscriptions:
+      - topic: credentials/+
+        device: "credentials/{{device}}"
+        format: number
+""",
+    )
+    with MosquittoBroker(
+        tmp_path / "mosquitto", ["allow_anonymous false", f"password_file {passwords}"]
+    ) as mosquitto:
+        config.write_text(config.read_text().replace("port: 0", f"port: {mosquitto.port}"))
+        async with ReadingCollector(rabbitmq.url, exchange, queue="credentials") as collector:
+            with GatewayProcess(config, tmp_path / "gateway.log") as gateway:
+                gateway.start()
+                await asyncio.sleep(3)
+                driver = read_status(tmp_path / "state")["gateway"]["drivers"]["field"]
+                assert driver["state"] == "refused"
+                assert "MQTT broker refused the connection" in gateway.log.read_text()
+                assert gateway.terminate() == 0
+                secret.write_text("right\n")
+                gateway.start()
+                await asyncio.to_thread(
+                    _publish,
+                    mosquitto.port,
+                    [("credentials/t1", b"21.5")],
+                    username="gateway",
+                    password="right",
+                )
+                assert await collector.wait_until(lambda got: got.unique >= 1, timeout=20)
+                assert gateway.terminate() == 0
