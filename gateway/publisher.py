@@ -153,6 +153,7 @@ class Publisher:
             backoff.reset()
             await self._pump(connection, exchange)
         finally:
+            self.counters.connected_url = None
             self._requeue_ready()
             with suppress(*CONNECTION_ERRORS):
                 await asyncio.wait_for(connection.close(), self.config.timeout_s)

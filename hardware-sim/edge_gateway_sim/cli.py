@@ -30,9 +30,33 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_mqtt(commands)
-    # More device kinds (serial, ble, demo) register here: add a subparser and
+    _add_demo(commands)
+    # More device kinds (serial, ble) register here: add a subparser and
     # `set_defaults(handler=...)` with a function taking the parsed args, returning an exit code.
     return parser
+
+
+# -- demo -------------------------------------------------------------------------------------
+
+
+def _add_demo(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = commands.add_parser(
+        "demo",
+        help="a whole simulated site: brokers, sensors, the gateway, and `edge-gateway tail`",
+        description="Start private RabbitMQ and Mosquitto on loopback, simulated MQTT sensors "
+        "and the gateway, and print readings as they arrive at RabbitMQ until Ctrl-C.",
+    )
+    p.add_argument("--sensors", type=int, default=5, help="number of devices (default 5)")
+    p.add_argument("--rate", type=float, default=5.0, help="total readings/s (default 5)")
+    p.add_argument("--duration", type=float, help="stop after this many seconds")
+    p.add_argument("--keep", action="store_true", help="keep the working directory")
+    p.set_defaults(handler=_demo)
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from edge_gateway_sim.demo import run_demo  # brings in the broker tooling only when asked
+
+    return run_demo(args.sensors, args.rate, args.duration, args.keep)
 
 
 def main(argv: list[str] | None = None) -> int:
