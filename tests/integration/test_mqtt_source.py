@@ -88,7 +88,7 @@ async def test_number_and_senml_payloads_arrive_and_oversized_ones_are_counted(
                     ("formats/meters/m2/power", b"9" * 400),
                 ],
             )
-            await collector.wait_until(lambda got: got.unique >= 3, timeout=20)
+            assert await collector.wait_until(lambda got: got.unique >= 4, timeout=20)
             await asyncio.sleep(2.5)  # one status report
             driver = read_status(tmp_path / "state")["gateway"]["drivers"]["field"]
             assert gateway.terminate() == 0
