@@ -16,6 +16,7 @@ second, because a lost delete only costs a duplicate after a crash.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import secrets
 import sqlite3
@@ -90,6 +91,15 @@ class _WriterState:
     puts: list[_Put] = field(default_factory=list)
     acks: list[int] = field(default_factory=list)
     closing: bool = False
+
+
+def _closed_cleanly(conn: sqlite3.Connection) -> bool:
+    """Whether the last process to use this database closed it (no crash, no power cut)."""
+    try:
+        row = conn.execute("SELECT value FROM meta WHERE key='clean'").fetchone()
+    except sqlite3.OperationalError:  # a new file: no meta table yet
+        return False
+    return row is not None and row[0] == "1"
 
 
 def encode_chunk(entries: Sequence[tuple[str, str, bytes]]) -> bytes:
@@ -185,10 +195,12 @@ class Buffer:
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=FULL")
             conn.execute("PRAGMA journal_size_limit=8388608")
-            check = conn.execute("PRAGMA quick_check").fetchone()[0]
-            if check != "ok":
-                raise sqlite3.DatabaseError(f"integrity check failed: {check}")
+            if not _closed_cleanly(conn):  # a full check costs minutes on a big SD-card file
+                check = conn.execute("PRAGMA quick_check").fetchone()[0]
+                if check != "ok":
+                    raise sqlite3.DatabaseError(f"integrity check failed: {check}")
             conn.executescript(_SCHEMA)
+            conn.execute("INSERT OR REPLACE INTO meta VALUES ('clean', '0')")
             row = conn.execute("SELECT value FROM meta WHERE key='stream'").fetchone()
             if row is None:
                 self.stream = secrets.token_hex(6)
@@ -264,11 +276,14 @@ class Buffer:
 
     def _fetch(self, after_seq: int, max_readings: int) -> list[Chunk]:
         assert self._reader is not None
-        rows = self._reader.execute(
-            "SELECT first_seq, count, accepted, data FROM chunks "
-            "WHERE first_seq + count > ? ORDER BY first_seq LIMIT 256",
-            (after_seq + 1,),
-        ).fetchall()
+        try:
+            rows = self._reader.execute(
+                "SELECT first_seq, count, accepted, data FROM chunks "
+                "WHERE first_seq + count > ? ORDER BY first_seq LIMIT 256",
+                (after_seq + 1,),
+            ).fetchall()
+        except sqlite3.DatabaseError as exc:  # corrupt pages: stop, check on the next start
+            raise self._storage_error(exc) from None
         chunks: list[Chunk] = []
         total = 0
         for first_seq, count, accepted, data in rows:
@@ -335,6 +350,9 @@ class Buffer:
                 self._commit(conn, puts, acks)
                 last_commit = time.monotonic()
         finally:
+            if self._failure is None:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("INSERT OR REPLACE INTO meta VALUES ('clean', '1')")
             conn.close()
 
     def _commit(self, conn: sqlite3.Connection, puts: list[_Put], acks: list[int]) -> None:
