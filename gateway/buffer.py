@@ -282,15 +282,16 @@ class Buffer:
                 "WHERE first_seq + count > ? ORDER BY first_seq LIMIT 256",
                 (after_seq + 1,),
             ).fetchall()
-        except sqlite3.DatabaseError as exc:  # corrupt pages: stop, check on the next start
+            chunks: list[Chunk] = []
+            total = 0
+            for first_seq, count, accepted, data in rows:
+                if chunks and total + count > max_readings:
+                    break
+                chunks.append(decode_chunk(first_seq, accepted, data))
+                total += count
+        except (sqlite3.DatabaseError, zlib.error, ValueError) as exc:
+            # Corrupt pages or chunks: stop; the next start checks the file and moves it aside.
             raise self._storage_error(exc) from None
-        chunks: list[Chunk] = []
-        total = 0
-        for first_seq, count, accepted, data in rows:
-            if chunks and total + count > max_readings:
-                break
-            chunks.append(decode_chunk(first_seq, accepted, data))
-            total += count
         return chunks
 
     async def wait_for_commit(self) -> None:
@@ -456,7 +457,7 @@ class Buffer:
         page_size = conn.execute("PRAGMA page_size").fetchone()[0]
         return int((pages - free) * page_size)
 
-    def _storage_error(self, exc: sqlite3.Error) -> StorageError:
+    def _storage_error(self, exc: Exception) -> StorageError:
         code = getattr(exc, "sqlite_errorname", "")
         if code == "SQLITE_FULL":
             log.error(
