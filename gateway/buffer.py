@@ -45,6 +45,7 @@ CREATE TABLE IF NOT EXISTS chunks (
     accepted REAL NOT NULL,
     data BLOB NOT NULL
 );
+CREATE TABLE IF NOT EXISTS damaged AS SELECT * FROM chunks WHERE 0;
 """
 _DELETE_INTERVAL_S = 1.0
 _COMPRESS_LEVEL = 1
@@ -75,6 +76,8 @@ class BufferCounters:
 
     accepted: int = 0
     rejected: int = 0
+    damaged: int = 0
+    """Chunks whose bytes did not decode, kept apart in the table `damaged`."""
     dropped: int = 0
     commits: int = 0
     last_commit: float = 0.0
@@ -90,6 +93,7 @@ class _Put:
 class _WriterState:
     puts: list[_Put] = field(default_factory=list)
     acks: list[int] = field(default_factory=list)
+    damaged: list[int] = field(default_factory=list)
     closing: bool = False
 
 
@@ -282,17 +286,34 @@ class Buffer:
                 "WHERE first_seq + count > ? ORDER BY first_seq LIMIT 256",
                 (after_seq + 1,),
             ).fetchall()
-            chunks: list[Chunk] = []
-            total = 0
-            for first_seq, count, accepted, data in rows:
-                if chunks and total + count > max_readings:
-                    break
-                chunks.append(decode_chunk(first_seq, accepted, data))
-                total += count
-        except (sqlite3.DatabaseError, zlib.error, ValueError) as exc:
-            # Corrupt pages or chunks: stop; the next start checks the file and moves it aside.
+        except sqlite3.DatabaseError as exc:
+            # Corrupt pages: stop; the next start checks the file and moves it aside.
             raise self._storage_error(exc) from None
+        chunks: list[Chunk] = []
+        total = 0
+        for first_seq, count, accepted, data in rows:
+            if chunks and total + count > max_readings:
+                break
+            try:
+                chunks.append(decode_chunk(first_seq, accepted, data))
+            except (zlib.error, ValueError) as exc:
+                self._set_aside(first_seq, count, exc)
+                continue
+            total += count
         return chunks
+
+    def _set_aside(self, first_seq: int, count: int, exc: Exception) -> None:
+        """A chunk whose bytes are damaged cannot be published: keep it apart, go on."""
+        log.error(
+            "buffer chunk damaged; moved to the table 'damaged', its readings are not published",
+            path=str(self.path),
+            first_seq=first_seq,
+            readings=count,
+            error=str(exc),
+        )
+        with self._cond:
+            self._state.damaged.append(first_seq)
+            self._cond.notify()
 
     async def wait_for_commit(self) -> None:
         """Wait until the next commit that added readings."""
@@ -329,7 +350,12 @@ class Buffer:
         try:
             while True:
                 with self._cond:
-                    while not (self._state.puts or self._state.acks or self._state.closing):
+                    while not (
+                        self._state.puts
+                        or self._state.acks
+                        or self._state.damaged
+                        or self._state.closing
+                    ):
                         self._cond.wait()
                     closing = self._state.closing
                 wait = last_commit + self.commit_interval - time.monotonic()
@@ -337,15 +363,23 @@ class Buffer:
                     self._closing.wait(wait)  # gather more puts: one fsync for all of them
                 with self._cond:
                     puts, self._state.puts = self._state.puts, []
-                    deletes_due = closing or time.monotonic() - last_delete >= _DELETE_INTERVAL_S
+                    damaged, self._state.damaged = self._state.damaged, []
                     acks: list[int] = []
-                    if deletes_due:
+                    if closing or time.monotonic() - last_delete >= _DELETE_INTERVAL_S:
                         acks, self._state.acks = self._state.acks, []
-                    if not puts and not acks:
-                        if closing:
-                            return
-                        self._cond.wait(_DELETE_INTERVAL_S)  # only acks, not yet due
-                        continue
+                if damaged:
+                    self._set_aside_now(conn, damaged)
+                if not puts and not acks:
+                    if closing:
+                        return
+                    with self._cond:  # only acks, not yet due: wait for them or for puts
+                        due = last_delete + _DELETE_INTERVAL_S
+                        while (
+                            not (self._state.puts or self._state.damaged or self._state.closing)
+                            and (left := due - time.monotonic()) > 0
+                        ):
+                            self._cond.wait(left)
+                    continue
                 if acks:
                     last_delete = time.monotonic()
                 self._commit(conn, puts, acks)
@@ -416,6 +450,27 @@ class Buffer:
                 put.future.set_exception(error)
         if added and error is None:
             self._committed.set()
+
+    def _set_aside_now(self, conn: sqlite3.Connection, first_seqs: list[int]) -> None:
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for first_seq in first_seqs:
+                row = conn.execute(
+                    "SELECT count FROM chunks WHERE first_seq=?", (first_seq,)
+                ).fetchone()
+                if row is None:
+                    continue
+                conn.execute(
+                    "INSERT INTO damaged SELECT * FROM chunks WHERE first_seq=?", (first_seq,)
+                )
+                conn.execute("DELETE FROM chunks WHERE first_seq=?", (first_seq,))
+                self._depth -= row[0]
+                self.counters.damaged += 1
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            self._storage_error(exc)
 
     def _delete(self, conn: sqlite3.Connection, acks: list[int]) -> int:
         placeholders = ",".join("?" * len(acks))

@@ -302,6 +302,25 @@ async def test_damaged_database_is_moved_aside_with_a_new_stream(db: Path) -> No
     assert len(list(db.parent.glob("buffer.db.corrupt-*"))) == 1
 
 
+async def test_a_chunk_with_damaged_bytes_is_set_aside_and_the_rest_still_flows(
+    db: Path,
+) -> None:
+    async with Buffer(db, max_bytes=1024**2, commit_interval=0) as buf:
+        for i in range(3):
+            await buf.put([reading(i)])
+    with closing(sqlite3.connect(db)) as conn, conn:
+        conn.execute("UPDATE chunks SET data = x'00ff00ff' WHERE first_seq = 2")
+
+    async with Buffer(db, max_bytes=1024**2, commit_interval=0) as buf:
+        assert [s.seq for s in await fetch_all(buf)] == [1, 3]
+        await buf.put([reading(9)])  # the writer moves the damaged chunk with its next commit
+        assert buf.counters.damaged == 1
+        assert buf.depth == 3
+    with closing(sqlite3.connect(db)) as conn:
+        assert conn.execute("SELECT first_seq, count FROM damaged").fetchall() == [(2, 1)]
+    assert chunk_rows(db) == [(1, 1), (3, 1), (4, 1)]
+
+
 async def test_two_corrupt_databases_in_one_second_are_both_kept(
     db: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
