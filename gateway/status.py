@@ -127,6 +127,7 @@ def format_status(report: dict[str, Any]) -> str:
     lines.append(
         f"           accepted {counters['accepted']}, rejected {counters['rejected']}, "
         f"dropped {counters['dropped']}, commits {counters['commits']}"
+        + (f", DAMAGED chunks set aside {counters['damaged']}" if counters.get("damaged") else "")
     )
     pub = live["publisher"]
     last = pub["last_confirm"]
