@@ -47,7 +47,7 @@ class BatchSection(StrictModel):
     max_readings: Annotated[int, Field(ge=1, le=10_000)] = 100
     max_bytes: ByteSize = ByteSize(256 * 1024)
     linger_ms: Annotated[float, Field(ge=0, le=60_000)] = 0.0
-    """Group commit already gathers `commit_interval_ms` of readings: linger matters when that is 0."""
+    """Group commit already gathers a commit interval of readings: linger matters when it is 0."""
 
 
 class AmqpSection(StrictModel):
