@@ -315,10 +315,13 @@ class Buffer:
             self._state.damaged.append(first_seq)
             self._cond.notify()
 
-    async def wait_for_commit(self) -> None:
-        """Wait until the next commit that added readings."""
-        self._committed.clear()
-        await self._committed.wait()
+    async def wait_for_data(self, after_seq: int) -> None:
+        """Return once readings with seq > `after_seq` are committed (at once if they are)."""
+        while self.last_seq <= after_seq:
+            self._committed.clear()
+            if self.last_seq > after_seq:  # committed between the check and the clear
+                return
+            await self._committed.wait()
 
     @property
     def last_seq(self) -> int:

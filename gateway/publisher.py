@@ -389,7 +389,7 @@ class Publisher:
             self._ready.extend(self._batches(pending))
             return
         waits: list[asyncio.Future[object]] = [
-            asyncio.ensure_future(self.buffer.wait_for_commit()),
+            asyncio.ensure_future(self.buffer.wait_for_data(self._cursor)),
             asyncio.ensure_future(self._stopping.wait()),
         ]
         timeout = None

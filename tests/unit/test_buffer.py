@@ -124,12 +124,17 @@ async def test_put_of_nothing_commits_nothing(buffer: Buffer) -> None:
     assert await fetch_all(buffer) == []
 
 
-async def test_wait_for_commit_returns_after_a_put_is_committed(buffer: Buffer) -> None:
-    waiter = asyncio.create_task(buffer.wait_for_commit())
-    await asyncio.sleep(0)  # let the waiter start waiting (it clears the event first)
+async def test_wait_for_data_returns_after_a_put_is_committed(buffer: Buffer) -> None:
+    waiter = asyncio.create_task(buffer.wait_for_data(buffer.last_seq))
+    await asyncio.sleep(0)  # let the waiter start waiting
     assert not waiter.done()
     await buffer.put([reading(1)])
     await asyncio.wait_for(waiter, timeout=5)
+
+
+async def test_wait_for_data_returns_at_once_for_data_already_committed(buffer: Buffer) -> None:
+    await buffer.put([reading(1)])
+    await asyncio.wait_for(buffer.wait_for_data(0), timeout=1)
 
 
 async def test_put_after_close_is_refused(db: Path) -> None:
