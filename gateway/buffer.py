@@ -33,6 +33,7 @@ from typing import Literal
 import structlog
 
 from gateway.errors import BufferFull, StorageError
+from gateway.logs import RateLimitedLog
 from gateway.model import Reading
 
 log = structlog.get_logger("gateway.buffer")
@@ -97,6 +98,14 @@ class _WriterState:
     closing: bool = False
 
 
+def _is_corruption(exc: sqlite3.DatabaseError) -> bool:
+    """A damaged or foreign file, as opposed to a disk that is full, failing or not ours."""
+    name = getattr(exc, "sqlite_errorname", None)
+    if name is None:  # raised by us: the integrity check failed
+        return "integrity check failed" in str(exc)
+    return name in ("SQLITE_CORRUPT", "SQLITE_NOTADB") or name.startswith("SQLITE_CORRUPT_")
+
+
 def _closed_cleanly(conn: sqlite3.Connection) -> bool:
     """Whether the last process to use this database closed it (no crash, no power cut)."""
     try:
@@ -152,6 +161,7 @@ class Buffer:
         self._committed = asyncio.Event()
         self._failure: StorageError | None = None
         self._failed = asyncio.Event()
+        self._rate_limited = RateLimitedLog(log)
         self._depth = 0
         self._next_seq = 1
 
@@ -180,12 +190,20 @@ class Buffer:
 
     def _open(self) -> sqlite3.Connection:
         """Open the database, moving an unreadable one aside rather than crash-looping on it."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            conn = self._connect()
-        except sqlite3.DatabaseError as exc:
-            self._quarantine(exc)
-            conn = self._connect()
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                conn = self._connect()
+            except sqlite3.DatabaseError as exc:
+                if not _is_corruption(exc):
+                    raise  # disk full, I/O error, permissions: the file may be fine
+                self._quarantine(exc)
+                conn = self._connect()
+        except (sqlite3.Error, OSError) as exc:
+            raise StorageError(
+                f"cannot open the buffer {self.path}: {exc}; check the disk (space, "
+                "permissions of the state directory), then restart"
+            ) from None
         self._reader = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         self._reader.execute("PRAGMA busy_timeout=5000")
         return conn
@@ -212,10 +230,11 @@ class Buffer:
             else:
                 self.stream = row[0]
             last = conn.execute(
-                "SELECT first_seq + count FROM chunks ORDER BY first_seq DESC LIMIT 1"
+                "SELECT max(first_seq + count) FROM (SELECT first_seq, count FROM chunks "
+                "UNION ALL SELECT first_seq, count FROM damaged)"
             ).fetchone()
             saved = conn.execute("SELECT value FROM meta WHERE key='next_seq'").fetchone()
-            self._next_seq = max(last[0] if last else 1, int(saved[0]) if saved else 1)
+            self._next_seq = max(last[0] or 1, int(saved[0]) if saved else 1)
             self._depth = conn.execute("SELECT coalesce(sum(count), 0) FROM chunks").fetchone()[0]
         except BaseException:
             conn.close()
@@ -272,7 +291,7 @@ class Buffer:
     # --- the publisher side -------------------------------------------------------
 
     async def fetch(self, after_seq: int, max_readings: int) -> list[Chunk]:
-        """Chunks holding readings with seq > after_seq, oldest first."""
+        """Chunks after `after_seq`, oldest first; `after_seq` is 0 or a chunk's last seq."""
         assert self._loop is not None
         return await self._loop.run_in_executor(
             self._reader_pool, self._fetch, after_seq, max_readings
@@ -283,8 +302,8 @@ class Buffer:
         try:
             rows = self._reader.execute(
                 "SELECT first_seq, count, accepted, data FROM chunks "
-                "WHERE first_seq + count > ? ORDER BY first_seq LIMIT 256",
-                (after_seq + 1,),
+                "WHERE first_seq > ? ORDER BY first_seq LIMIT 256",
+                (after_seq,),
             ).fetchall()
         except sqlite3.DatabaseError as exc:
             # Corrupt pages: stop; the next start checks the file and moves it aside.
@@ -385,15 +404,29 @@ class Buffer:
                     continue
                 if acks:
                     last_delete = time.monotonic()
-                self._commit(conn, puts, acks)
+                self._commit(conn, puts, acks, retry_acks=not closing)
                 last_commit = time.monotonic()
+        except BaseException as exc:  # a bug here must not leave every put() waiting for ever
+            failure = StorageError(f"the buffer's writer stopped: {type(exc).__name__}: {exc}")
+            log.critical("buffer writer failed", path=str(self.path), exc_info=True)
+            self._failure = failure
+            with self._cond:
+                stranded, self._state.puts = self._state.puts, []
+            assert self._loop is not None
+            with contextlib.suppress(RuntimeError):  # the loop may be gone already
+                self._loop.call_soon_threadsafe(self._settle, stranded, failure, False)
+                self._loop.call_soon_threadsafe(self._failed.set)
+            raise
         finally:
             if self._failure is None:
                 with contextlib.suppress(sqlite3.Error):
                     conn.execute("INSERT OR REPLACE INTO meta VALUES ('clean', '1')")
             conn.close()
 
-    def _commit(self, conn: sqlite3.Connection, puts: list[_Put], acks: list[int]) -> None:
+    def _commit(
+        self, conn: sqlite3.Connection, puts: list[_Put], acks: list[int], retry_acks: bool
+    ) -> None:
+        """One transaction: deletes, then the new chunk; settle the puts' futures after."""
         entries = [entry for put in puts for entry in put.entries]
         data = encode_chunk(entries) if entries else b""
         first_seq = self._next_seq
@@ -421,8 +454,9 @@ class Buffer:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             deleted = dropped = 0
-            with self._cond:
-                self._state.acks.extend(acks)  # not deleted: try again with the next commit
+            if retry_acks:  # not deleted: try again with the next commit (at close: a lost
+                with self._cond:  # delete costs only a duplicate after the restart)
+                    self._state.acks.extend(acks)
             error = self._storage_error(exc)
         added = len(entries) if error is None else 0
         self._next_seq += added
@@ -467,6 +501,7 @@ class Buffer:
                     "INSERT INTO damaged SELECT * FROM chunks WHERE first_seq=?", (first_seq,)
                 )
                 conn.execute("DELETE FROM chunks WHERE first_seq=?", (first_seq,))
+                self._save_next_seq(conn)
                 self._depth -= row[0]
                 self.counters.damaged += 1
             conn.execute("COMMIT")
@@ -518,7 +553,8 @@ class Buffer:
     def _storage_error(self, exc: Exception) -> StorageError:
         code = getattr(exc, "sqlite_errorname", "")
         if code == "SQLITE_FULL":
-            log.error(
+            self._rate_limited.error(
+                "disk-full",
                 "disk full: readings are not accepted until space is freed",
                 path=str(self.path),
                 hint="free space on the disk or lower buffer.max_bytes",

@@ -16,9 +16,9 @@ from gateway.config import GatewayConfig, load_config
 from gateway.errors import ConfigError, GatewayError
 from gateway.logs import configure_logging
 from gateway.publisher import redact
-from gateway.status import BUFFER_FILE, format_status, read_status
+from gateway.status import BUFFER_FILE, format_status, is_running, read_status
 
-EXIT_OK, EXIT_FAILURE, EXIT_CONFIG = 0, 1, 2
+EXIT_OK, EXIT_FAILURE, EXIT_CONFIG, EXIT_NOT_RUNNING = 0, 1, 2, 3
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, text in (
         ("run", "run the gateway until SIGTERM or Ctrl-C"),
         ("check", "validate a configuration file and summarise it"),
-        ("status", "show the buffer, the uplink and the drivers"),
+        ("status", "show the buffer, the uplink and the drivers (exit 3: not running)"),
     ):
         sub = commands.add_parser(name, help=text, description=text)
         sub.add_argument("--config", "-c", required=True, type=Path, help="the YAML file")
@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
         except KeyboardInterrupt:
             return EXIT_OK
     try:
-        config = load_config(args.config)
+        config = load_config(args.config, check_files=args.command != "status")
     except ConfigError as exc:
         print(f"configuration error:\n{exc}", file=sys.stderr)
         return EXIT_CONFIG
@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "status":
         report = read_status(config.gateway.state_dir)
         print(json.dumps(report, indent=2) if args.json else format_status(report))
-        return EXIT_OK
+        return EXIT_OK if is_running(report) else EXIT_NOT_RUNNING
     configure_logging(config.logging.level, config.logging.format)
     return asyncio.run(_run(config))
 
@@ -82,13 +82,18 @@ async def _run(config: GatewayConfig) -> int:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
+    log = structlog.get_logger("gateway")
     failure: BaseException | None = None
     try:
         await run_gateway(config, stop)
     except* GatewayError as group:
         failure = group.exceptions[0]
+    except* Exception as group:  # a bug: say so in the log's own format, then let systemd restart
+        log.critical("gateway failed", exc_info=group.exceptions[0])
+        failure = group.exceptions[0]
+    if isinstance(failure, GatewayError):
+        log.critical("gateway stopped on an error", error=str(failure))
     if failure is not None:
-        structlog.get_logger("gateway").critical("gateway stopped on an error", error=str(failure))
         return EXIT_FAILURE
     return EXIT_OK
 

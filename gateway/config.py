@@ -131,8 +131,12 @@ _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 KeyPath = tuple[str | int, ...]
 
 
-def load_config(path: Path | str) -> GatewayConfig:
-    """Read, substitute `${ENV}` and validate a configuration file; raise `ConfigError`."""
+def load_config(path: Path | str, check_files: bool = True) -> GatewayConfig:
+    """Read, substitute `${ENV}` and validate a configuration file; raise `ConfigError`.
+
+    `check_files=False` skips checking that secret and TLS files are readable: for
+    commands that only look (status), run by users who may not read the secrets.
+    """
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -148,7 +152,9 @@ def load_config(path: Path | str) -> GatewayConfig:
     if not isinstance(data, dict):
         raise ConfigError(f"{path}:1: the top level must be a mapping of keys (gateway, amqp, ...)")
     try:
-        return GatewayConfig.model_validate(data, context={"base_dir": path.parent})
+        return GatewayConfig.model_validate(
+            data, context={"base_dir": path.parent, "check_files": check_files}
+        )
     except ValidationError as exc:
         raise ConfigError(_describe(path, data, lines, exc)) from None
 

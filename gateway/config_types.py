@@ -16,10 +16,12 @@ class StrictModel(BaseModel):
 
 
 def _resolve_file(path: Path, info: ValidationInfo) -> Path:
-    """Relative paths are relative to the config file; the file must be readable now."""
+    """Relative paths are relative to the config file; the file must be readable now
+    (unless the caller only reads the configuration, as `edge-gateway status` does)."""
+    context = info.context or {}
     if not path.is_absolute():
-        path = Path((info.context or {}).get("base_dir", ".")) / path
-    return _readable(path)
+        path = Path(context.get("base_dir", ".")) / path
+    return _readable(path) if context.get("check_files", True) else path
 
 
 def _resolve_secret_file(path: Path, info: ValidationInfo) -> Path:
@@ -27,7 +29,7 @@ def _resolve_secret_file(path: Path, info: ValidationInfo) -> Path:
     credentials directory, where `LoadCredential=` puts secrets."""
     credentials = os.environ.get("CREDENTIALS_DIRECTORY")
     if not path.is_absolute() and credentials and (Path(credentials) / path).exists():
-        return _readable(Path(credentials) / path)
+        return _resolve_file(Path(credentials) / path, info)
     return _resolve_file(path, info)
 
 

@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Iterator
 from contextlib import suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from itertools import cycle
 from typing import TypeVar
 
@@ -79,6 +80,16 @@ class PublisherCounters:
     connected_url: str | None = None
     blocked: bool = False
     last_confirm: float = 0.0
+
+
+def _surface_failure(task: asyncio.Task[None], broken: asyncio.Future[str]) -> None:
+    """An unexpected error in a publish task ends the session (and is logged), not in silence."""
+    if task.cancelled() or task.exception() is None:
+        return
+    error = task.exception()
+    log.error("publishing failed unexpectedly; reconnecting", exc_info=error)
+    if not broken.done():
+        broken.set_result(f"{type(error).__name__}: {error}")
 
 
 def redact(url: str) -> str:
@@ -215,6 +226,7 @@ class Publisher:
                 task = asyncio.create_task(self._publish(exchange, batch, window, broken))
                 in_flight.add(task)
                 task.add_done_callback(in_flight.discard)
+                task.add_done_callback(partial(_surface_failure, broken=broken))
             await asyncio.gather(*in_flight)  # each is bounded by timeout_s
         finally:
             for task in in_flight:
@@ -297,7 +309,7 @@ class Publisher:
             self._retry_now(batch)
             if not broken.done():
                 broken.set_result(f"{type(exc).__name__}: {exc}")
-        except asyncio.CancelledError:
+        except BaseException:  # cancelled, or a bug: keep the batch, the pump sees the error
             self._retry_now(batch)
             raise
         else:
@@ -403,9 +415,14 @@ class Publisher:
 
     async def _fetch(self, limit: int) -> None:
         """Move up to `limit` readings past the cursor into `self._pending`."""
-        if limit <= 0 or self.buffer.last_seq <= self._cursor:
+        committed = self.buffer.last_seq  # read first: every chunk up to it is visible
+        if limit <= 0 or committed <= self._cursor:
             return
-        for chunk in await self.buffer.fetch(self._cursor, limit):
+        chunks = await self.buffer.fetch(self._cursor, limit)
+        if not chunks:  # what lay between was deleted, dropped or set aside
+            self._cursor = max(self._cursor, committed)
+            return
+        for chunk in chunks:
             fresh = [r for r in chunk.readings if r.seq > self._cursor]
             self._outstanding[chunk.first_seq] = self._outstanding.get(chunk.first_seq, 0) + len(
                 fresh

@@ -16,8 +16,11 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+import structlog
+
 from drivers.base import Driver
 from gateway.buffer import Buffer
+from gateway.logs import RateLimitedLog
 from gateway.publisher import Publisher
 
 STATUS_FILE = "status.json"
@@ -36,6 +39,7 @@ class StatusWriter:
         self.publisher = publisher
         self.drivers = drivers
         self.started = time.time()
+        self._rate_limited = RateLimitedLog(structlog.get_logger("gateway.status"), 60.0)
 
     async def run(self) -> None:
         try:
@@ -57,9 +61,15 @@ class StatusWriter:
         }
 
     def write(self, running: bool = True) -> None:
+        """Best effort: a full disk must not stop the gateway over its status report."""
         temporary = self.path.with_suffix(".tmp")
-        temporary.write_text(json.dumps(self.snapshot(running)), encoding="utf-8")
-        os.replace(temporary, self.path)
+        try:
+            temporary.write_text(json.dumps(self.snapshot(running)), encoding="utf-8")
+            os.replace(temporary, self.path)
+        except OSError as exc:
+            self._rate_limited.warning(
+                "status", "cannot write the status file", path=str(self.path), error=str(exc)
+            )
 
 
 def read_status(state_dir: Path) -> dict[str, Any]:
@@ -99,6 +109,11 @@ def _buffer_figures(database: Path) -> dict[str, Any]:
     return figures
 
 
+def is_running(report: dict[str, Any]) -> bool:
+    live = report["gateway"]
+    return bool(live and live["running"] and time.time() - live["updated"] <= 3 * _INTERVAL_S)
+
+
 def format_status(report: dict[str, Any]) -> str:
     """The report as lines a person reads at a glance."""
     buffer = report["buffer"]
@@ -119,7 +134,7 @@ def format_status(report: dict[str, Any]) -> str:
         lines.append("gateway    no status file: the gateway has not run here")
         return "\n".join(lines)
     stale = time.time() - live["updated"]
-    if not live["running"] or stale > 3 * _INTERVAL_S:
+    if not is_running(report):
         lines.append(f"gateway    NOT RUNNING (last report {stale:.0f} s ago, pid {live['pid']})")
     else:
         lines.append(f"gateway    running, pid {live['pid']}, up {_uptime(live):.0f} s")

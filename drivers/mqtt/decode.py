@@ -144,6 +144,8 @@ def decode_senml(
         t = base_time + _number(record.get("t", 0), "t", payload)
         when = received + t if t < _SENML_RELATIVE_LIMIT else t
         unit = record.get("u", base_unit)
+        if isinstance(unit, str):
+            _encodable(unit, payload)
         values, units = grouped.setdefault((owner, when), ({}, {}))
         values[value_name] = value
         if isinstance(unit, str) and unit:
@@ -168,6 +170,8 @@ def _load_json(payload: bytes) -> Any:
         return json.loads(payload)
     except (UnicodeDecodeError, ValueError) as exc:
         raise DecodeError(f"not valid JSON ({exc})", payload) from None
+    except RecursionError:
+        raise DecodeError("JSON nested too deeply", payload) from None
 
 
 def _lookup(doc: dict[str, Any], path: str | None) -> Any:

@@ -1,20 +1,26 @@
 """The MQTT source: a persistent QoS 1 session whose PUBACKs wait for the disk.
 
-paho-mqtt runs its network loop in its own thread (it reconnects by itself with
-backoff); received messages are handed to the event loop in batches. A batch is
-decoded, put into the buffer in one call, and only when that call returns (the
-readings are on disk) are its messages acknowledged (paho-mqtt 2.x manual acks).
-A crash before that leaves them unacknowledged, so the broker sends them again.
+paho-mqtt is driven by the asyncio event loop (its socket callbacks register the
+socket with the loop, as aiomqtt does), so messages, decoding and acks share one
+thread with no hand-offs. Only the blocking connect runs in an executor.
+
+Messages that arrived together are decoded and put into the buffer in one call;
+they are acknowledged (paho-mqtt 2.x manual acks) only once that call returns,
+when the readings are on disk. Puts are pipelined (the next batch is put while
+the previous one waits for its commit) and acknowledged strictly in order. A
+crash before the ack leaves messages unacknowledged: the broker sends them again.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -30,7 +36,7 @@ from drivers.mqtt.decode import decode
 from drivers.mqtt.topics import DeviceTemplate, topic_matches
 from gateway.backoff import Backoff
 from gateway.config_types import read_secret
-from gateway.errors import BufferFull, DecodeError, StorageError
+from gateway.errors import BufferFull, DecodeError, GatewayError, StorageError
 from gateway.logs import RateLimitedLog
 from gateway.model import Reading
 from gateway.tls import client_ssl_context
@@ -38,6 +44,18 @@ from gateway.tls import client_ssl_context
 log = structlog.get_logger("drivers.mqtt")
 
 _MAX_TOPIC_CACHE = 10_000
+_PUTS_IN_FLIGHT = 64
+
+
+@dataclass(frozen=True, slots=True)
+class _Batch:
+    """Messages that arrived together, their readings, and the put that makes them durable."""
+
+    put: asyncio.Task[GatewayError | None]
+    messages: list[_Message]
+    readings: list[Reading]
+
+
 _INVALID_TOPIC = "\x00invalid-utf8-topic"
 
 
@@ -53,38 +71,6 @@ class _Message:
     session: int
 
 
-class _Inbox:
-    """Messages from paho's thread to the event loop, one wake-up per batch, not per message."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop, limit: int) -> None:
-        self._loop = loop
-        self._limit = limit
-        self._items: list[_Message] = []
-        self._lock = threading.Lock()
-        self._event = asyncio.Event()
-        self._signalled = False
-        self.overflowed = 0
-
-    def push(self, item: _Message) -> None:
-        with self._lock:
-            if item.qos == 0 and len(self._items) >= self._limit:
-                self.overflowed += 1  # QoS 0 has no flow control; QoS 1 is bounded by the broker
-                return
-            self._items.append(item)
-            if self._signalled:
-                return
-            self._signalled = True
-        self._loop.call_soon_threadsafe(self._event.set)
-
-    async def take(self) -> list[_Message]:
-        await self._event.wait()
-        with self._lock:
-            items, self._items = self._items, []
-            self._signalled = False
-            self._event.clear()
-        return items
-
-
 class MqttSource:
     """A `type: mqtt` driver instance."""
 
@@ -97,27 +83,114 @@ class MqttSource:
         self._templates = [DeviceTemplate(sub.device) for sub in config.subscriptions]
         self._topic_cache: dict[str, int | None] = {}
         self._session = 0
-        self._session_lock = threading.Lock()
-        self._bad_input = RateLimitedLog(log)
+        self._inbox: list[_Message] = []
+        self._inbox_limit = max(10_000, config.receive_maximum)
+        self._arrived = asyncio.Event()
+        self._in_order: asyncio.Queue[_Batch] = asyncio.Queue(_PUTS_IN_FLIGHT)
+        self._qos0_overflow = 0
+        self._lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._connected_since = 0.0
+        self._connect_args: dict[str, Any] = {}
+        self._rate_limited = RateLimitedLog(log)
         self._log = log.bind(driver=self.name)
 
     async def run(self) -> None:
-        inbox = _Inbox(asyncio.get_running_loop(), limit=max(10_000, self.config.receive_maximum))
-        client = self._client(inbox)
-        client.loop_start()
+        loop = asyncio.get_running_loop()
+        self._inbox = []  # a restart begins afresh: unacknowledged messages come again
+        self._in_order = asyncio.Queue(_PUTS_IN_FLIGHT)
+        client = self._client()
+        _attach_to_loop(client, loop)
         try:
-            while True:
-                await self._handle(client, await inbox.take())
-                if inbox.overflowed:
-                    self.stats.counters["qos0_overflow"] = inbox.overflowed
+            async with asyncio.TaskGroup() as tasks:
+                tasks.create_task(self._keep_connected(client, loop))
+                tasks.create_task(self._keep_alive(client))
+                tasks.create_task(self._acknowledge(client))
+                await self._intake(tasks)
         finally:
             self.stats.state = "stopped"
-            client.disconnect()
-            await asyncio.to_thread(client.loop_stop)
+            if client.is_connected():
+                client.disconnect()
+                client.loop_write()  # send DISCONNECT now; the session stays on the broker
+            _detach_from_loop(client, loop)
+            sock = client.socket()
+            if sock is not None:
+                sock.close()
 
-    # --- paho side (its network thread) --------------------------------------------
+    async def _keep_connected(self, client: mqtt.Client, loop: asyncio.AbstractEventLoop) -> None:
+        """Connect, wait for the connection to drop, reconnect with backoff; for ever."""
+        backoff = Backoff(self.config.reconnect_min_s, self.config.reconnect_max_s)
+        port = self.config.port or (8883 if self.config.tls else 1883)
+        first = True
+        while True:
+            self._lost = loop.create_future()
+            try:
+                connect = partial(client.connect, self.config.host, port, **self._connect_args)
+                connecting = loop.run_in_executor(None, connect if first else client.reconnect)
+                try:
+                    await asyncio.shield(connecting)
+                except asyncio.CancelledError:
+                    # The thread cannot be stopped; let it finish (connect_timeout bounds it)
+                    # so that `run()` closes this connection rather than leave it behind.
+                    with contextlib.suppress(Exception):
+                        await connecting
+                    raise
+                first = False
+                await self._lost  # set by on_disconnect
+            except (OSError, ValueError) as exc:  # refused, unreachable, TLS handshake failed
+                self.stats.state = "unreachable"
+                self.stats.failed(f"cannot connect to {self.config.host}:{port}: {exc}")
+                self._rate_limited.warning(
+                    "connect-fail",
+                    "MQTT broker unreachable; retrying with backoff",
+                    driver=self.name,
+                    host=self.config.host,
+                    port=port,
+                    error=str(exc),
+                    hint="check that the broker runs and host/port/tls are right",
+                )
+            if self._connected_since and time.monotonic() - self._connected_since > 60:
+                backoff.reset()
+            await asyncio.sleep(backoff.next_delay())
 
-    def _client(self, inbox: _Inbox) -> mqtt.Client:
+    async def _keep_alive(self, client: mqtt.Client) -> None:
+        """paho's periodic work: keepalive pings, and noticing a silent, dead connection."""
+        while True:
+            await asyncio.sleep(1.0)
+            client.loop_misc()
+
+    async def _intake(self, tasks: asyncio.TaskGroup) -> None:
+        """Decode what arrived and start putting it; `_acknowledge` finishes each batch in order."""
+        while True:
+            await self._arrived.wait()
+            self._arrived.clear()
+            messages, self._inbox = self._inbox, []
+            if not messages:
+                continue
+            readings = [reading for message in messages for reading in self._decode(message)]
+            put = tasks.create_task(self._put(readings))
+            await self._in_order.put(_Batch(put, messages, readings))  # bounded: back-pressure
+
+    async def _put(self, readings: list[Reading]) -> GatewayError | None:
+        """Put into the buffer; a refusal is returned, for `_acknowledge` to retry in order."""
+        try:
+            await self._sink.put(readings)
+        except (BufferFull, StorageError) as exc:
+            return exc
+        return None
+
+    async def _acknowledge(self, client: mqtt.Client) -> None:
+        while True:
+            batch = await self._in_order.get()
+            if await batch.put is not None:
+                await self._accept(batch.readings)
+            self.stats.read(len(batch.readings))
+            for message in batch.messages:
+                if message.qos and message.session == self._session:
+                    client.ack(message.mid, message.qos)
+            if self._qos0_overflow:
+                self.stats.counters["qos0_overflow"] = self._qos0_overflow
+
+    def _client(self) -> mqtt.Client:
         v5 = self.config.protocol == "5"
         client = mqtt.Client(
             CallbackAPIVersion.VERSION2,
@@ -126,9 +199,7 @@ class MqttSource:
             clean_session=None if v5 else False,
             manual_ack=True,
         )
-        client.reconnect_delay_set(
-            int(max(1, self.config.reconnect_min_s)), int(self.config.reconnect_max_s)
-        )
+        client.connect_timeout = 10.0
         if self.config.username is not None:
             password = read_secret(self.config.password_file) if self.config.password_file else None
             client.username_pw_set(self.config.username, password)
@@ -137,41 +208,36 @@ class MqttSource:
         client.suppress_exceptions = True  # a callback bug must not end paho's network thread
         client.enable_logger(logging.getLogger("paho.mqtt"))
         client.on_connect = self._on_connect
-        client.on_connect_fail = self._on_connect_fail
         client.on_disconnect = self._on_disconnect
         client.on_subscribe = self._on_subscribe
 
-        def on_message(_client: mqtt.Client, _userdata: Any, message: mqtt.MQTTMessage) -> None:
-            try:
-                topic = message.topic
-            except UnicodeDecodeError:  # MQTT requires UTF-8 topics; count it, then ack it
-                topic = _INVALID_TOPIC
-            inbox.push(
-                _Message(
-                    topic,
-                    bytes(message.payload),
-                    message.qos,
-                    message.mid,
-                    time.time(),
-                    self._session,
-                )
-            )
-
-        client.on_message = on_message
-        port = self.config.port or (8883 if self.config.tls else 1883)
+        client.on_message = self._on_message
         properties = None
         if v5:
             properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
             properties.SessionExpiryInterval = self.config.session_expiry_s
             properties.ReceiveMaximum = self.config.receive_maximum
-        client.connect_async(
-            self.config.host,
-            port,
-            keepalive=self.config.keepalive_s,
-            clean_start=False if v5 else mqtt.MQTT_CLEAN_START_FIRST_ONLY,
-            properties=properties,
-        )
+        self._connect_args = {
+            "keepalive": self.config.keepalive_s,
+            "clean_start": False if v5 else mqtt.MQTT_CLEAN_START_FIRST_ONLY,
+            "properties": properties,
+        }
         return client
+
+    def _on_message(self, _client: mqtt.Client, _userdata: Any, message: mqtt.MQTTMessage) -> None:
+        if message.qos == 0 and len(self._inbox) >= self._inbox_limit:
+            self._qos0_overflow += 1  # QoS 0 has no flow control; QoS 1 is bounded by the broker
+            return
+        try:
+            topic = message.topic
+        except UnicodeDecodeError:  # MQTT requires UTF-8 topics; count it, then ack it
+            topic = _INVALID_TOPIC
+        self._inbox.append(
+            _Message(
+                topic, bytes(message.payload), message.qos, message.mid, time.time(), self._session
+            )
+        )
+        self._arrived.set()
 
     def _on_connect(
         self, client: mqtt.Client, _userdata: Any, flags: Any, reason: Any, _props: Any
@@ -179,7 +245,7 @@ class MqttSource:
         if reason.is_failure:
             self.stats.state = "refused"
             self.stats.failed(f"broker refused the connection: {reason}")
-            self._bad_input.error(
+            self._rate_limited.error(
                 "refused",
                 "MQTT broker refused the connection",
                 driver=self.name,
@@ -188,10 +254,11 @@ class MqttSource:
                 hint="check username, password_file, client_id and the broker's ACLs",
             )
             return
-        with self._session_lock:
-            if not flags.session_present:
-                self._session += 1  # ids of unacknowledged messages belong to the old session
+        # Packet ids of unacknowledged messages belong to the old connection: never ack them
+        # on this one (a resumed session sends those messages again, and we ack them then).
+        self._session += 1
         self.stats.state = "connected"
+        self._connected_since = time.monotonic()
         self._log.info(
             "connected to MQTT broker",
             host=self.config.host,
@@ -199,29 +266,24 @@ class MqttSource:
             client_id=self._client_id,
         )
         if self.config.protocol == "5":
-            client.subscribe([(s.topic, SubscribeOptions(qos=s.qos)) for s in self._subs])
+            # retainHandling=1: retained messages only on a new subscription, not on every
+            # reconnect of the persistent session (they would come back as new readings).
+            client.subscribe(
+                [(s.topic, SubscribeOptions(qos=s.qos, retainHandling=1)) for s in self._subs]
+            )
         else:
             client.subscribe([(s.topic, int(s.qos)) for s in self._subs])
-
-    def _on_connect_fail(self, _client: mqtt.Client, _userdata: Any) -> None:
-        self.stats.state = "unreachable"
-        self.stats.failed(f"cannot connect to {self.config.host}")
-        self._bad_input.warning(
-            "connect-fail",
-            "MQTT broker unreachable; retrying with backoff",
-            driver=self.name,
-            host=self.config.host,
-            port=self.config.port or (8883 if self.config.tls else 1883),
-            hint="check that the broker runs and host/port are right",
-        )
 
     def _on_disconnect(
         self, _client: mqtt.Client, _userdata: Any, _flags: Any, reason: Any, _props: Any
     ) -> None:
+        self._connected_since = 0.0
+        if not self._lost.done():
+            self._lost.set_result(None)
         if self.stats.state in ("stopped", "refused"):
             return  # refused: the reason was logged, a disconnect is no news
         self.stats.state = "disconnected"
-        self._bad_input.warning(
+        self._rate_limited.warning(
             "disconnect",
             "MQTT connection lost; reconnecting with backoff",
             driver=self.name,
@@ -248,24 +310,11 @@ class MqttSource:
 
     # --- event loop side ---------------------------------------------------------------
 
-    async def _handle(self, client: mqtt.Client, messages: list[_Message]) -> None:
-        if not messages:
-            return
-        readings: list[Reading] = []
-        for message in messages:
-            readings.extend(self._decode(message))
-        await self._accept(readings)
-        self.stats.read(len(readings))
-        with self._session_lock:
-            for message in messages:
-                if message.qos and message.session == self._session:
-                    client.ack(message.mid, message.qos)
-
     def _decode(self, message: _Message) -> list[Reading]:
         """Readings of one message; bad input is counted and logged, never raised."""
         if len(message.payload) > self.config.max_payload_bytes:
             self.stats.oversized += 1
-            self._bad_input.warning(
+            self._rate_limited.warning(
                 f"oversized:{message.topic}",
                 "MQTT payload too large; skipped",
                 driver=self.name,
@@ -277,7 +326,7 @@ class MqttSource:
         index = None if message.topic == _INVALID_TOPIC else self._subscription_for(message.topic)
         if index is None:
             self.stats.malformed += 1
-            self._bad_input.warning(
+            self._rate_limited.warning(
                 "no-subscription",
                 "MQTT message on a topic no subscription matches (or not UTF-8); skipped",
                 driver=self.name,
@@ -288,9 +337,12 @@ class MqttSource:
         try:
             device = self._templates[index].device(message.topic)
             return decode(sub, device, message.payload, message.received, self.name)
-        except DecodeError as exc:
+        except Exception as exc:  # a decoder bug must not stall intake: count it, ack it
+            if not isinstance(exc, DecodeError):
+                log.exception("decoder failed on a payload; skipped", topic=message.topic)
+                exc = DecodeError(f"decoder failed: {type(exc).__name__}: {exc}", message.payload)
             self.stats.malformed += 1
-            self._bad_input.warning(
+            self._rate_limited.warning(
                 f"malformed:{message.topic}",
                 "malformed MQTT payload; skipped",
                 driver=self.name,
@@ -322,7 +374,7 @@ class MqttSource:
             except (BufferFull, StorageError) as exc:
                 self.stats.failed(str(exc))
                 delay = backoff.next_delay()
-                self._bad_input.warning(
+                self._rate_limited.warning(
                     "not-accepted",
                     "buffer did not accept readings; holding them unacknowledged",
                     driver=self.name,
@@ -331,3 +383,43 @@ class MqttSource:
                     retry_in_s=round(delay, 2),
                 )
                 await asyncio.sleep(delay)
+
+
+def _attach_to_loop(client: mqtt.Client, loop: asyncio.AbstractEventLoop) -> None:
+    """Let the event loop drive paho's socket: read when readable, write when queued.
+
+    paho calls these from the executor thread during connect, and from the loop
+    otherwise; `in_loop` makes each change on the loop thread.
+    """
+
+    def in_loop(change: Callable[..., object], *args: Any) -> None:
+        if threading.get_ident() == loop_thread:
+            change(*args)
+        else:
+            loop.call_soon_threadsafe(change, *args)
+
+    def on_open(client: mqtt.Client, _userdata: Any, sock: Any) -> None:
+        in_loop(loop.add_reader, sock, client.loop_read)
+
+    def on_close(_client: mqtt.Client, _userdata: Any, sock: Any) -> None:
+        in_loop(loop.remove_reader, sock)
+        in_loop(loop.remove_writer, sock)
+
+    def on_want_write(client: mqtt.Client, _userdata: Any, sock: Any) -> None:
+        in_loop(loop.add_writer, sock, client.loop_write)
+
+    def on_wrote(_client: mqtt.Client, _userdata: Any, sock: Any) -> None:
+        in_loop(loop.remove_writer, sock)
+
+    loop_thread = threading.get_ident()
+    client.on_socket_open = on_open
+    client.on_socket_close = on_close
+    client.on_socket_register_write = on_want_write
+    client.on_socket_unregister_write = on_wrote
+
+
+def _detach_from_loop(client: mqtt.Client, loop: asyncio.AbstractEventLoop) -> None:
+    sock = client.socket()
+    if sock is not None:
+        loop.remove_reader(sock)
+        loop.remove_writer(sock)

@@ -163,3 +163,33 @@ async def test_refused_mqtt_credentials_are_reported_and_fixed_ones_work(
                 )
                 assert await collector.wait_until(lambda got: got.unique >= 1, timeout=20)
                 assert gateway.terminate() == 0
+
+
+async def test_a_poison_payload_is_skipped_and_the_messages_behind_it_arrive(
+    rabbitmq: RabbitMQNode, mosquitto: MosquittoBroker, tmp_path: Path
+) -> None:
+    exchange = "poison"
+    config = _config(
+        tmp_path,
+        rabbitmq,
+        mosquitto.port,
+        exchange,
+        """\
+    subscriptions:
+      - topic: poison/+
+        device: "poison/{device}"
+""",
+    )
+    good = [(f"poison/d{i}", json.dumps({"n": i}).encode()) for i in range(10)]
+    async with ReadingCollector(rabbitmq.url, exchange, queue="poison") as collector:
+        with GatewayProcess(config, tmp_path / "gateway.log") as gateway:
+            gateway.start()
+            await asyncio.to_thread(
+                _publish, mosquitto.port, [*good[:3], ("poison/bad", b"[" * 50_000), *good[3:]]
+            )
+            assert await collector.wait_until(lambda got: got.unique >= 10, timeout=20)
+            await asyncio.sleep(2.5)  # one status report
+            driver = read_status(tmp_path / "state")["gateway"]["drivers"]["field"]
+            assert gateway.terminate() == 0
+    assert driver["malformed"] == 1
+    assert driver["errors"] == 0  # no restart of the driver

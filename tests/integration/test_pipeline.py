@@ -8,6 +8,7 @@ simulator says it handed to Mosquitto: nothing accepted may be missing; duplicat
 from __future__ import annotations
 
 import asyncio
+import os
 from pathlib import Path
 from typing import Any
 
@@ -137,3 +138,27 @@ async def test_malformed_payloads_are_counted_and_good_ones_next_to_them_arrive(
     assert collector.received.missing(sent.last_seq) == {}
     assert "malformed MQTT payload; skipped" in site.gateway.log.read_text()
     assert site.gateway.terminate() == 0
+
+
+async def test_an_idle_gateway_restarted_on_a_drained_buffer_does_not_spin(
+    make_site: Any, rabbitmq: RabbitMQNode, mosquitto: MosquittoBroker
+) -> None:
+    site = make_site(rabbitmq, mosquitto)
+    async with site.collector() as collector:
+        site.gateway.start()
+        await asyncio.to_thread(site.fleet(sensors=2, rate=100).run, 50)
+        assert await collector.wait_until(lambda got: got.unique >= 50, timeout=20)
+        await asyncio.sleep(1.5)  # the deletes are applied within a second
+        assert site.gateway.terminate() == 0
+        site.gateway.start()  # next_seq is past 50, the table is empty
+        await asyncio.sleep(1)
+        before = _cpu_seconds(site.gateway.pid)
+        await asyncio.sleep(3)
+        used = _cpu_seconds(site.gateway.pid) - before
+    assert used < 0.3, f"an idle gateway used {used:.2f} s of CPU in 3 s"
+    assert site.gateway.terminate() == 0
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import glob
 import json
 import os
 import random
@@ -113,8 +114,7 @@ async def test_fetch_pages_by_chunk_after_a_seq(buffer: Buffer) -> None:
     assert shape(await buffer.fetch(0, 100)) == [[1], [2, 3, 4], [5, 6]]
     assert shape(await buffer.fetch(0, 2)) == [[1]]  # the next chunk would exceed 2
     assert shape(await buffer.fetch(1, 2)) == [[2, 3, 4]]  # but one chunk always comes
-    assert shape(await buffer.fetch(3, 100)) == [[2, 3, 4], [5, 6]]
-    assert shape(await buffer.fetch(4, 100)) == [[5, 6]]
+    assert shape(await buffer.fetch(4, 100)) == [[5, 6]]  # after a chunk's last seq
     assert await buffer.fetch(6, 100) == []
 
 
@@ -324,6 +324,28 @@ async def test_a_chunk_with_damaged_bytes_is_set_aside_and_the_rest_still_flows(
     with closing(sqlite3.connect(db)) as conn:
         assert conn.execute("SELECT first_seq, count FROM damaged").fetchall() == [(2, 1)]
     assert chunk_rows(db) == [(1, 1), (3, 1), (4, 1)]
+
+
+async def test_a_set_aside_chunk_keeps_its_ids_from_being_reused(db: Path) -> None:
+    async with Buffer(db, max_bytes=1024**2, commit_interval=0) as buf:
+        await buf.put([reading(1), reading(2)])
+    with closing(sqlite3.connect(db)) as conn, conn:
+        conn.execute("UPDATE chunks SET data = x'00' WHERE first_seq = 1")
+    async with Buffer(db, max_bytes=1024**2, commit_interval=0) as buf:
+        assert await fetch_all(buf) == []
+        await buf.put([reading(3)])  # the damaged chunk is set aside with this commit
+    async with Buffer(db, max_bytes=1024**2, commit_interval=0) as buf:
+        await buf.put([reading(4)])
+        assert [s.seq for s in await fetch_all(buf)] == [3, 4]
+
+
+async def test_an_unopenable_file_is_a_storage_error_and_is_not_moved_aside(db: Path) -> None:
+    os.makedirs(db)  # "unable to open database file": not corruption
+    with pytest.raises(StorageError, match="cannot open the buffer"):
+        async with Buffer(db, max_bytes=1024**2, commit_interval=0):
+            pass
+    assert os.path.isdir(db)
+    assert glob.glob(f"{db}.corrupt-*") == []
 
 
 async def test_two_corrupt_databases_in_one_second_are_both_kept(

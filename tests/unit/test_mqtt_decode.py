@@ -621,3 +621,14 @@ def test_any_number_text_gives_its_value_or_decode_error(number: float, pad: str
         [reading] = decode_number(sub(format="number"), "d", payload, RECEIVED, SOURCE)
         assert reading.values == {"value": number}
         assert type(reading.values["value"]) is type(number)
+
+
+def test_deeply_nested_json_is_a_decode_error() -> None:
+    with pytest.raises(DecodeError, match="nested too deeply"):
+        decode(Subscription(topic="t"), "d", b"[" * 100_000, 0.0, "src")
+
+
+def test_a_senml_unit_with_a_lone_surrogate_is_a_decode_error() -> None:
+    pack = b'[{"n":"t","v":1,"u":"\\ud800"}]'
+    with pytest.raises(DecodeError, match="surrogate"):
+        decode(Subscription(topic="t", format="senml"), "d", pack, 0.0, "src")
