@@ -344,7 +344,7 @@ async def test_an_unopenable_file_is_a_storage_error_and_is_not_moved_aside(db: 
     with pytest.raises(StorageError, match="cannot open the buffer"):
         async with Buffer(db, max_bytes=1024**2, commit_interval=0):
             pass
-    assert os.path.isdir(db)
+    assert await asyncio.to_thread(os.path.isdir, db)
     assert glob.glob(f"{db}.corrupt-*") == []
 
 
