@@ -294,8 +294,10 @@ class MqttSource:
     def _on_subscribe(
         self, _client: mqtt.Client, _userdata: Any, _mid: int, reasons: Any, _props: Any
     ) -> None:
+        refused = False
         for sub, reason in zip(self._subs, reasons, strict=False):
             if reason.is_failure:
+                refused = True
                 self.stats.failed(f"subscription to {sub.topic} refused: {reason}")
                 self._log.error(
                     "MQTT broker refused a subscription",
@@ -303,6 +305,8 @@ class MqttSource:
                     reason=str(reason),
                     hint="check the broker's ACL for this client",
                 )
+        if not refused:
+            self._log.info("MQTT subscriptions active", topics=[s.topic for s in self._subs])
 
     @property
     def _subs(self) -> list[Subscription]:

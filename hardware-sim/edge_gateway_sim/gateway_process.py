@@ -65,15 +65,21 @@ def _indent(text: str, by: int = 2) -> str:
 class GatewayProcess:
     """`edge-gateway run --config FILE` in a child process, its output in a log file."""
 
-    def __init__(self, config: Path, log: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, config: Path, log: Path, env: dict[str, str] | None = None, mqtt: bool = True
+    ) -> None:
         self.config = config
+        self.ready_markers = [b'"gateway started"']
+        if mqtt:
+            self.ready_markers.append(b'"MQTT subscriptions active"')
         self.log = log
         self.env = env
         self.process: subprocess.Popen[bytes] | None = None
         self._log_file: IO[bytes] | None = None
 
     def start(self, ready_timeout: float = 20.0) -> None:
-        """Start, and wait until the gateway says it started (its buffer is open)."""
+        """Start, and wait until the gateway is ready: its buffer is open and, when it reads
+        MQTT, its subscriptions are active (what a sensor publishes before that is not ours)."""
         self.log.parent.mkdir(parents=True, exist_ok=True)
         offset = self.log.stat().st_size if self.log.exists() else 0
         self._log_file = self.log.open("ab")
@@ -86,7 +92,7 @@ class GatewayProcess:
             start_new_session=True,  # a Ctrl-C meant for the parent is not ours to act on
         )
         deadline = time.monotonic() + ready_timeout
-        while b'"gateway started"' not in self.log.read_bytes()[offset:]:
+        while not all(marker in self.log.read_bytes()[offset:] for marker in self.ready_markers):
             if self.process.poll() is not None:
                 raise RuntimeError(f"gateway exited at start-up:\n{self.log_tail()}")
             if time.monotonic() > deadline:

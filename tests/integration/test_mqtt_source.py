@@ -145,7 +145,7 @@ async def test_refused_mqtt_credentials_are_reported_and_fixed_ones_work(
     ) as mosquitto:
         config.write_text(config.read_text().replace("port: 0", f"port: {mosquitto.port}"))
         async with ReadingCollector(rabbitmq.url, exchange, queue="credentials") as collector:
-            with GatewayProcess(config, tmp_path / "gateway.log") as gateway:
+            with GatewayProcess(config, tmp_path / "gateway.log", mqtt=False) as gateway:
                 gateway.start()
                 await asyncio.sleep(3)
                 driver = read_status(tmp_path / "state")["gateway"]["drivers"]["field"]

@@ -91,6 +91,7 @@ async def test_readings_arrive_over_amqps_with_a_client_certificate(
             site.gateway.start()
             sent = await asyncio.to_thread(site.fleet(sensors=2, rate=100).run, 100)
             await collector.wait_until(lambda got: got.unique >= 100, timeout=30)
+        assert collector.received.invalid == []
         assert collector.received.missing(sent.last_seq) == {}
         assert f'"url": "amqps://guest:***@127.0.0.1:{tls_port}/"' in site.gateway.log.read_text()
         assert site.gateway.terminate() == 0
