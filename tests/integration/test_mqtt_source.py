@@ -153,6 +153,7 @@ async def test_refused_mqtt_credentials_are_reported_and_fixed_ones_work(
                 assert "MQTT broker refused the connection" in gateway.log.read_text()
                 assert gateway.terminate() == 0
                 secret.write_text("right\n")
+                gateway.ready_markers.append(b'"MQTT subscriptions active"')
                 gateway.start()
                 await asyncio.to_thread(
                     _publish,
