@@ -116,7 +116,9 @@ class MqttSource:
             if sock is not None:
                 sock.close()
 
-    async def _keep_connected(self, client: mqtt.Client, loop: asyncio.AbstractEventLoop) -> None:
+    async def _keep_connected(
+        self, client: _BufferedClient, loop: asyncio.AbstractEventLoop
+    ) -> None:
         """Connect, wait for the connection to drop, reconnect with backoff; for ever."""
         backoff = Backoff(self.config.reconnect_min_s, self.config.reconnect_max_s)
         port = self.config.port or (8883 if self.config.tls else 1883)
@@ -190,9 +192,9 @@ class MqttSource:
             if self._qos0_overflow:
                 self.stats.counters["qos0_overflow"] = self._qos0_overflow
 
-    def _client(self) -> mqtt.Client:
+    def _client(self) -> _BufferedClient:
         v5 = self.config.protocol == "5"
-        client = mqtt.Client(
+        client = _BufferedClient(
             CallbackAPIVersion.VERSION2,
             client_id=self._client_id,
             protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311,
@@ -389,7 +391,33 @@ class MqttSource:
                 await asyncio.sleep(delay)
 
 
-def _attach_to_loop(client: mqtt.Client, loop: asyncio.AbstractEventLoop) -> None:
+class _BufferedClient(mqtt.Client):
+    """paho reads every packet with three or more small `recv()` calls; this one reads up to
+    64 KiB at once and serves paho from that. (It overrides paho's private `_sock_recv` and
+    `_sock_close`: should they be renamed, paho simply reads unbuffered again.)"""
+
+    _chunk = b""
+    _pos = 0
+
+    def _sock_recv(self, bufsize: int) -> bytes:
+        if self._pos >= len(self._chunk):
+            self._chunk, self._pos = super()._sock_recv(65536), 0  # BlockingIOError if none
+        data = self._chunk[self._pos : self._pos + bufsize]
+        self._pos += len(data)
+        return data
+
+    def _sock_close(self) -> None:
+        self._chunk, self._pos = b"", 0
+        super()._sock_close()
+
+    def has_unread(self) -> bool:
+        """Bytes read from the socket (or held by TLS) that paho has not parsed yet."""
+        sock = self.socket()
+        pending = getattr(sock, "pending", None)
+        return self._pos < len(self._chunk) or bool(pending and pending())
+
+
+def _attach_to_loop(client: _BufferedClient, loop: asyncio.AbstractEventLoop) -> None:
     """Let the event loop drive paho's socket: read when readable, write when queued.
 
     paho calls these from the executor thread during connect, and from the loop
@@ -402,8 +430,15 @@ def _attach_to_loop(client: mqtt.Client, loop: asyncio.AbstractEventLoop) -> Non
         else:
             loop.call_soon_threadsafe(change, *args)
 
-    def on_open(client: mqtt.Client, _userdata: Any, sock: Any) -> None:
-        in_loop(loop.add_reader, sock, client.loop_read)
+    def read() -> None:
+        for _ in range(1000):  # paho parses one packet per call; the socket fired once
+            client.loop_read()
+            if not client.has_unread():
+                return
+        loop.call_soon(read)  # still more: go on after the other tasks had a turn
+
+    def on_open(_client: mqtt.Client, _userdata: Any, sock: Any) -> None:
+        in_loop(loop.add_reader, sock, read)
 
     def on_close(_client: mqtt.Client, _userdata: Any, sock: Any) -> None:
         in_loop(loop.remove_reader, sock)
