@@ -393,7 +393,7 @@ class MqttSource:
 
 class _BufferedClient(mqtt.Client):
     """paho reads every packet with three or more small `recv()` calls; this one reads up to
-    64 KiB at once and serves paho from that. (It overrides paho's private `_sock_recv` and
+    16 KiB at once and serves paho from that. (It overrides paho's private `_sock_recv` and
     `_sock_close`: should they be renamed, paho simply reads unbuffered again.)"""
 
     _chunk = b""
@@ -401,7 +401,7 @@ class _BufferedClient(mqtt.Client):
 
     def _sock_recv(self, bufsize: int) -> bytes:
         if self._pos >= len(self._chunk):
-            self._chunk, self._pos = super()._sock_recv(65536), 0  # BlockingIOError if none
+            self._chunk, self._pos = super()._sock_recv(16384), 0  # BlockingIOError if none
         data = self._chunk[self._pos : self._pos + bufsize]
         self._pos += len(data)
         return data
@@ -431,11 +431,12 @@ def _attach_to_loop(client: _BufferedClient, loop: asyncio.AbstractEventLoop) ->
             loop.call_soon_threadsafe(change, *args)
 
     def read() -> None:
-        for _ in range(1000):  # paho parses one packet per call; the socket fired once
+        # paho parses one packet per call: parse all that one recv() brought, then let the
+        # other tasks (decode, put, ack, publish) have their turn; the socket fires again
+        # while it holds more. The work per turn stays bounded, also in a flood.
+        client.loop_read()
+        while client.has_unread():
             client.loop_read()
-            if not client.has_unread():
-                return
-        loop.call_soon(read)  # still more: go on after the other tasks had a turn
 
     def on_open(_client: mqtt.Client, _userdata: Any, sock: Any) -> None:
         in_loop(loop.add_reader, sock, read)
