@@ -473,23 +473,7 @@ def test_missing_password_file_is_an_error_naming_the_path(tmp_path: Path) -> No
     )
 
 
-def test_mqtt_password_file_needs_a_username(tmp_path: Path) -> None:
-    (tmp_path / "mqtt-password").write_text("pw")
-    path = write(
-        tmp_path,
-        MINIMAL,
-        """\
-        drivers:
-          - type: mqtt
-            name: local
-            password_file: mqtt-password
-            subscriptions: [{topic: a}]
-        """,
-    )
-    assert "password_file needs a username" in config_error(path)
-
-
-def test_driver_level_error_names_the_driver_not_its_type_tag(tmp_path: Path) -> None:
+def test_mqtt_password_file_needs_a_username_and_the_error_names_the_driver(tmp_path: Path) -> None:
     (tmp_path / "mqtt-password").write_text("pw")
     path = write(
         tmp_path,
