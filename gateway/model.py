@@ -56,7 +56,3 @@ def format_ts(ts: datetime) -> str:
 
 def utc_from_epoch(seconds: float) -> datetime:
     return datetime.fromtimestamp(seconds, UTC)
-
-
-def now_utc() -> datetime:
-    return datetime.now(UTC)

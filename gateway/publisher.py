@@ -31,6 +31,7 @@ from yarl import URL
 from gateway.backoff import Backoff
 from gateway.buffer import Buffer, StoredReading
 from gateway.config import AmqpSection, GatewaySection
+from gateway.config_types import read_secret
 from gateway.logs import RateLimitedLog
 from gateway.tls import client_ssl_context
 
@@ -176,8 +177,7 @@ class Publisher:
         if self.config.username is not None:
             parsed = parsed.with_user(self.config.username)
         if self.config.password_file is not None:
-            password = self.config.password_file.read_text(encoding="utf-8").rstrip("\r\n")
-            parsed = parsed.with_password(password)
+            parsed = parsed.with_password(read_secret(self.config.password_file))
         parsed = parsed.update_query(heartbeat=self.config.heartbeat_s)
         connection = await self._deadline(
             aio_pika.connect(
