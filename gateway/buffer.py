@@ -164,6 +164,7 @@ class Buffer:
         self._rate_limited = RateLimitedLog(log)
         self._depth = 0
         self._next_seq = 1
+        self._page_size = 1024
 
     # --- lifetime -------------------------------------------------------------
 
@@ -214,6 +215,7 @@ class Buffer:
             conn.execute("PRAGMA busy_timeout=5000")
             if not conn.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchall():
                 conn.execute("PRAGMA page_size=1024")  # small pages: fewer bytes per commit
+            self._page_size = conn.execute("PRAGMA page_size").fetchone()[0]
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=FULL")
             conn.execute("PRAGMA journal_size_limit=8388608")
@@ -409,13 +411,12 @@ class Buffer:
         except BaseException as exc:  # a bug here must not leave every put() waiting for ever
             failure = StorageError(f"the buffer's writer stopped: {type(exc).__name__}: {exc}")
             log.critical("buffer writer failed", path=str(self.path), exc_info=True)
-            self._failure = failure
             with self._cond:
                 stranded, self._state.puts = self._state.puts, []
-            assert self._loop is not None
             with contextlib.suppress(RuntimeError):  # the loop may be gone already
+                self._fail(failure)
+                assert self._loop is not None
                 self._loop.call_soon_threadsafe(self._settle, stranded, failure, False)
-                self._loop.call_soon_threadsafe(self._failed.set)
             raise
         finally:
             if self._failure is None:
@@ -449,6 +450,8 @@ class Buffer:
                     conn.execute("ROLLBACK TO intake")  # refuse the readings, keep the deletes
                     error = exc
                 conn.execute("RELEASE intake")
+            if deleted or dropped:
+                self._save_next_seq(conn)
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
             if conn.in_transaction:
@@ -501,9 +504,9 @@ class Buffer:
                     "INSERT INTO damaged SELECT * FROM chunks WHERE first_seq=?", (first_seq,)
                 )
                 conn.execute("DELETE FROM chunks WHERE first_seq=?", (first_seq,))
-                self._save_next_seq(conn)
                 self._depth -= row[0]
                 self.counters.damaged += 1
+            self._save_next_seq(conn)
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
             if conn.in_transaction:
@@ -517,11 +520,13 @@ class Buffer:
             acks,
         ).fetchone()[0]
         conn.execute(f"DELETE FROM chunks WHERE first_seq IN ({placeholders})", acks)
-        self._save_next_seq(conn)
         return deleted
 
     def _save_next_seq(self, conn: sqlite3.Connection) -> None:
-        """Ids must not restart at 1 when the table empties: remember where they are."""
+        """Ids must not restart at 1 when the table empties: remember where they are.
+
+        Called once in every transaction that deletes chunks.
+        """
         conn.execute("INSERT OR REPLACE INTO meta VALUES ('next_seq', ?)", (str(self._next_seq),))
 
     def _make_room(self, conn: sqlite3.Connection, size: int) -> int:
@@ -539,16 +544,13 @@ class Buffer:
             if row is None:
                 break  # the chunk alone is larger than max_bytes: take it anyway
             conn.execute("DELETE FROM chunks WHERE first_seq = ?", (row[0],))
-            self._save_next_seq(conn)
             dropped += row[1]
         return dropped
 
-    @staticmethod
-    def _used_bytes(conn: sqlite3.Connection) -> int:
+    def _used_bytes(self, conn: sqlite3.Connection) -> int:
         pages = conn.execute("PRAGMA page_count").fetchone()[0]
         free = conn.execute("PRAGMA freelist_count").fetchone()[0]
-        page_size = conn.execute("PRAGMA page_size").fetchone()[0]
-        return int((pages - free) * page_size)
+        return int((pages - free) * self._page_size)
 
     def _storage_error(self, exc: Exception) -> StorageError:
         code = getattr(exc, "sqlite_errorname", "")
@@ -564,8 +566,12 @@ class Buffer:
             f"buffer {self.path} failed ({code or 'error'}: {exc}); the gateway stops so "
             "that systemd restarts it on a known-good state"
         )
+        log.critical("buffer storage failed", path=str(self.path), error=str(exc), code=code)
+        self._fail(failure)
+        return failure
+
+    def _fail(self, failure: StorageError) -> None:
+        """From any thread: refuse further puts, and wake `wait_failed()` (the gateway stops)."""
         self._failure = failure
         assert self._loop is not None
         self._loop.call_soon_threadsafe(self._failed.set)
-        log.critical("buffer storage failed", path=str(self.path), error=str(exc), code=code)
-        return failure
