@@ -218,9 +218,15 @@ class Publisher:
         in_flight: set[asyncio.Task[None]] = set()
         try:
             while True:
-                await self._unless_broken(window.acquire(), broken)
+                # Fast paths first: a task per wait would cost more than the publish itself.
+                if window.locked():
+                    await self._unless_broken(window.acquire(), broken)
+                else:
+                    await window.acquire()
                 await self._unless_broken(self._unblocked(connection), broken)
-                batch = await self._unless_broken(self._next_batch(), broken)
+                batch = None if self._stopping.is_set() else self._batch_at_hand()
+                if batch is None:
+                    batch = await self._unless_broken(self._next_batch(), broken)
                 if batch is None:
                     break  # stopping: settle what is in flight, below
                 task = asyncio.create_task(self._publish(exchange, batch, window, broken))
@@ -374,14 +380,19 @@ class Publisher:
     async def _next_batch(self) -> Batch | None:
         """The next batch to send: a due retry first, then new readings; None when stopping."""
         while not self._stopping.is_set():
-            if self._retry and self._retry[0].due <= self._loop_time():
-                batch = heapq.heappop(self._retry)
-                self._retry_readings -= batch.count
+            batch = self._batch_at_hand()
+            if batch is not None:
                 return batch
-            if self._ready:
-                return self._ready.popleft()
             await self._fill()
         return None
+
+    def _batch_at_hand(self) -> Batch | None:
+        """A due retry, else a batch already built; None when either needs waiting for."""
+        if self._retry and self._retry[0].due <= self._loop_time():
+            batch = heapq.heappop(self._retry)
+            self._retry_readings -= batch.count
+            return batch
+        return self._ready.popleft() if self._ready else None
 
     async def _fill(self) -> None:
         """Fetch readings from the buffer into batches, or wait for data or a due retry.
