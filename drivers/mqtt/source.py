@@ -1,8 +1,8 @@
 """The MQTT source: a persistent QoS 1 session whose PUBACKs wait for the disk.
 
-paho-mqtt is driven by the asyncio event loop (its socket callbacks register the
-socket with the loop, as aiomqtt does), so messages, decoding and acks share one
-thread with no hand-offs. Only the blocking connect runs in an executor.
+paho-mqtt is driven by the asyncio event loop (`paho_loop`), so messages, decoding
+and acks share one thread with no hand-offs. Only the blocking connect runs in an
+executor.
 
 Messages that arrived together are decoded and put into the buffer in one call;
 they are acknowledged (paho-mqtt 2.x manual acks) only once that call returns,
@@ -16,9 +16,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -33,6 +32,7 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 from drivers.base import DriverStats, Sink
 from drivers.mqtt.config import MqttDriverConfig, Subscription
 from drivers.mqtt.decode import decode
+from drivers.mqtt.paho_loop import LoopClient, attach_to_loop, detach_from_loop
 from drivers.mqtt.topics import DeviceTemplate, topic_matches
 from gateway.backoff import Backoff
 from gateway.config_types import read_secret
@@ -99,7 +99,7 @@ class MqttSource:
         self._inbox = []  # a restart begins afresh: unacknowledged messages come again
         self._in_order = asyncio.Queue(_PUTS_IN_FLIGHT)
         client = self._client()
-        _attach_to_loop(client, loop)
+        attach_to_loop(client, loop)
         try:
             async with asyncio.TaskGroup() as tasks:
                 tasks.create_task(self._keep_connected(client, loop))
@@ -111,14 +111,12 @@ class MqttSource:
             if client.is_connected():
                 client.disconnect()
                 client.loop_write()  # send DISCONNECT now; the session stays on the broker
-            _detach_from_loop(client, loop)
+            detach_from_loop(client, loop)
             sock = client.socket()
             if sock is not None:
                 sock.close()
 
-    async def _keep_connected(
-        self, client: _BufferedClient, loop: asyncio.AbstractEventLoop
-    ) -> None:
+    async def _keep_connected(self, client: LoopClient, loop: asyncio.AbstractEventLoop) -> None:
         """Connect, wait for the connection to drop, reconnect with backoff; for ever."""
         backoff = Backoff(self.config.reconnect_min_s, self.config.reconnect_max_s)
         port = self.config.port or (8883 if self.config.tls else 1883)
@@ -192,9 +190,9 @@ class MqttSource:
             if self._qos0_overflow:
                 self.stats.counters["qos0_overflow"] = self._qos0_overflow
 
-    def _client(self) -> _BufferedClient:
+    def _client(self) -> LoopClient:
         v5 = self.config.protocol == "5"
-        client = _BufferedClient(
+        client = LoopClient(
             CallbackAPIVersion.VERSION2,
             client_id=self._client_id,
             protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311,
@@ -389,77 +387,3 @@ class MqttSource:
                     retry_in_s=round(delay, 2),
                 )
                 await asyncio.sleep(delay)
-
-
-class _BufferedClient(mqtt.Client):
-    """paho reads every packet with three or more small `recv()` calls; this one reads up to
-    16 KiB at once and serves paho from that. (It overrides paho's private `_sock_recv` and
-    `_sock_close`: should they be renamed, paho simply reads unbuffered again.)"""
-
-    _chunk = b""
-    _pos = 0
-
-    def _sock_recv(self, bufsize: int) -> bytes:
-        if self._pos >= len(self._chunk):
-            self._chunk, self._pos = super()._sock_recv(16384), 0  # BlockingIOError if none
-        data = self._chunk[self._pos : self._pos + bufsize]
-        self._pos += len(data)
-        return data
-
-    def _sock_close(self) -> None:
-        self._chunk, self._pos = b"", 0
-        super()._sock_close()
-
-    def has_unread(self) -> bool:
-        """Bytes read from the socket (or held by TLS) that paho has not parsed yet."""
-        sock = self.socket()
-        pending = getattr(sock, "pending", None)
-        return self._pos < len(self._chunk) or bool(pending and pending())
-
-
-def _attach_to_loop(client: _BufferedClient, loop: asyncio.AbstractEventLoop) -> None:
-    """Let the event loop drive paho's socket: read when readable, write when queued.
-
-    paho calls these from the executor thread during connect, and from the loop
-    otherwise; `in_loop` makes each change on the loop thread.
-    """
-
-    def in_loop(change: Callable[..., object], *args: Any) -> None:
-        if threading.get_ident() == loop_thread:
-            change(*args)
-        else:
-            loop.call_soon_threadsafe(change, *args)
-
-    def read() -> None:
-        # paho parses one packet per call: parse all that one recv() brought, then let the
-        # other tasks (decode, put, ack, publish) have their turn; the socket fires again
-        # while it holds more. The work per turn stays bounded, also in a flood.
-        client.loop_read()
-        while client.has_unread():
-            client.loop_read()
-
-    def on_open(_client: mqtt.Client, _userdata: Any, sock: Any) -> None:
-        in_loop(loop.add_reader, sock, read)
-
-    def on_close(_client: mqtt.Client, _userdata: Any, sock: Any) -> None:
-        in_loop(loop.remove_reader, sock)
-        in_loop(loop.remove_writer, sock)
-
-    def on_want_write(client: mqtt.Client, _userdata: Any, sock: Any) -> None:
-        in_loop(loop.add_writer, sock, client.loop_write)
-
-    def on_wrote(_client: mqtt.Client, _userdata: Any, sock: Any) -> None:
-        in_loop(loop.remove_writer, sock)
-
-    loop_thread = threading.get_ident()
-    client.on_socket_open = on_open
-    client.on_socket_close = on_close
-    client.on_socket_register_write = on_want_write
-    client.on_socket_unregister_write = on_wrote
-
-
-def _detach_from_loop(client: mqtt.Client, loop: asyncio.AbstractEventLoop) -> None:
-    sock = client.socket()
-    if sock is not None:
-        loop.remove_reader(sock)
-        loop.remove_writer(sock)
