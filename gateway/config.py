@@ -1,7 +1,12 @@
-"""The gateway's configuration: one YAML file validated into frozen models.
+"""The gateway's configuration: one YAML file, plus drop-ins, validated into frozen models.
 
 Errors are for people editing YAML by hand: each names the file, the line, the
 key path and what was expected, in one line, never a pydantic dump.
+
+Drop-ins (`gateway.d/*.yaml` beside `gateway.yaml`, read in name order) let a site
+keep its drivers, or its secrets' settings, in files of their own: a drop-in's
+mappings merge into what came before key by key, any other value replaces the one
+before it, and `drivers` lists are joined, so that a drop-in can add a driver.
 """
 
 from __future__ import annotations
@@ -132,12 +137,42 @@ KeyPath = tuple[str | int, ...]
 
 
 def load_config(path: Path | str, check_files: bool = True) -> GatewayConfig:
-    """Read, substitute `${ENV}` and validate a configuration file; raise `ConfigError`.
+    """Read, substitute `${ENV}` and validate a configuration file and its drop-ins; raise
+    `ConfigError`.
 
     `check_files=False` skips checking that secret and TLS files are readable: for
     commands that only look (status), run by users who may not read the secrets.
+    Relative file paths, in drop-ins too, are relative to the main file's directory.
     """
     path = Path(path)
+    files = config_files(path)
+    data, where = _read(path)
+    if data is None:
+        raise ConfigError(f"{path}: the file is empty; see config/gateway.example.yaml")
+    for drop_in in files[1:]:
+        more, more_where = _read(drop_in)
+        if more is not None:
+            _merge(data, where, more, more_where)
+    try:
+        return GatewayConfig.model_validate(
+            data, context={"base_dir": path.parent, "check_files": check_files}
+        )
+    except ValidationError as exc:
+        raise ConfigError(_describe(f"{path}:1", data, where, exc)) from None
+
+
+def config_files(path: Path | str) -> list[Path]:
+    """The main file, then its drop-ins (`<name>.d/*.yaml` and `*.yml`) in name order."""
+    path = Path(path)
+    drop_ins = path.with_suffix(".d")
+    if not drop_ins.is_dir():
+        return [path]
+    found = [p for p in drop_ins.iterdir() if p.suffix in (".yaml", ".yml") and p.is_file()]
+    return [path, *sorted(found, key=lambda p: p.name)]
+
+
+def _read(path: Path) -> tuple[dict[str, Any] | None, dict[KeyPath, str]]:
+    """One file's data (None when it holds nothing) and the `file:line` of each key path."""
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
@@ -147,16 +182,39 @@ def load_config(path: Path | str, check_files: bool = True) -> GatewayConfig:
             f"{path}: the file is not UTF-8 text (byte {exc.start}); save it as UTF-8"
         ) from None
     data, lines = _parse_yaml(path, text)
-    if data is None:
-        raise ConfigError(f"{path}: the file is empty; see config/gateway.example.yaml")
-    if not isinstance(data, dict):
+    if data is not None and not isinstance(data, dict):
         raise ConfigError(f"{path}:1: the top level must be a mapping of keys (gateway, amqp, ...)")
-    try:
-        return GatewayConfig.model_validate(
-            data, context={"base_dir": path.parent, "check_files": check_files}
-        )
-    except ValidationError as exc:
-        raise ConfigError(_describe(path, data, lines, exc)) from None
+    return data, {at: f"{path}:{line}" for at, line in lines.items()}
+
+
+def _merge(
+    into: dict[str, Any],
+    where: dict[KeyPath, str],
+    more: dict[str, Any],
+    more_where: dict[KeyPath, str],
+    at: KeyPath = (),
+) -> None:
+    """Merge a drop-in's data (and where each key came from) into what was read before."""
+    for key, value in more.items():
+        here = (*at, key)
+        before = into.get(key)
+        if here == ("drivers",) and isinstance(value, list) and isinstance(before, list):
+            offset = len(before)
+            before.extend(value)
+            for path, location in more_where.items():
+                if path[:1] == here and len(path) > 1 and isinstance(path[1], int):
+                    where[(*here, offset + path[1], *path[2:])] = location
+        elif isinstance(value, dict) and isinstance(before, dict):
+            _merge(before, where, value, more_where, here)
+        else:
+            into[key] = value
+            for path in [path for path in where if path[: len(here)] == here]:
+                del where[path]
+            where.update(
+                (path, location)
+                for path, location in more_where.items()
+                if path[: len(here)] == here
+            )
 
 
 def _parse_yaml(path: Path, text: str) -> tuple[Any, dict[KeyPath, int]]:
@@ -247,7 +305,7 @@ def _dotted(at: KeyPath) -> str:
     return out or "(top level)"
 
 
-def _describe(path: Path, data: Any, lines: dict[KeyPath, int], exc: ValidationError) -> str:
+def _describe(fallback: str, data: Any, where: dict[KeyPath, str], exc: ValidationError) -> str:
     """One line per problem: `file:line: key.path: what is wrong (got X)`."""
     located = [
         (_data_path(data, error["loc"], error["type"] in ("missing", "extra_forbidden")), error)
@@ -257,8 +315,10 @@ def _describe(path: Path, data: Any, lines: dict[KeyPath, int], exc: ValidationE
     for at, error in located:
         if any(len(other) > len(at) and other[: len(at)] == at for other, _ in located):
             continue  # a union's other branch failing less specifically: noise
-        line = next((lines[at[:n]] for n in range(len(at), -1, -1) if at[:n] in lines), 1)
-        message = f"{path}:{line}: {_dotted(at)}: {_explain(error, data, at)}"
+        location = next(
+            (where[at[:n]] for n in range(len(at), -1, -1) if at[:n] in where), fallback
+        )
+        message = f"{location}: {_dotted(at)}: {_explain(error, data, at)}"
         if message not in messages:
             messages.append(message)
     return "\n".join(messages)

@@ -144,6 +144,63 @@ def test_mqtt_driver_defaults_and_human_sizes(tmp_path: Path) -> None:
     }
 
 
+# --- drop-ins: gateway.d/*.yaml -------------------------------------------------------------
+
+MQTT_DRIVER = """\
+drivers:
+  - type: mqtt
+    name: {name}
+    subscriptions:
+      - topic: sensors/+/state
+"""
+
+
+def drop_in(tmp_path: Path, name: str, text: str) -> Path:
+    folder = tmp_path / "gateway.d"
+    folder.mkdir(exist_ok=True)
+    path = folder / name
+    path.write_text(dedent(text), encoding="utf-8")
+    return path
+
+
+def test_drop_ins_add_drivers_and_override_settings_in_name_order(tmp_path: Path) -> None:
+    path = write(tmp_path, MINIMAL, "amqp: {url: amqp://main/, exchange: main}\n")
+    path.write_text(path.read_text() + MQTT_DRIVER.format(name="main-driver"))
+    drop_in(tmp_path, "20-later.yaml", "amqp: {url: amqp://later/}\n")
+    drop_in(tmp_path, "10-sensors.yml", MQTT_DRIVER.format(name="shed"))
+    drop_in(tmp_path, "README", "not: yaml: at all: [")  # only *.yaml and *.yml are read
+    drop_in(tmp_path, "30-empty.yaml", "# everything commented out\n")
+    config = load_config(path)
+    assert [d.name for d in config.drivers] == ["main-driver", "shed"]
+    assert config.amqp.urls == ["amqp://later/"]
+    assert config.amqp.exchange == "main"  # mappings merge key by key
+    assert config.gateway.id == "gw-1"
+
+
+def test_an_error_in_a_drop_in_names_the_drop_in_and_its_line(tmp_path: Path) -> None:
+    path = write(tmp_path, MINIMAL, MQTT_DRIVER.format(name="main-driver"))
+    extra = drop_in(tmp_path, "shed.yaml", MQTT_DRIVER.format(name="shed") + "    colour: red\n")
+    assert_one_error(config_error(path), extra, 6, "drivers[1].colour", "unknown key")
+
+
+def test_a_setting_replaced_by_a_drop_in_is_reported_at_the_drop_in(tmp_path: Path) -> None:
+    path = write(tmp_path, MINIMAL, "buffer: {when_full: reject_new}\n")
+    extra = drop_in(tmp_path, "buffer.yaml", "buffer:\n  when_full: block\n")
+    assert_one_error(config_error(path), extra, 2, "buffer.when_full", "drop_oldest")
+
+
+def test_a_driver_name_used_in_two_files_is_refused(tmp_path: Path) -> None:
+    path = write(tmp_path, MINIMAL, MQTT_DRIVER.format(name="shed"))
+    drop_in(tmp_path, "shed.yaml", MQTT_DRIVER.format(name="shed"))
+    assert "two drivers are named 'shed'" in config_error(path)
+
+
+def test_a_drop_in_that_is_not_a_mapping_is_an_error(tmp_path: Path) -> None:
+    path = write(tmp_path, MINIMAL)
+    extra = drop_in(tmp_path, "list.yaml", "- a\n- b\n")
+    assert config_error(path).startswith(f"{extra}:1: the top level must be a mapping")
+
+
 # --- errors: file:line, key path, problem ------------------------------------------------
 
 
