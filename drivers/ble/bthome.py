@@ -223,7 +223,7 @@ def _decrypt(
         raise DecodeError(
             f"BTHome bind key must be {KEY_LEN} bytes (32 hex digits), not {len(bindkey)}", payload
         )
-    if len(body) < COUNTER_LEN + MIC_LEN + 1:
+    if len(body) < COUNTER_LEN + MIC_LEN:
         raise DecodeError("encrypted BTHome payload too short", payload)
     ciphertext = body[: -COUNTER_LEN - MIC_LEN]
     counter = body[-COUNTER_LEN - MIC_LEN : -MIC_LEN]

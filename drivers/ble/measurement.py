@@ -33,17 +33,17 @@ class Measurement:
 
 
 def scaled(raw: int | float, factor: float = 1.0, offset: float = 0.0) -> int | float:
-    """`raw * factor + offset`, rounded to the factor's resolution.
+    """`raw * factor + offset`; a fixed-point `raw` (an int) rounded to the factor's resolution.
 
     Rounding keeps a golden test exact (2506 * 0.01 is 25.060000000000002 in binary
     floating point, the device meant 25.06); an integer stays an integer when the
-    scaling cannot make it fractional.
+    scaling cannot make it fractional. A float `raw` keeps its own precision.
     """
     value = raw * factor + offset
+    if isinstance(raw, float):
+        return value
     digits = _decimals(factor, offset)
-    if isinstance(raw, int) and digits == 0:
-        return int(value)
-    return round(value, digits)
+    return int(value) if digits == 0 else round(value, digits)
 
 
 @cache

@@ -23,7 +23,7 @@ Number = float | int  # bool included: BTHome binary sensors take True/False
 
 DEFAULT_MAC = "A4:C1:38:00:00:01"
 
-_BTHOME_IDS: Mapping[str, int] = {
+BTHOME_IDS: Mapping[str, int] = {
     obj.name: object_id
     for object_id, obj in sorted(bthome.OBJECTS.items(), reverse=True)
     if obj.kind in ("number", "binary") and object_id != bthome.PACKET_ID
@@ -45,9 +45,9 @@ def bthome_v2(
     `values`: names of the number and binary objects of `drivers.ble.bthome.OBJECTS`
     (temperature, humidity, pressure, battery, voltage, motion, ...); objects go out in
     ascending id order, as the spec asks. `packet_id` (0-255) is the object 0x00 that
-    receivers deduplicate on; None leaves it out. With `bindkey` (16 bytes) the payload is AES-CCM encrypted:
-    `address` ("AA:BB:CC:DD:EE:FF", the advertiser's) and `counter` (uint32, increase it
-    per packet) enter the nonce.
+    receivers deduplicate on; None leaves it out. With `bindkey` (16 bytes) the payload
+    is AES-CCM encrypted: `address` ("AA:BB:CC:DD:EE:FF", the advertiser's) and
+    `counter` (uint32, increase it per packet) enter the nonce.
     """
     objects = [] if packet_id is None else [bthome.PACKET_ID, packet_id]
     for object_id, value in sorted((_bthome_id(name), value) for name, value in values.items()):
@@ -170,18 +170,22 @@ def malformed_ruuvi_truncated() -> tuple[int, bytes]:
 
 def _bthome_id(name: str) -> int:
     try:
-        return _BTHOME_IDS[name]
+        return BTHOME_IDS[name]
     except KeyError:
         raise ValueError(f"BTHome has no number or binary object {name!r}") from None
 
 
-def _ruuvi_raw(field: ruuvi.Field, values: Mapping[str, Number], bits: int = 16) -> int:
-    """The raw field for `values[field.name]`, or the field's "not available" value."""
+def _ruuvi_raw(field: ruuvi.Field, values: Mapping[str, Number], bits: int = 0) -> int:
+    """The raw field for `values[field.name]`, or the field's "not available" value.
+
+    `bits` bounds a field packed into part of a struct field (voltage, tx power); the
+    struct bounds the others.
+    """
     if field.name not in values:
         return field.not_available
     raw = _raw(field.name, values[field.name], field.factor, field.offset)
-    if raw == field.not_available or not -(1 << bits) < raw < 1 << bits:
-        raise ValueError(f"Ruuvi {field.name} {values[field.name]} is out of range")
+    if raw == field.not_available or (bits and not 0 <= raw < 1 << bits):
+        raise ValueError(f"Ruuvi {field.name} {values[field.name]} does not fit its field")
     return raw
 
 
