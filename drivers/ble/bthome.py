@@ -6,8 +6,10 @@ source build on a Raspberry Pi (see docs/ble-formats.md).
 
 A payload is one device-information byte (bit 0 encrypted, bit 1 MAC included, bit 2
 trigger-based, bits 5-7 version), an optional reversed MAC, then objects: an id byte and
-a value whose length the id fixes. An unknown id ends the parse with a `DecodeError`,
-since its length, and with it every later object, is unknown.
+a value whose length the id fixes. Objects come in ascending id order, so, as the spec
+asks, parsing stops at an id this table does not know (a newer object type, whose length
+is unknown) and keeps the objects before it; a packet with nothing known before such an
+id is a `DecodeError`.
 """
 
 from __future__ import annotations
@@ -152,6 +154,9 @@ OBJECTS: Mapping[int, ObjectType] = {
     0x5F: _n("precipitation", 2, 0.1, "mm"),
     0x60: _n("channel", 1),
     0x61: _n("rotational_speed", 2, unit="/min"),
+    0x62: _n("speed", 4, 0.000001, "m/s", signed=True),
+    0x63: _n("acceleration", 4, 0.000001, "m/s2", signed=True),
+    0x64: _n("light_level", 1),
     0xF0: _n("device_type_id", 2),
     0xF1: ObjectType("firmware_version", 4, kind="firmware"),
     0xF2: ObjectType("firmware_version", 3, kind="firmware"),
@@ -240,7 +245,8 @@ def _decrypt(
 
 
 def _objects(data: bytes, payload: bytes) -> tuple[dict[str, Value], dict[str, str], int | None]:
-    """Walk the objects; a name seen again gets a suffix (temperature, temperature_2)."""
+    """Walk the objects; a name seen again gets a suffix (temperature, temperature_2), as
+    the spec's "multiple measurements of the same type" does."""
     values: dict[str, Value] = {}
     units: dict[str, str] = {}
     packet_id = None
@@ -249,6 +255,8 @@ def _objects(data: bytes, payload: bytes) -> tuple[dict[str, Value], dict[str, s
         object_id = data[i]
         obj = OBJECTS.get(object_id)
         if obj is None:
+            if values or packet_id is not None:
+                break
             raise DecodeError(f"unknown BTHome object id 0x{object_id:02x} at byte {i}", payload)
         i += 1
         length = obj.length

@@ -159,8 +159,13 @@ def malformed_bthome_truncated(packet_id: int) -> tuple[str, bytes]:
 
 
 def malformed_bthome_unknown_object(packet_id: int) -> tuple[str, bytes]:
-    """BTHome service data with an object id (0xFE) no BTHome table defines."""
-    return bthome.SERVICE_UUID, bytes([bthome.VERSION_2, bthome.PACKET_ID, packet_id, 0xFE, 0x01])
+    """BTHome service data that starts with an object id (0xFE) no BTHome table defines.
+
+    After a known object an unknown id only ends the packet (the spec's rule for object
+    types newer than the receiver); first in the packet, it leaves nothing to read.
+    `packet_id` follows it, unread, only so that consecutive payloads differ.
+    """
+    return bthome.SERVICE_UUID, bytes([bthome.VERSION_2, 0xFE, 0x01, bthome.PACKET_ID, packet_id])
 
 
 def malformed_ruuvi_truncated() -> tuple[int, bytes]:

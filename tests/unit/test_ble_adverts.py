@@ -94,6 +94,11 @@ def manufacturer(company: int, hex_payload: str) -> Advertisement:
             Measurement("bthome", {}, {}, 9),
             id="packet-id-only",
         ),
+        pytest.param(  # [bthome-ble] test_bthome_battery_wrong_object_id_humidity: parsing
+            "40015dfe5d0903b718",  # stops at the unknown id 0xFE, keeping what came before
+            Measurement("bthome", {"battery": 93}, {"battery": "%"}, None),
+            id="stops-at-unknown-object",
+        ),
         pytest.param(  # [bthome-ble] test_bthome_with_mac: info bit 1, reversed MAC first
             "42b2188d38c1a404138a01",
             Measurement("bthome", {"pressure": 1008.83}, {"pressure": "hPa"}, None),
@@ -147,9 +152,8 @@ def test_bthome_encrypted_golden(hex_payload: str, temperature: float, counter: 
         ("41ba0db07aeef600", SHELLY_ADDRESS, SHELLY_KEY, "too short"),
         # [bthome-ble] test_has_incorrect_version: version 7
         ("e102000c0404138a01", ATC_ADDRESS, None, "version 7"),
-        # [bthome-ble] test_bthome_wrong_object_id (bthome-ble skips the rest; we refuse it)
+        # [bthome-ble] test_bthome_wrong_object_id: an unknown id and nothing known before it
         ("40feca09", ATC_ADDRESS, None, "unknown BTHome object id 0xfe"),
-        ("40015dfe5d0903b718", ATC_ADDRESS, None, "unknown BTHome object id 0xfe"),
         ("4002ca", ATC_ADDRESS, None, "truncated"),
         ("", ATC_ADDRESS, None, "empty"),
     ],
