@@ -95,6 +95,12 @@ class FakeBlueZ:
         await asyncio.sleep(down_s)
         await self._bring_up()
 
+    def set_in_range(self, address: str, in_range: bool) -> None:
+        """A device moves out of range (no adverts, its connection drops) or comes back."""
+        self.devices[address].in_range = in_range
+        if not in_range:
+            self.drop_connection(address)
+
     def drop_connection(self, address: str) -> None:
         """The link to a connected device is lost (it rebooted, or moved off for a moment)."""
         device = self._objects.get(address)
