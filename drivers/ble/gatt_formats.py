@@ -74,11 +74,11 @@ def sig_uuid(short: int) -> str:
 
 SIG_FORMATS: Mapping[str, CharacteristicFormat] = {
     sig_uuid(0x2A6E): CharacteristicFormat("temperature", "Cel", "<h", 0.01, not_known=-0x8000),
-    sig_uuid(0x2A1F): CharacteristicFormat("temperature", "Cel", "<h", 0.1, not_known=-0x8000),
+    sig_uuid(0x2A1F): CharacteristicFormat("temperature", "Cel", "<h", 0.1),
     sig_uuid(0x2A6F): CharacteristicFormat("humidity", "%RH", "<H", 0.01, not_known=0xFFFF),
     sig_uuid(0x2A6D): CharacteristicFormat("pressure", "hPa", "<I", 0.001),  # 0.1 Pa
     sig_uuid(0x2A19): CharacteristicFormat("battery", "%", "<B"),
-    sig_uuid(0x2A7B): CharacteristicFormat("dew_point", "Cel", "<b", not_known=-0x80),
+    sig_uuid(0x2A7B): CharacteristicFormat("dew_point", "Cel", "<b"),
     sig_uuid(0x2A76): CharacteristicFormat("uv_index", "", "<B"),
 }
 """Key: the characteristic's full 128-bit UUID, lower case, as bleak reports it."""

@@ -88,9 +88,8 @@ def ruuvi_rawv2(
     if unknown:
         raise ValueError(f"Ruuvi RAWv2 has no {sorted(unknown)}")
     fields = [_ruuvi_raw(field, values) for field in ruuvi.FIELDS]
-    power = _ruuvi_raw(ruuvi.VOLTAGE, values, bits=11) << 5 | _ruuvi_raw(
-        ruuvi.TX_POWER, values, bits=5
-    )
+    voltage = _ruuvi_raw(ruuvi.VOLTAGE, values, bits=11)
+    tx_power = _ruuvi_raw(ruuvi.TX_POWER, values, bits=5)
     sequence = (
         ruuvi.SEQUENCE_NOT_AVAILABLE if measurement_sequence is None else measurement_sequence
     )
@@ -98,7 +97,7 @@ def ruuvi_rawv2(
         ruuvi.LAYOUT,
         ruuvi.DATA_FORMAT,
         *fields,
-        power,
+        voltage << 5 | tx_power,  # power info: 11 + 5 bits
         _ruuvi_raw(ruuvi.MOVEMENT, values),
         sequence,
         bytes.fromhex(mac.replace(":", "")),
