@@ -203,7 +203,9 @@ def decode(payload: bytes, address: str, bindkey: bytes | None) -> Measurement:
             payload,
         )
     values, units, packet_id = _objects(body, payload)
-    return Measurement("bthome", values, units, packet_id if packet_id is not None else counter)
+    if packet_id is None:
+        packet_id = counter
+    return Measurement("bthome", values, units, packet_id, counter)
 
 
 def _mac_bytes(address: str, payload: bytes) -> bytes:

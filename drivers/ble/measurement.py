@@ -24,12 +24,15 @@ class Measurement:
     Ruuvi measurement sequence; pvvx/ATC measurement counter): advertisements that repeat
     one measurement share it, so the driver drops a packet whose id equals the device's
     previous one. None when the format carries no counter.
+    `encryption_counter` is the 32-bit counter of a decrypted BTHome packet, for a receiver
+    that refuses a counter that did not increase (replay protection, bthome.io/encryption).
     """
 
     format: str  # "bthome" | "ruuvi" | "pvvx" | "atc"
     values: Mapping[str, Value]
     units: Mapping[str, str] = field(default_factory=dict)
     packet_id: int | None = None
+    encryption_counter: int | None = None
 
 
 def scaled(raw: int | float, factor: float = 1.0, offset: float = 0.0) -> int | float:

@@ -3,6 +3,9 @@
 Sources, cited per vector below:
 - [bthome-ble] Bluetooth-Devices/bthome-ble, tests/test_parser_v2.py (BTHome v2, incl.
   AES-CCM vectors with bind key 231d39c1d7cc1ab1aee224cd096db932 for 54:48:E6:8F:80:A5).
+- [bthome.io/encryption] the spec's worked example (home-assistant/bthome.io,
+  src/encryption.html), same key and MAC, counter 1122867.
+  (The spec's own sensor tables are in test_ble_bthome_table.py.)
 - [ruuvi] docs.ruuvi.com "Data format 5 (RAWv2)", Test vectors (ruuvi/ruuvi-sensor-protocols
   dataformat_05.md); the minimum-values vector as corrected in ruuvi-sensor-protocols#30.
 - [ble_monitor] custom-components/ble_monitor, custom_components/ble_monitor/test/
@@ -114,7 +117,7 @@ def test_bthome_unencrypted_golden(hex_payload: str, expected: Measurement) -> N
     ("hex_payload", "temperature", "counter"),
     [
         ("41a47266c95f730011223378237214", 25.06, 0x33221100),  # [bthome-ble] test_bindkey_correct
-        ("41e445f3c9962b332211006c7c4519", 25.06, 1122867),  # [bthome-ble] test_same_service_data
+        ("41e445f3c9962b332211006c7c4519", 25.06, 1122867),  # [bthome.io/encryption] example
         ("41ba0db07aeef6ffffffff21fd4600", 25.07, 0xFFFFFFFF),  # [bthome-ble] test_reset_encr...
         ("41de40b50e676600000000d7cb95de", 25.07, 0),  # ... and after the counter wrapped
         ("43a5808fe64854f196c06ffb4900112233f08ecbde", 25.06, 0x33221100),  # ..._with_mac_encr...
@@ -124,7 +127,7 @@ def test_bthome_encrypted_golden(hex_payload: str, temperature: float, counter: 
     """Without a packet id object, the encryption counter is the packet id."""
     measurement = decode_advertisement(service(BTHOME, hex_payload, SHELLY_ADDRESS), SHELLY_KEY)
     assert measurement == Measurement(
-        "bthome", {"temperature": temperature, "humidity": 50.55}, TH, counter
+        "bthome", {"temperature": temperature, "humidity": 50.55}, TH, counter, counter
     )
 
 

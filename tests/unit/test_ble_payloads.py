@@ -65,7 +65,7 @@ def decode(
             bthome_v2(TH, None, bindkey=SHELLY_KEY, address=SHELLY_ADDRESS, counter=0x33221100),
             "41a47266c95f730011223378237214",
         ),
-        (  # [bthome-ble] test_same_service_data
+        (  # [bthome.io/encryption] the spec's worked example
             bthome_v2(TH, None, bindkey=SHELLY_KEY, address=SHELLY_ADDRESS, counter=1122867),
             "41e445f3c9962b332211006c7c4519",
         ),
@@ -216,6 +216,7 @@ def test_bthome_round_trip(
     assert_close(decoded, values, resolution)
     expected_id = packet_id if packet_id is not None or key is None else counter
     assert decoded.packet_id == expected_id
+    assert decoded.encryption_counter == (None if key is None else counter)
 
 
 _RUUVI_RANGES = {  # raw ranges without the "not available" values
