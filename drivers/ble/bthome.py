@@ -28,9 +28,9 @@ SERVICE_UUID = "0000fcd2-0000-1000-8000-00805f9b34fb"
 UUID16 = b"\xd2\xfc"  # the service UUID as sent, little-endian: part of the nonce
 
 ENCRYPTED = 0x01
-MAC_INCLUDED = 0x02
-TRIGGER_BASED = 0x04
-VERSION_2 = 2 << 5
+MAC_INCLUDED = 0x02  # "reserved" on bthome.io; bthome-ble and some firmware use it so
+VERSION = 2
+VERSION_2 = VERSION << 5  # the device-information byte of an unencrypted v2 packet
 
 PACKET_ID = 0x00
 COUNTER_LEN = 4  # encryption counter, uint32 little-endian
@@ -184,7 +184,7 @@ def decode(payload: bytes, address: str, bindkey: bytes | None) -> Measurement:
     if not payload:
         raise DecodeError("BTHome service data is empty", payload)
     info = payload[0]
-    if info >> 5 != VERSION_2 >> 5:
+    if info >> 5 != VERSION:
         raise DecodeError(f"BTHome version {info >> 5} is not supported (only v2)", payload)
     body = payload[1:]
     if info & MAC_INCLUDED:
