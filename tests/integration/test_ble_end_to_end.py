@@ -70,3 +70,13 @@ async def test_every_device_type_arrives_decoded_and_malformed_adverts_are_count
     assert status["malformed"] >= 2
     assert status["state"] == "scanning"
     assert "malformed BLE advertisement; skipped" in site.gateway.log.read_text()
+
+
+async def test_passive_scanning_through_an_advertisement_monitor_delivers_readings(
+    rabbitmq: RabbitMQNode, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    fleet = [devices.pvvx("A4:C1:38:00:00:03")]
+    driver = "    scanning: passive\n    allow: {addresses: [A4:C1:38:00:00:03]}\n"
+    async with ble_site(tmp_path, rabbitmq.url, request, fleet, driver) as site:
+        await site.wait(lambda: len(site.readings("A4:C1:38:00:00:03")) >= 3)
+    assert site.readings()[0]["tags"] == {"address": "A4:C1:38:00:00:03", "format": "pvvx"}
