@@ -21,8 +21,10 @@ def _address(value: str) -> str:
     return upper
 
 
-def _uuid(value: str) -> str:
-    """16-bit (`2a6e`, `0x2A6E`) and 32-bit UUIDs become the full 128-bit form bleak reports."""
+def _uuid(value: object) -> str:
+    """16-bit (`2a6e`) and 32-bit UUIDs become the full 128-bit form bleak reports."""
+    if not isinstance(value, str):  # YAML reads 12345678 and 0x2A6E as numbers
+        raise ValueError(f"UUID {value!r} was read as a number; put it in quotes: '2a6e'")
     text = value.strip().lower().removeprefix("0x")
     if re.fullmatch(r"[0-9a-f]{4}", text):
         return f"0000{text}{_SIG_BASE}"
@@ -30,7 +32,7 @@ def _uuid(value: str) -> str:
         return f"{text}{_SIG_BASE}"
     if re.fullmatch(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", text):
         return text
-    raise ValueError(f"{value!r} is not a UUID; write 2a6e, 0x2A6E or the full 128-bit form")
+    raise ValueError(f"{value!r} is not a UUID; write 2a6e, '12345678' or the full 128-bit form")
 
 
 def _bindkey(value: str) -> bytes:
@@ -41,7 +43,7 @@ def _bindkey(value: str) -> bytes:
 
 
 Address = Annotated[str, AfterValidator(_address)]
-Uuid = Annotated[str, AfterValidator(_uuid)]
+Uuid = Annotated[str, BeforeValidator(_uuid)]
 BindKey = Annotated[bytes, BeforeValidator(_bindkey)]
 DeviceName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.:-]+$")]
 
