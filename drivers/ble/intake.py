@@ -21,6 +21,9 @@ from gateway.model import Reading, Value, utc_from_epoch
 
 log = structlog.get_logger("drivers.ble")
 
+_MAX_DEVICES = 4096
+"""Devices whose last packet is remembered; bounded, since private addresses keep changing."""
+
 
 def bump(stats: DriverStats, counter: str) -> None:
     """Add one to a named counter shown by `edge-gateway status`."""
@@ -92,7 +95,11 @@ class Intake:
         advert = heard.advert
         if not self.allowed(heard):
             return None
-        state = self._devices.setdefault(advert.address, _DeviceState())
+        state = self._devices.get(advert.address)
+        if state is None:
+            if len(self._devices) >= _MAX_DEVICES:  # forget the longest-known device
+                del self._devices[next(iter(self._devices))]
+            state = self._devices[advert.address] = _DeviceState()
         payload = (tuple(advert.service_data.items()), tuple(advert.manufacturer_data.items()))
         if payload == state.payload or payload == ((), ()):
             return None  # a property change, not a packet

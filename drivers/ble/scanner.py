@@ -49,6 +49,7 @@ class AdapterScanner:
         self.config = config
         self.stats = stats
         self._on_advert = on_advert
+        self._gatt = {device.address for device in config.gatt}
         self._devices: dict[str, BLEDevice] = {}
         self._seen: dict[str, asyncio.Event] = {}
         self._last_heard = 0.0
@@ -136,9 +137,9 @@ class AdapterScanner:
             self.stats.state = "scanning"
             self._log.info("BLE advertisements flow again")
         address = device.address.upper()
-        self._devices[address] = device
-        if address in self._seen:
-            self._seen[address].set()
+        if address in self._gatt:  # only these: phones alone bring a new address every minute
+            self._devices[address] = device
+            self._seen.setdefault(address, asyncio.Event()).set()
         self._on_advert(device, data)
 
     def _failed(self, message: str) -> None:
