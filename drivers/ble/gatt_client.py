@@ -9,12 +9,14 @@ second discovery, which BlueZ refuses while the scanner runs).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Callable, Sequence
 
 import structlog
 from bleak import BleakClient
 from bleak.backends.characteristic import BleakGATTCharacteristic
+from bleak.backends.device import BLEDevice
 from bleak.exc import BleakDeviceNotFoundError, BleakError
 
 from drivers.base import DriverStats
@@ -82,11 +84,11 @@ class GattPoller:
             )
             await asyncio.sleep(delay)
 
-    async def _session(self, ble_device: object) -> None:
+    async def _session(self, ble_device: BLEDevice) -> None:
         """One connection, until the device disconnects (returns) or a GATT call fails."""
         lost = asyncio.Event()
         client = BleakClient(
-            ble_device,  # type: ignore[arg-type]  # a BLEDevice from the scanner
+            ble_device,
             disconnected_callback=lambda _client: lost.set(),
             timeout=self.device.connect_timeout_s,
         )
@@ -108,9 +110,10 @@ class GattPoller:
                 except TimeoutError:
                     pass
         finally:
-            if not lost.is_set():
-                async with asyncio.timeout(10.0):
-                    await client.disconnect()
+            if not lost.is_set():  # errors here must not replace the one (or the cancel) at hand
+                with contextlib.suppress(BleakError, TimeoutError, OSError, EOFError):
+                    async with asyncio.timeout(10.0):
+                        await client.disconnect()
 
     async def _read(self, client: BleakClient, characteristics: list[Characteristic]) -> None:
         values: dict[str, Value] = {}

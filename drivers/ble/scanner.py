@@ -28,6 +28,7 @@ from drivers.base import DriverStats
 from drivers.ble.config import BleDriverConfig
 from drivers.ble.intake import bump
 from gateway.backoff import Backoff
+from gateway.errors import GatewayError
 from gateway.logs import RateLimitedLog
 
 log = structlog.get_logger("drivers.ble")
@@ -37,7 +38,7 @@ OnAdvert = Callable[[BLEDevice, Any], None]
 _adapters_in_use: set[str] = set()
 
 
-class AdapterBusy(RuntimeError):
+class AdapterBusy(GatewayError):
     """Another driver of this gateway already scans on the adapter."""
 
 
