@@ -11,6 +11,8 @@ from ble_harness import ble_site
 from edge_gateway_sim.bluez import devices
 from edge_gateway_sim.brokers import RabbitMQNode
 
+from gateway.status import format_status, read_status
+
 BTHOME = "A4:C1:38:00:00:01"
 ENV = "EE:00:00:00:00:01"
 ENV2 = "EE:00:00:00:00:02"
@@ -71,12 +73,14 @@ async def test_an_adapter_that_stays_off_is_reported_unhealthy_until_it_recovers
         site.bluez.set_powered(False)
         await site.wait(lambda: site.driver()["state"] == "adapter-unhealthy", 20)
         unhealthy = site.driver()
+        shown = format_status(read_status(site.state_dir))
         site.bluez.set_powered(True)
         back = time.time()
         await site.wait(lambda: len(site.readings("bthome", after=back)) >= 2)
         await site.wait(lambda: site.driver()["state"] == "scanning", 10)
     print(f"\n[ble unhealthy] status while off: {unhealthy}")
     assert "looks unhealthy" in unhealthy["last_error"]
+    assert "driver     radio (ble): adapter-unhealthy" in shown  # what `edge-gateway status` prints
 
 
 async def test_a_refusing_device_does_not_hold_up_other_devices(
