@@ -4,7 +4,8 @@ bleak's callbacks (advertisements, notifications) only record what arrived; deco
 putting happen in the driver's own task, so a decoder exception is counted and logged
 here rather than swallowed by bleak's callback wrapper. A device cannot be asked to send
 again, so readings the buffer refuses are held and retried, never dropped; while they
-wait, at most `_INBOX_LIMIT` advertisements queue up and the excess is counted.
+wait, at most `_INBOX_LIMIT` advertisements (and GATT readings) queue up, and the excess is
+counted and logged.
 """
 
 from __future__ import annotations
@@ -60,15 +61,30 @@ class BleSource:
             self.stats.state = "stopped"
 
     def _on_advert(self, device: BLEDevice, data: Any) -> None:
-        if len(self._heard) >= _INBOX_LIMIT:
-            bump(self.stats, "inbox_overflow")
+        if self._full(len(self._heard)):
             return
         self._heard.append(from_bleak(device.address, data, time.time()))
         self._arrived.set()
 
     def _emit(self, readings: Sequence[Reading]) -> None:
+        if self._full(len(self._readings)):
+            return
         self._readings.extend(readings)
         self._arrived.set()
+
+    def _full(self, waiting: int) -> bool:
+        """Memory stays bounded while the buffer refuses readings: the excess is counted."""
+        if waiting < _INBOX_LIMIT:
+            return False
+        bump(self.stats, "inbox_overflow")
+        self._rate_limited.warning(
+            "inbox-overflow",
+            "BLE data arrives faster than the buffer takes it; dropping the newest",
+            driver=self.name,
+            waiting=waiting,
+            hint="see the buffer's state in `edge-gateway status` (full disk, max_bytes)",
+        )
+        return True
 
     async def _deliver(self, intake: Intake) -> None:
         """Decode what arrived since the last turn and put it into the buffer in one call."""

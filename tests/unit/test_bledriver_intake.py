@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from edge_gateway_sim import ble_payloads
 
 from drivers.base import DriverStats
@@ -96,3 +97,13 @@ def test_unknown_formats_are_counted_not_malformed() -> None:
     other = Heard(Advertisement(ADDRESS, None, None, {}, {0x004C: b"\x02\x15"}), (), 1.0)
     assert intake.reading(other) is None
     assert stats.counters["unknown_format"] == 1 and stats.malformed == 0
+
+
+def test_a_decoder_bug_is_counted_as_malformed_not_raised(monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(advert: Advertisement, bindkey: bytes | None = None) -> None:
+        raise IndexError("a bug in a decoder")
+
+    monkeypatch.setattr("drivers.ble.intake.decode_advertisement", broken)
+    intake, stats = _intake()
+    assert intake.reading(_bthome(1)) is None
+    assert stats.malformed == 1
