@@ -17,7 +17,7 @@ RUUVI = "C7:11:22:33:44:55"
 async def test_the_ble_simulator_serves_bleak_and_stops_its_dbus_daemon(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    command = ["-m", "edge_gateway_sim.cli", "ble", "--devices", "ruuvi", "--duration", "8"]
+    command = ["-m", "edge_gateway_sim.cli", "ble", "--devices", "ruuvi", "--duration", "120"]
     sim = await asyncio.create_subprocess_exec(
         sys.executable, *command, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
     )
@@ -31,8 +31,9 @@ async def test_the_ble_simulator_serves_bleak_and_stops_its_dbus_daemon(
         monkeypatch.setenv("PATH", f"{stub_dir}{os.pathsep}{os.environ['PATH']}")
         from bleak import BleakScanner
 
-        found = await BleakScanner.find_device_by_address(RUUVI, timeout=5)
+        found = await BleakScanner.find_device_by_address(RUUVI, timeout=20)
         assert found is not None and found.name == "Ruuvi 0001"
+        sim.terminate()  # SIGTERM: a graceful stop, with the summary on stdout
         out, _ = await asyncio.wait_for(sim.communicate(), 20)
     finally:
         if sim.returncode is None:

@@ -9,6 +9,7 @@ connect.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import shutil
 import signal
@@ -18,6 +19,7 @@ from pathlib import Path
 from types import TracebackType
 
 _REAL_SYSTEM_BUS = "/run/dbus/system_bus_socket"
+_PR_SET_PDEATHSIG = 1
 
 _CONFIG = """\
 <!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
@@ -42,6 +44,13 @@ _BLUETOOTHCTL = """\
 # Stub for bleak's BlueZ version check; the fake BlueZ behaves like 5.66.
 echo "bluetoothctl: 5.66"
 """
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: SIGTERM when the process that started it dies, even by
+    SIGKILL, so a killed simulator or test run never leaves a dbus-daemon behind."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 class PrivateBus:
@@ -83,6 +92,7 @@ class PrivateBus:
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,  # a harmless fd-limit warning in containers
             stdin=subprocess.DEVNULL,
+            preexec_fn=_die_with_parent,
         )
         assert self.process.stdout is not None
         if not self.process.stdout.readline():  # printed once the socket listens
