@@ -19,4 +19,8 @@ def create_driver(config: DriverConfig, gateway_id: str, sink: Sink) -> Driver:
             from drivers.mqtt.source import MqttSource
 
             return MqttSource(config, gateway_id, sink)
+        case "ble":
+            from drivers.ble.source import BleSource
+
+            return BleSource(config, gateway_id, sink)
     raise AssertionError(f"no driver for type {config.type!r}")  # config validation prevents it

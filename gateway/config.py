@@ -21,11 +21,12 @@ from typing import Annotated, Any, Literal, get_args, get_origin
 import yaml
 from pydantic import BaseModel, ByteSize, Field, ValidationError, field_validator, model_validator
 
+from drivers.ble.config import BleDriverConfig
 from drivers.mqtt.config import MqttDriverConfig
 from gateway.config_types import Seconds, SecretFile, StrictModel, TlsConfig
 from gateway.errors import ConfigError
 
-DriverConfig = Annotated[MqttDriverConfig, Field(discriminator="type")]
+DriverConfig = Annotated[MqttDriverConfig | BleDriverConfig, Field(discriminator="type")]
 
 ROUTING_KEY_FIELDS = frozenset({"gateway", "site", "device", "source"})
 

@@ -31,6 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_mqtt(commands)
     _add_demo(commands)
+    _add_ble(commands)
     # More device kinds (serial, ble) register here: add a subparser and
     # `set_defaults(handler=...)` with a function taking the parsed args, returning an exit code.
     return parser
@@ -63,6 +64,39 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     handler: Handler = args.handler
     return handler(args)
+
+
+# -- ble --------------------------------------------------------------------------------------
+
+
+def _add_ble(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from edge_gateway_sim.bluez.fleet import KINDS
+
+    p = commands.add_parser(
+        "ble",
+        help="a fake BlueZ on a private D-Bus with simulated BLE devices",
+        description="Run dbus-daemon and a fake bluetoothd with simulated devices; print the "
+        "environment for the gateway; run until Ctrl-C/SIGTERM or --duration. Never touches "
+        "the real system bus.",
+    )
+    p.add_argument(
+        "--devices",
+        default=",".join(KINDS),
+        help=f"comma-separated kinds out of {', '.join(KINDS)} (default: all)",
+    )
+    p.add_argument("--duration", type=float, help="stop after this many seconds")
+    p.set_defaults(handler=_ble)
+
+
+def _ble(args: argparse.Namespace) -> int:
+    from edge_gateway_sim.bluez.fleet import KINDS, run_fleet
+
+    kinds = [k.strip() for k in args.devices.split(",") if k.strip()]
+    unknown = [k for k in kinds if k not in KINDS]
+    if unknown or not kinds:
+        print(f"edge-gateway-sim ble: unknown device kinds {unknown}", file=sys.stderr)
+        return 2
+    return run_fleet(kinds, args.duration)
 
 
 # -- mqtt -------------------------------------------------------------------------------------

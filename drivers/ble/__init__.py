@@ -1,0 +1,1 @@
+"""Bluetooth LE: advertisement scanning and GATT connections through BlueZ (bleak)."""

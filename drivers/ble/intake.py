@@ -1,0 +1,160 @@
+"""From advertisements to readings: allow-list, repeat and rate filters, decoding, counting.
+
+No I/O here and nothing bleak-specific beyond the conversion in `from_bleak`, so the rules
+(what passes, what is a repeat, what is counted as malformed) are tested without a radio.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+
+from drivers.base import DriverStats
+from drivers.ble.adverts import Advertisement, decode_advertisement
+from drivers.ble.config import BleDriverConfig, KnownDevice
+from gateway.errors import DecodeError
+from gateway.logs import RateLimitedLog
+from gateway.model import Reading, Value, utc_from_epoch
+
+log = structlog.get_logger("drivers.ble")
+
+_MAX_DEVICES = 4096
+"""Devices whose last packet is remembered; bounded, since private addresses keep changing."""
+
+
+def bump(stats: DriverStats, counter: str) -> None:
+    """Add one to a named counter shown by `edge-gateway status`."""
+    stats.counters[counter] = stats.counters.get(counter, 0) + 1
+
+
+@dataclass(frozen=True, slots=True)
+class Heard:
+    """One advertisement as the scanner delivered it, with its receive time (epoch seconds)."""
+
+    advert: Advertisement
+    service_uuids: tuple[str, ...]
+    received: float
+
+
+def from_bleak(address: str, data: Any, received: float) -> Heard:
+    """Convert bleak's `AdvertisementData` (the one place that knows its shape)."""
+    rssi = data.rssi if isinstance(data.rssi, int) and data.rssi > -127 else None
+    advert = Advertisement(
+        address=address.upper(),
+        name=data.local_name,
+        rssi=rssi,
+        service_data={k.lower(): bytes(v) for k, v in data.service_data.items()},
+        manufacturer_data={int(k): bytes(v) for k, v in data.manufacturer_data.items()},
+    )
+    return Heard(advert, tuple(u.lower() for u in data.service_uuids), received)
+
+
+@dataclass(slots=True)
+class _DeviceState:
+    payload: tuple[Any, ...] | None = None
+    packet_id: int | None = None
+    last_reading: float | None = None
+
+
+@dataclass(slots=True)
+class Intake:
+    """The per-device memory that turns a stream of advertisements into readings.
+
+    bleak calls back on every change of a device's D-Bus properties (RSSI, Connected, ...),
+    and BlueZ repeats the last advertising data in each call. A payload equal to the
+    device's previous one is therefore not a new packet; a decoded packet id equal to the
+    previous one is the sender repeating a measurement. Both are dropped and counted.
+    """
+
+    config: BleDriverConfig
+    stats: DriverStats
+    _devices: dict[str, _DeviceState] = field(default_factory=dict)
+    _known: Mapping[str, KnownDevice] = field(default_factory=dict)
+    _rate_limited: RateLimitedLog = field(default_factory=lambda: RateLimitedLog(log))
+
+    def __post_init__(self) -> None:
+        self._known = {device.address: device for device in self.config.devices}
+
+    def allowed(self, heard: Heard) -> bool:
+        allow = self.config.allow
+        advert = heard.advert
+        if not (allow.addresses or allow.names or allow.service_uuids or self._known):
+            return True
+        return (
+            advert.address in self._known
+            or advert.address in allow.addresses
+            or (advert.name is not None and advert.name in allow.names)
+            or any(u in allow.service_uuids for u in (*heard.service_uuids, *advert.service_data))
+        )
+
+    def reading(self, heard: Heard) -> Reading | None:
+        """The reading of a new packet from an allowed device, or None (counted why)."""
+        advert = heard.advert
+        if not self.allowed(heard):
+            return None
+        state = self._devices.get(advert.address)
+        if state is None:
+            if len(self._devices) >= _MAX_DEVICES:  # forget the longest-known device
+                del self._devices[next(iter(self._devices))]
+            state = self._devices[advert.address] = _DeviceState()
+        payload = (tuple(advert.service_data.items()), tuple(advert.manufacturer_data.items()))
+        if payload == state.payload or payload == ((), ()):
+            return None  # a property change, not a packet
+        state.payload = payload
+        known = self._known.get(advert.address)
+        try:
+            measurement = decode_advertisement(advert, known.bindkey if known else None)
+        except Exception as exc:  # a decoder bug must not stop intake: count it like bad input
+            self._malformed(advert, exc)
+            return None
+        if measurement is None:
+            bump(self.stats, "unknown_format")
+            return None
+        if measurement.packet_id is not None and measurement.packet_id == state.packet_id:
+            bump(self.stats, "repeated")
+            return None
+        state.packet_id = measurement.packet_id
+        min_interval = self.config.min_interval_s
+        if known is not None and known.min_interval_s is not None:
+            min_interval = known.min_interval_s
+        if state.last_reading is not None and heard.received - state.last_reading < min_interval:
+            bump(self.stats, "throttled")
+            return None
+        if not measurement.values:
+            return None
+        state.last_reading = heard.received
+        values: dict[str, Value] = dict(measurement.values)
+        units = dict(measurement.units)
+        if self.config.rssi and advert.rssi is not None:
+            values["rssi"] = advert.rssi
+            units["rssi"] = "dBm"
+        tags = {"address": advert.address, "format": measurement.format}
+        return Reading(
+            device=known.name if known and known.name else advert.address,
+            ts=utc_from_epoch(heard.received),
+            values=values,
+            source=self.config.name,
+            units=units,
+            tags={**tags, **(known.tags if known else {})},
+        )
+
+    def _malformed(self, advert: Advertisement, exc: Exception) -> None:
+        if isinstance(exc, DecodeError):
+            sample = exc.sample
+        else:
+            log.exception("BLE decoder failed on an advertisement", address=advert.address)
+            sample = next(iter(advert.service_data.values()), b"") or next(
+                iter(advert.manufacturer_data.values()), b""
+            )
+        self.stats.malformed += 1
+        self._rate_limited.warning(
+            f"malformed:{advert.address}",
+            "malformed BLE advertisement; skipped",
+            driver=self.config.name,
+            address=advert.address,
+            error=f"{type(exc).__name__}: {exc}",
+            sample_hex=sample[:64].hex(),
+        )
