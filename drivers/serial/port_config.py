@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator, model_validator
 
 from gateway.config_types import StrictModel
 
@@ -21,6 +21,12 @@ class UsbMatch(StrictModel):
     product_id: str | None = Field(default=None, pattern=r"^[0-9a-fA-F]{4}$")
     serial_number: str | None = None
 
+    @model_validator(mode="after")
+    def _says_something(self) -> UsbMatch:
+        if self.vendor_id is None and self.product_id is None and self.serial_number is None:
+            raise ValueError("give at least one of vendor_id, product_id, serial_number")
+        return self
+
 
 class SerialPortConfig(StrictModel):
     type: Literal["serial"]
@@ -31,6 +37,23 @@ class SerialPortConfig(StrictModel):
     baudrate: int = Field(default=9600, gt=0)
     bytesize: Literal[5, 6, 7, 8] = 8
     parity: Literal["none", "even", "odd", "mark", "space"] = "none"
-    stopbits: Literal[1, 1.5, 2] = 1
+    stopbits: float = 1
+    """1, 1.5 or 2 (a float: typing's Literal cannot hold 1.5)."""
     exclusive: bool = True
-    """Lock the port (TIOCEXCL) so that a second program cannot read it at the same time."""
+    """Lock the port (flock, as pyserial does) so that a second program cannot open it too."""
+
+    @field_validator("stopbits")
+    @classmethod
+    def _known_stopbits(cls, stopbits: float) -> float:
+        if stopbits not in (1, 1.5, 2):
+            raise ValueError(f"stopbits must be 1, 1.5 or 2 (got {stopbits:g})")
+        return stopbits
+
+    @model_validator(mode="after")
+    def _one_way_to_find_the_port(self) -> SerialPortConfig:
+        if (self.port is None) == (self.usb is None):
+            raise ValueError(
+                "give exactly one of port (e.g. /dev/serial/by-id/usb-FTDI_...) "
+                "or usb (vendor_id, product_id, serial_number)"
+            )
+        return self
