@@ -19,4 +19,12 @@ def create_driver(config: DriverConfig, gateway_id: str, sink: Sink) -> Driver:
             from drivers.mqtt.source import MqttSource
 
             return MqttSource(config, gateway_id, sink)
+        case "serial" if config.protocol == "modbus-rtu":
+            from drivers.serial.modbus import ModbusSource
+
+            return ModbusSource(config, gateway_id, sink)
+        case "serial":
+            from drivers.serial.source import SerialLineSource
+
+            return SerialLineSource(config, gateway_id, sink)
     raise AssertionError(f"no driver for type {config.type!r}")  # config validation prevents it

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import structlog
 
+from drivers.serial.ports import describe_wanted
 from gateway import __version__
 from gateway.config import GatewayConfig, load_config
 from gateway.errors import ConfigError, GatewayError
@@ -114,6 +115,10 @@ def summarise(path: Path, config: GatewayConfig) -> str:
     if not config.drivers:
         lines.append("  drivers  none (nothing will be read)")
     for driver in config.drivers:
+        if driver.type == "serial":
+            where = f"{describe_wanted(driver)} at {driver.baudrate} baud"
+            lines.append(f"  driver   {driver.name}: serial {driver.protocol} {where}")
+            continue
         port = driver.port or (8883 if driver.tls else 1883)
         topics = ", ".join(s.topic for s in driver.subscriptions)
         lines.append(f"  driver   {driver.name}: mqtt {driver.host}:{port} [{topics}]")
