@@ -19,11 +19,13 @@ def create_driver(config: DriverConfig, gateway_id: str, sink: Sink) -> Driver:
             from drivers.mqtt.source import MqttSource
 
             return MqttSource(config, gateway_id, sink)
-        case "serial" if config.protocol == "modbus-rtu":
-            from drivers.serial.modbus import ModbusSource
-
-            return ModbusSource(config, gateway_id, sink)
         case "serial":
+            from drivers.serial.modbus_config import ModbusRtuConfig
+
+            if isinstance(config, ModbusRtuConfig):
+                from drivers.serial.modbus import ModbusSource
+
+                return ModbusSource(config, gateway_id, sink)
             from drivers.serial.source import SerialLineSource
 
             return SerialLineSource(config, gateway_id, sink)
