@@ -57,10 +57,14 @@ def plan_blocks(specs: Sequence[RegisterSpec]) -> tuple[Block, ...]:
     return tuple(blocks)
 
 
-def decode_block(block: Block, data: Sequence[int] | Sequence[bool]) -> dict[str, Value]:
-    """The values of one block, from the register words (or bits) its read returned.
+def decode_block(
+    block: Block, data: Sequence[int] | Sequence[bool]
+) -> tuple[dict[str, Value], list[DecodeError]]:
+    """The values of one block from the words (or bits) its read returned, and an error per
+    value that cannot be decoded (one NaN must not cost its neighbours).
 
-    Bit reads come back padded to a multiple of eight; only the first `count` count.
+    Raises `DecodeError` when the answer does not fit the block at all. Bit reads come
+    back padded to a multiple of eight; only the first `count` count.
     """
     if len(data) < block.count or (block.kind in ("holding", "input") and len(data) != block.count):
         raise DecodeError(
@@ -68,12 +72,15 @@ def decode_block(block: Block, data: Sequence[int] | Sequence[bool]) -> dict[str
             f"expected {block.count}",
             _sample(data),
         )
-    return {
-        spec.name: decode_value(
-            spec, data[spec.address - block.address : spec.address - block.address + spec.width]
-        )
-        for spec in block.specs
-    }
+    values: dict[str, Value] = {}
+    errors: list[DecodeError] = []
+    for spec in block.specs:
+        start = spec.address - block.address
+        try:
+            values[spec.name] = decode_value(spec, data[start : start + spec.width])
+        except DecodeError as exc:
+            errors.append(exc)
+    return values, errors
 
 
 def decode_value(spec: RegisterSpec, data: Sequence[int] | Sequence[bool]) -> Value:

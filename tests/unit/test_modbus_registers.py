@@ -97,7 +97,19 @@ def test_a_block_decodes_every_value_at_its_offset() -> None:
     voltage = spec(name="voltage", type="float32", address=0, unit="V")
     current = spec(name="current", type="uint16", address=2, scale=0.01, unit="A")
     (block,) = plan_blocks([voltage, current])
-    assert decode_block(block, [0x4366, 0x199A, 523]) == {"voltage": 230.1, "current": 5.23}
+    assert decode_block(block, [0x4366, 0x199A, 523]) == (
+        {"voltage": 230.1, "current": 5.23},
+        [],
+    )
+
+
+def test_a_value_that_cannot_be_decoded_does_not_cost_its_neighbours() -> None:
+    voltage = spec(name="voltage", type="float32", address=0)
+    current = spec(name="current", type="uint16", address=2)
+    (block,) = plan_blocks([voltage, current])
+    values, errors = decode_block(block, [0x7FC0, 0x0000, 7])
+    assert values == {"current": 7}
+    assert [error.sample for error in errors] == [bytes.fromhex("7fc00000")]
 
 
 def test_requests_stay_within_the_protocol_limit() -> None:
@@ -109,9 +121,10 @@ def test_requests_stay_within_the_protocol_limit() -> None:
 
 def test_bit_reads_ignore_the_padding_to_a_whole_byte() -> None:
     (block,) = plan_blocks([spec(kind="discrete", type="bool", address=5)])
-    assert decode_block(block, [True, False, False, False, False, False, False, False]) == {
-        "v": True
-    }
+    assert decode_block(block, [True, False, False, False, False, False, False, False]) == (
+        {"v": True},
+        [],
+    )
 
 
 register_specs = st.builds(
