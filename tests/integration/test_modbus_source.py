@@ -1,0 +1,218 @@
+"""The Modbus RTU driver against the simulated meter on a real pseudo-terminal, in-process.
+
+The driver runs with a list as its sink (the buffer and the broker are tested elsewhere and
+end to end in test_modbus_gateway.py); between them are pymodbus and a real pty.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+from edge_gateway_sim.modbus_meter import EnergyMeterBus, MeterPort
+from structlog.testing import capture_logs
+
+from drivers.serial.modbus import ModbusSource
+from drivers.serial.modbus_config import ModbusRtuConfig
+from gateway.errors import BufferFull
+from gateway.model import Reading
+
+# The meter's register map (see edge_gateway_sim.modbus_meter), as a user writes it.
+REGISTERS = [
+    {"name": "voltage", "address": 0, "type": "float32", "unit": "V"},
+    {"name": "current", "address": 2, "type": "float32", "unit": "A"},
+    {"name": "energy", "address": 4, "type": "uint32", "word_order": "little", "unit": "Wh"},
+    {"name": "power_factor", "address": 6, "type": "int16", "scale": 0.001},
+    {
+        "name": "frequency",
+        "kind": "input",
+        "address": 0,
+        "type": "uint16",
+        "byte_order": "little",
+        "scale": 0.01,
+        "unit": "Hz",
+    },
+    {"name": "relay", "kind": "coil", "address": 0, "type": "bool"},
+]
+
+
+def bus_config(link: Path, unit_ids: Sequence[int], **unit: Any) -> ModbusRtuConfig:
+    timing = {"poll_interval_s": 0.2, "timeout_s": 0.1, "retries": 1, "max_backoff_s": 1.0}
+    return ModbusRtuConfig.model_validate(
+        {
+            "type": "serial",
+            "protocol": "modbus-rtu",
+            "name": "rs485",
+            "port": str(link),
+            "baudrate": 19200,
+            "units": [
+                {"unit_id": i, "device": f"meter-{i}", "registers": REGISTERS, **timing, **unit}
+                for i in unit_ids
+            ],
+        }
+    )
+
+
+class ListSink:
+    """Keeps what it is given; refuses the first `refuse` puts as a full buffer would."""
+
+    def __init__(self, refuse: int = 0) -> None:
+        self.readings: list[Reading] = []
+        self.refuse = refuse
+        self.arrived = asyncio.Event()
+
+    async def put(self, readings: Sequence[Reading]) -> None:
+        if self.refuse:
+            self.refuse -= 1
+            raise BufferFull("buffer full (test)")
+        self.readings.extend(readings)
+        self.arrived.set()
+
+    def per_device(self) -> Counter[str]:
+        return Counter(reading.device for reading in self.readings)
+
+    async def wait_for(self, predicate: Callable[[], bool]) -> None:
+        async with asyncio.timeout(10.0):
+            while not predicate():
+                self.arrived.clear()
+                await self.arrived.wait()
+
+
+@asynccontextmanager
+async def running(source: ModbusSource) -> AsyncIterator[asyncio.Task[None]]:
+    task = asyncio.create_task(source.run())
+    try:
+        yield task
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+
+async def test_every_unit_is_read_and_decoded_as_its_register_map_says(tmp_path: Path) -> None:
+    link = tmp_path / "meter"
+    sink = ListSink()
+    async with MeterPort(EnergyMeterBus((1, 2)), link):
+        source = ModbusSource(bus_config(link, [1, 2]), "gw", sink)
+        async with running(source):
+            await sink.wait_for(lambda: min(sink.per_device()[f"meter-{i}"] for i in (1, 2)) >= 2)
+    first = {r.device: r for r in reversed(sink.readings)}
+    for i in (1, 2):
+        reading = first[f"meter-{i}"]
+        values = dict(reading.values)
+        assert 1000 * i <= int(values.pop("energy")) < 1000 * i + 100
+        assert values == {
+            "voltage": 230 + i / 10,
+            "current": 5.0 + i,
+            "power_factor": -0.95,
+            "frequency": 50.0,
+            "relay": True,
+        }
+        assert reading.units == {"voltage": "V", "current": "A", "energy": "Wh", "frequency": "Hz"}
+        assert reading.source == "rs485"
+    assert source.stats.counters == {}
+
+
+async def test_a_silent_unit_does_not_stall_the_others(tmp_path: Path) -> None:
+    """Over N poll intervals the live units deliver about N readings each; the dead one is
+    backed off, so it is asked far less often than once per interval."""
+    link = tmp_path / "meter"
+    sink = ListSink()
+    meter = EnergyMeterBus((1, 2, 3), silent={2})
+    seconds, interval = 4.0, 0.2
+    async with MeterPort(meter, link):
+        source = ModbusSource(bus_config(link, [1, 2, 3]), "gw", sink)
+        async with running(source):
+            await asyncio.sleep(seconds)
+    counts = sink.per_device()
+    polls = seconds / interval  # 20
+    assert counts["meter-2"] == 0
+    assert counts["meter-1"] >= 0.8 * polls and counts["meter-3"] >= 0.8 * polls, counts
+    # Without backoff: 20 polls x 2 attempts = 40 unanswered requests.
+    assert 2 <= source.stats.counters["no_response"] <= 16
+    assert source.stats.last_error == "unit 2 (meter-2) does not answer"
+
+
+async def test_a_unit_that_stops_answering_resumes_by_itself(tmp_path: Path) -> None:
+    link = tmp_path / "meter"
+    sink = ListSink()
+    meter = EnergyMeterBus((1, 2))
+    async with MeterPort(meter, link):
+        source = ModbusSource(bus_config(link, [1, 2]), "gw", sink)
+        with capture_logs() as logs:
+            async with running(source):
+                await sink.wait_for(lambda: sink.per_device()["meter-2"] >= 2)
+                meter.silent.add(2)
+                await asyncio.sleep(1.5)
+                before = sink.per_device()
+                meter.silent.clear()
+                await sink.wait_for(lambda: sink.per_device()["meter-2"] > before["meter-2"])
+    assert sink.per_device()["meter-1"] > before["meter-1"]
+    events = [entry["event"] for entry in logs]
+    assert events.count("Modbus unit does not answer; polling it less often until it does") == 1
+    assert events.count("Modbus unit answers again") == 1
+
+
+async def test_unplugged_meter_is_logged_once_and_resumes_when_plugged_back(
+    tmp_path: Path,
+) -> None:
+    link = tmp_path / "meter"
+    sink = ListSink()
+    port = MeterPort(EnergyMeterBus((1,)), link)
+    source = ModbusSource(bus_config(link, [1]), "gw", sink)
+    with capture_logs() as logs:
+        async with running(source):
+            await asyncio.sleep(1.0)  # absent at start-up
+            assert source.stats.state == "waiting for device"
+            async with port:
+                await sink.wait_for(lambda: len(sink.readings) >= 2)
+                port.unplug()
+                await asyncio.sleep(2.0)
+                assert source.stats.state == "waiting for device"
+                unplugged = len(sink.readings)
+                port.replug()
+                await sink.wait_for(lambda: len(sink.readings) >= unplugged + 2)
+    events = [entry["event"] for entry in logs]
+    assert events.count("serial device not present; waiting for it to be plugged in") == 2
+    assert events.count("serial device went away; waiting for it to come back") == 1
+    assert events.count("polling Modbus units") == 2
+
+
+async def test_line_noise_is_counted_per_kind_and_costs_no_good_reading(tmp_path: Path) -> None:
+    link = tmp_path / "meter"
+    sink = ListSink()
+    meter = EnergyMeterBus((1, 2), noise=0.3, seed=7)
+    async with MeterPort(meter, link):
+        source = ModbusSource(bus_config(link, [1, 2], retries=2), "gw", sink)
+        with capture_logs() as logs:
+            async with running(source):
+                await sink.wait_for(lambda: len(sink.readings) >= 30 and meter.damaged >= 9)
+    counters = source.stats.counters
+    assert counters["garbage"] >= 3 and counters["bad_crc"] >= 3 and counters["short_frame"] >= 3
+    assert counters["garbage"] + counters["bad_crc"] + counters["short_frame"] == meter.damaged
+    assert source.stats.malformed == meter.damaged
+    for reading in sink.readings:  # every reading is whole and right
+        assert reading.values["voltage"] == 230 + int(reading.device[-1]) / 10
+        assert len(reading.values) == 6
+    samples = [entry["sample"] for entry in logs if entry["event"].startswith("bad bytes")]
+    assert samples and all(isinstance(sample, str) and sample for sample in samples)
+
+
+async def test_readings_the_buffer_refuses_are_held_and_put_again(tmp_path: Path) -> None:
+    link = tmp_path / "meter"
+    sink = ListSink(refuse=2)
+    started = time.time()
+    async with MeterPort(EnergyMeterBus((1,)), link):
+        source = ModbusSource(bus_config(link, [1]), "gw", sink)
+        async with running(source):
+            await sink.wait_for(lambda: len(sink.readings) >= 3)
+    first = min(sink.readings, key=lambda reading: reading.ts)
+    assert first.values["energy"] == 1000 + 1  # the first poll (its coil read came first)
+    assert first.ts.timestamp() - started < 1.0
+    assert source.stats.last_error == "buffer full (test)"
