@@ -44,7 +44,8 @@ def decode_nmea(
     tags: Mapping[str, str] | None = None,
 ) -> Reading | None:
     """One sentence (without CR LF) to a reading; None for a valid sentence not asked for."""
-    match = _SENTENCE.fullmatch(line.strip())
+    start = line.rfind(b"$")  # noise before a sentence (no line end in between) costs nothing
+    match = _SENTENCE.fullmatch(line[max(start, 0) :].strip())
     if match is None:
         raise DecodeError("not an NMEA 0183 sentence ($TTSSS,...*HH)", line)
     address, body, checksum = match.groups()
@@ -103,12 +104,19 @@ def _rmc(fields: list[str], received: float, line: bytes) -> tuple[datetime, dic
         raise DecodeError(f"RMC date {date!r} is not ddmmyy", line)
     hour, minute, second, micro = _clock(fields[0], line)
     try:
-        ts = datetime(
-            2000 + int(date[4:]), int(date[2:4]), int(date[:2]), hour, minute, second, micro, UTC
-        )
+        year = _full_year(int(date[4:]), utc_from_epoch(received).year)
+        ts = datetime(year, int(date[2:4]), int(date[:2]), hour, minute, second, micro, UTC)
     except ValueError:
         raise DecodeError(f"RMC date {date!r} is not a calendar date", line) from None
     return ts, values
+
+
+def _full_year(yy: int, this_year: int) -> int:
+    """A two-digit year as the year nearest to when the sentence arrived."""
+    century = this_year - this_year % 100
+    return min(
+        (century - 100 + yy, century + yy, century + 100 + yy), key=lambda y: abs(y - this_year)
+    )
 
 
 def _position(fields: list[str], values: dict[str, Value], line: bytes) -> None:
