@@ -70,20 +70,23 @@ class _Unit:
     failures: int = 0
 
     def answered(self, now: float) -> bool:
-        """Schedule the next poll; True if the unit had been failing until now."""
-        interval = self.config.poll_interval_s
-        self.due = self.due + interval if self.due + interval > now else now + interval
+        """Schedule the next poll; True if the unit had been failing until now.
+
+        The schedule keeps its phase: a poll delayed by another unit's timeouts is
+        followed by the next one on time (or at once, when that time has passed too).
+        """
+        self.due = max(self.due + self.config.poll_interval_s, now)
         recovered, self.failures = self.failures > 0, 0
         return recovered
 
     def missed(self, now: float) -> float:
         """Back the unit off: its interval doubles per missed poll, up to `max_backoff_s`."""
         self.failures += 1
-        delay = min(
-            self.config.max_backoff_s,
-            self.config.poll_interval_s * 2.0 ** min(self.failures - 1, 16),
+        interval = self.config.poll_interval_s
+        delay = max(
+            interval, min(self.config.max_backoff_s, interval * 2.0 ** min(self.failures, 32))
         )
-        self.due = now + max(delay, self.config.poll_interval_s)
+        self.due = now + delay
         return delay
 
 

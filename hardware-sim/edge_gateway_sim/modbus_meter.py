@@ -1,10 +1,11 @@
 """A simulated Modbus RTU energy meter bus: several unit ids behind one serial line.
 
-`EnergyMeterBus.feed(bytes)` is the whole device: it takes what the master wrote and
-returns what the bus answers. `MeterPort` puts it on a real pseudo-terminal behind a
-stable symlink, with unplug and replug. The slave side is written here, independently
-of the client library the gateway uses (only the CRC is pymodbus's), so a test through
-it checks two implementations of the protocol against each other.
+`ModbusMeter` is a serial-sim device model (`model: modbus-meter` in a scenario): the
+runner hands `answer()` what the gateway wrote and sends back what the bus answers, on
+a pty behind a stable symlink (`serial_sim.pty_port`, which also unplugs and replugs).
+The slave side is written here, independently of the client library the gateway uses
+(only the CRC is pymodbus's), so a test through it checks two implementations of the
+protocol against each other.
 
 Register map of every unit (addresses as on the wire, from 0):
 
@@ -17,26 +18,26 @@ Register map of every unit (addresses as on the wire, from 0):
 | input   | 0       | uint16  | little/-          | frequency x 100: 5000                  |
 | coil    | 0       | bool    |                   | relay closed: true                     |
 
-Faults: `silent` unit ids never answer; `noise` (0..1) is the share of answers that are
-damaged (garbage before the frame, a bad CRC, or half a frame, in turn); `unplug()` on
-the port makes the device disappear, `replug()` brings it back under the same symlink.
+Options: `units` (the unit ids on the bus, default [1, 2]); `silent` (unit ids that
+never answer; tests may change the `silent` set while it runs); `damage` (0..1, the
+share of answers damaged on the way: garbage before the frame, a bad CRC, or half a
+frame, in turn). The scenario's faults (unplug, noise, stall, bad_frames) apply too.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import os
 import random
 import struct
-import tty
-from dataclasses import dataclass, field
-from pathlib import Path
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any
 
 from pymodbus.framer import FramerRTU
 
+from edge_gateway_sim.serial_sim.models import DeviceModel, ModelError
+
 _READS = {1: "coil", 2: "discrete", 3: "holding", 4: "input"}
-_ILLEGAL_FUNCTION = 1
 _ILLEGAL_ADDRESS = 2
 _REQUEST_SIZE = 8  # unit, function, address (2), count (2), CRC (2)
 
@@ -67,25 +68,41 @@ class MeterUnit:
         return {i: int.from_bytes(raw[2 * i : 2 * i + 2], "big") for i in range(len(raw) // 2)}
 
 
-@dataclass(slots=True)
-class EnergyMeterBus:
+class ModbusMeter(DeviceModel):
     """Every unit on one RS-485 line, answering read requests (functions 1-4)."""
 
-    unit_ids: tuple[int, ...] = (1, 2)
-    silent: set[int] = field(default_factory=set)
-    noise: float = 0.0
-    seed: int = 0
-    damaged: int = 0
-    """How many answers were damaged on purpose (the gateway should count as many)."""
-    _units: dict[int, MeterUnit] = field(default_factory=dict)
-    _pending: bytes = b""
-    _random: random.Random = field(default_factory=random.Random)
+    OPTIONS = MappingProxyType(
+        {**DeviceModel.OPTIONS, "interval_s": None, "units": (1, 2), "silent": (), "damage": 0}
+    )
 
-    def __post_init__(self) -> None:
-        self._units = {unit_id: MeterUnit(unit_id) for unit_id in self.unit_ids}
-        self._random.seed(self.seed)
+    def __init__(self, options: Mapping[str, Any], rng: random.Random) -> None:
+        super().__init__(options, rng)
+        units, silent, damage = (self.options[key] for key in ("units", "silent", "damage"))
+        for key, ids in (("units", units), ("silent", silent)):
+            if not isinstance(ids, list | tuple) or not all(
+                isinstance(i, int) and 1 <= i <= 247 for i in ids
+            ):
+                raise ModelError(f"{key} must be a list of unit ids from 1 to 247 (got {ids!r})")
+        if not isinstance(damage, int | float) or not 0 <= damage <= 1:
+            raise ModelError(f"damage must be a share from 0 to 1 (got {damage!r})")
+        self.units = {unit_id: MeterUnit(unit_id) for unit_id in units}
+        self.silent: set[int] = set(silent)
+        self.damage = float(damage)
+        self.damaged = 0
+        """How many answers were damaged on purpose (the gateway should count as many)."""
+        self._pending = b""
 
-    def feed(self, data: bytes) -> bytes:
+    def frame(self) -> bytes:
+        """Never called (`interval_s` is None): a Modbus slave speaks only when asked."""
+        return b""
+
+    def corrupt(self, frame: bytes) -> bytes:
+        """The scenario's bad_frames fault: a frame with a flipped bit (its CRC fails)."""
+        if len(frame) < 4:
+            return bytes(self.rng.randrange(256) for _ in range(8))
+        return frame[:3] + bytes([frame[3] ^ 0x10]) + frame[4:]
+
+    def answer(self, data: bytes) -> bytes:
         """Take bytes from the master; return the answers to every whole request among them.
 
         Bytes that are not a request with a good CRC are skipped one at a time, as a
@@ -100,7 +117,7 @@ class EnergyMeterBus:
                 self._pending = self._pending[1:]
                 continue
             self._pending = self._pending[_REQUEST_SIZE:]
-            unit = self._units.get(frame[0])
+            unit = self.units.get(frame[0])
             if unit is not None and unit.unit_id not in self.silent:
                 out += self._damage(self._answer(unit, frame))
         return out
@@ -123,77 +140,13 @@ class EnergyMeterBus:
         return body + crc(body)
 
     def _damage(self, answer: bytes) -> bytes:
-        if not self.noise or self._random.random() >= self.noise:
+        if not self.damage or self.rng.random() >= self.damage:
             return answer
         self.damaged += 1
         match self.damaged % 3:
             case 1:  # line noise before the frame: the frame itself still arrives whole
-                return self._random.randbytes(3) + answer
+                return self.rng.randbytes(3) + answer
             case 2:  # a bit flipped in transit: the CRC no longer matches
                 return answer[:3] + bytes([answer[3] ^ 0x10]) + answer[4:]
             case _:  # the line dropped out mid-frame
                 return answer[: len(answer) // 2]
-
-
-class MeterPort:
-    """An `EnergyMeterBus` on a pseudo-terminal whose slave is reachable at `link`.
-
-    Runs on the caller's event loop; `unplug()` closes the pty and removes the link (the
-    gateway's open port fails with EIO, as when a USB adapter is pulled); `replug()` makes
-    a new pty behind the same link.
-    """
-
-    def __init__(self, bus: EnergyMeterBus, link: Path) -> None:
-        self.bus = bus
-        self.link = link
-        self._master: int | None = None
-        self._slave: int | None = None
-
-    async def __aenter__(self) -> MeterPort:
-        self.replug()
-        return self
-
-    async def __aexit__(self, *_exc: object) -> None:
-        self.unplug()
-
-    @property
-    def plugged(self) -> bool:
-        return self._master is not None
-
-    def replug(self) -> None:
-        if self._master is not None:
-            return
-        master, slave = os.openpty()
-        tty.setraw(slave)  # no echo, no line editing: bytes pass as they are
-        os.set_blocking(master, False)
-        self._master, self._slave = master, slave
-        tmp = self.link.with_name(self.link.name + ".new")
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        tmp.symlink_to(os.ttyname(slave))
-        tmp.replace(self.link)  # atomic: the link never points at nothing while plugged
-        asyncio.get_running_loop().add_reader(master, self._readable)
-
-    def unplug(self) -> None:
-        if self._master is None:
-            return
-        with contextlib.suppress(FileNotFoundError):
-            self.link.unlink()
-        asyncio.get_running_loop().remove_reader(self._master)
-        os.close(self._master)
-        if self._slave is not None:
-            os.close(self._slave)
-        self._master = self._slave = None
-
-    def _readable(self) -> None:
-        assert self._master is not None
-        try:
-            data = os.read(self._master, 4096)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError:  # EIO: nobody holds the slave open
-            return
-        answer = self.bus.feed(data)
-        if answer:
-            with contextlib.suppress(BlockingIOError):
-                os.write(self._master, answer)

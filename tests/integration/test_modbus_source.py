@@ -1,7 +1,8 @@
 """The Modbus RTU driver against the simulated meter on a real pseudo-terminal, in-process.
 
 The driver runs with a list as its sink (the buffer and the broker are tested elsewhere and
-end to end in test_modbus_gateway.py); between them are pymodbus and a real pty.
+end to end in test_modbus_gateway.py); between it and the simulator (serial_sim running the
+`modbus-meter` model) are pymodbus and a real pty.
 """
 
 from __future__ import annotations
@@ -15,7 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from edge_gateway_sim.modbus_meter import EnergyMeterBus, MeterPort
+from edge_gateway_sim.modbus_meter import ModbusMeter
+from edge_gateway_sim.serial_sim.scenario import parse_scenario
+from edge_gateway_sim.serial_sim.sim import SerialSim, SimDevice
 from structlog.testing import capture_logs
 
 from drivers.serial.modbus import ModbusSource
@@ -85,6 +88,32 @@ class ListSink:
 
 
 @asynccontextmanager
+async def meter_bus(
+    tmp_path: Path, plugged: bool = True, **options: Any
+) -> AsyncIterator[tuple[SimDevice, ModbusMeter]]:
+    """The simulated meter bus on a pty at tmp_path/meter, as `edge-gateway-sim serial` runs it."""
+    scenario = parse_scenario(
+        {
+            "seed": 7,
+            "devices": [
+                {
+                    "name": "meter",
+                    "path": "meter",
+                    "model": "modbus-meter",
+                    "plugged": plugged,
+                    "options": options,
+                }
+            ],
+        },
+        tmp_path,
+    )
+    async with SerialSim(scenario) as sim:
+        device = sim.devices["meter"]
+        assert isinstance(device.model, ModbusMeter)
+        yield device, device.model
+
+
+@asynccontextmanager
 async def running(source: ModbusSource) -> AsyncIterator[asyncio.Task[None]]:
     task = asyncio.create_task(source.run())
     try:
@@ -98,7 +127,7 @@ async def running(source: ModbusSource) -> AsyncIterator[asyncio.Task[None]]:
 async def test_every_unit_is_read_and_decoded_as_its_register_map_says(tmp_path: Path) -> None:
     link = tmp_path / "meter"
     sink = ListSink()
-    async with MeterPort(EnergyMeterBus((1, 2)), link):
+    async with meter_bus(tmp_path, units=[1, 2]):
         source = ModbusSource(bus_config(link, [1, 2]), "gw", sink)
         async with running(source):
             await sink.wait_for(lambda: min(sink.per_device()[f"meter-{i}"] for i in (1, 2)) >= 2)
@@ -124,9 +153,8 @@ async def test_a_silent_unit_does_not_stall_the_others(tmp_path: Path) -> None:
     backed off, so it is asked far less often than once per interval."""
     link = tmp_path / "meter"
     sink = ListSink()
-    meter = EnergyMeterBus((1, 2, 3), silent={2})
     seconds, interval = 4.0, 0.2
-    async with MeterPort(meter, link):
+    async with meter_bus(tmp_path, units=[1, 2, 3], silent=[2]):
         source = ModbusSource(bus_config(link, [1, 2, 3]), "gw", sink)
         async with running(source):
             await asyncio.sleep(seconds)
@@ -142,8 +170,7 @@ async def test_a_silent_unit_does_not_stall_the_others(tmp_path: Path) -> None:
 async def test_a_unit_that_stops_answering_resumes_by_itself(tmp_path: Path) -> None:
     link = tmp_path / "meter"
     sink = ListSink()
-    meter = EnergyMeterBus((1, 2))
-    async with MeterPort(meter, link):
+    async with meter_bus(tmp_path, units=[1, 2]) as (_, meter):
         source = ModbusSource(bus_config(link, [1, 2]), "gw", sink)
         with capture_logs() as logs:
             async with running(source):
@@ -164,20 +191,19 @@ async def test_unplugged_meter_is_logged_once_and_resumes_when_plugged_back(
 ) -> None:
     link = tmp_path / "meter"
     sink = ListSink()
-    port = MeterPort(EnergyMeterBus((1,)), link)
     source = ModbusSource(bus_config(link, [1]), "gw", sink)
     with capture_logs() as logs:
-        async with running(source):
+        async with meter_bus(tmp_path, plugged=False, units=[1]) as (device, _), running(source):
             await asyncio.sleep(1.0)  # absent at start-up
             assert source.stats.state == "waiting for device"
-            async with port:
-                await sink.wait_for(lambda: len(sink.readings) >= 2)
-                port.unplug()
-                await asyncio.sleep(2.0)
-                assert source.stats.state == "waiting for device"
-                unplugged = len(sink.readings)
-                port.replug()
-                await sink.wait_for(lambda: len(sink.readings) >= unplugged + 2)
+            device.plug()
+            await sink.wait_for(lambda: len(sink.readings) >= 2)
+            device.unplug()
+            await asyncio.sleep(2.0)
+            assert source.stats.state == "waiting for device"
+            unplugged = len(sink.readings)
+            device.plug()
+            await sink.wait_for(lambda: len(sink.readings) >= unplugged + 2)
     events = [entry["event"] for entry in logs]
     assert events.count("serial device not present; waiting for it to be plugged in") == 2
     assert events.count("serial device went away; waiting for it to come back") == 1
@@ -187,8 +213,7 @@ async def test_unplugged_meter_is_logged_once_and_resumes_when_plugged_back(
 async def test_line_noise_is_counted_per_kind_and_costs_no_good_reading(tmp_path: Path) -> None:
     link = tmp_path / "meter"
     sink = ListSink()
-    meter = EnergyMeterBus((1, 2), noise=0.3, seed=7)
-    async with MeterPort(meter, link):
+    async with meter_bus(tmp_path, units=[1, 2], damage=0.3) as (_, meter):
         source = ModbusSource(bus_config(link, [1, 2], retries=2), "gw", sink)
         with capture_logs() as logs:
             async with running(source):
@@ -208,7 +233,7 @@ async def test_readings_the_buffer_refuses_are_held_and_put_again(tmp_path: Path
     link = tmp_path / "meter"
     sink = ListSink(refuse=2)
     started = time.time()
-    async with MeterPort(EnergyMeterBus((1,)), link):
+    async with meter_bus(tmp_path, units=[1]):
         source = ModbusSource(bus_config(link, [1]), "gw", sink)
         async with running(source):
             await sink.wait_for(lambda: len(sink.readings) >= 3)
