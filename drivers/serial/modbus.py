@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import termios
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -138,8 +139,7 @@ class ModbusSource:
                 trace_connect=on_connect,
             )
             try:
-                if not await client.connect():
-                    self._open_failed(path)
+                if not await self._connect(client, path):
                     await asyncio.sleep(backoff.next_delay())
                     continue
                 backoff.reset()
@@ -157,16 +157,28 @@ class ModbusSource:
             finally:
                 client.close()
 
-    def _open_failed(self, path: str) -> None:
-        """pymodbus only says "failed"; open the path ourselves to learn why, for the log."""
+    async def _connect(self, client: AsyncModbusSerialClient, path: str) -> bool:
+        """Open the port; on failure log why, in words a user can act on."""
         try:
-            os.close(os.open(path, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK))
-            reason = f"cannot open {path} as a serial port (pymodbus refused it)"
-        except OSError as exc:
-            reason = describe_open_error(path, exc)
+            if await client.connect():
+                return True
+        except termios.error as exc:  # pyserial opened it, the line settings were refused
+            c = self.config
+            reason = (
+                f"{path} refuses the line settings (baudrate {c.baudrate}, {c.bytesize} bits, "
+                f"parity {c.parity}, {c.stopbits} stop bits): {exc.args[-1]}; "
+                "check that the adapter supports them"
+            )
+        else:  # pymodbus only says "failed": open the path ourselves to learn why
+            try:
+                os.close(os.open(path, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK))
+                reason = f"cannot open {path} as a serial port (is it a tty?)"
+            except OSError as exc:
+                reason = describe_open_error(path, exc)
         self.stats.state = "cannot open"
         self.stats.failed(reason)
         self._rate_limited.error("open", "cannot open the serial port", error=reason)
+        return False
 
     async def _poll(self, client: AsyncModbusSerialClient, lost: asyncio.Event) -> None:
         """Poll whichever unit is due next; wait when none is."""
