@@ -28,7 +28,7 @@ from gateway.logs import RateLimitedLog
 
 WAITING = "waiting for device"
 _RETRY_INITIAL_S = 0.25
-_RETRY_MAX_S = 5.0  # a stat() or a sysfs scan every few seconds costs nothing
+_RETRY_MAX_S = 2.0  # a stat() or a sysfs scan every two seconds costs nothing
 _REMINDER_INTERVAL_S = 300.0
 _GLOB_CHARS = frozenset("*?[")
 

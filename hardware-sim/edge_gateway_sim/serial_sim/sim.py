@@ -48,6 +48,7 @@ class SimDevice:
         self._write_lock = asyncio.Lock()
         self._last_frame = b""
         self._quiet_until = 0.0
+        self._progress = asyncio.Event()
 
     @property
     def stalled(self) -> bool:
@@ -68,8 +69,15 @@ class SimDevice:
             self.stats.sent += 1
             self.stats.last_seq = self.model.seq
             self._last_frame = frame
+            self._progress.set()
         else:
             self.stats.lost += 1
+
+    async def sent_up_to(self, seq: int) -> None:
+        """Return once the frame numbered `seq` has been written."""
+        while self.stats.last_seq < seq:
+            self._progress.clear()
+            await self._progress.wait()
 
     async def _answer(self) -> None:
         while True:
@@ -77,6 +85,7 @@ class SimDevice:
             if reply and not self.stalled and await self._write(reply):
                 self.stats.answers += 1
                 self.stats.last_seq = self.model.seq
+                self._progress.set()
 
     async def _write(self, data: bytes) -> bool:
         async with self._write_lock:
