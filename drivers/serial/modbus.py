@@ -22,6 +22,7 @@ import termios
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Literal
 
 import structlog
 from pymodbus.client import AsyncModbusSerialClient
@@ -106,7 +107,7 @@ class ModbusSource:
         self._rate_limited = RateLimitedLog(self._log)
 
     async def run(self) -> None:
-        self._outbox = asyncio.Queue(_OUTBOX)
+        # The outbox outlives a restart: readings polled before a failure are still put.
         try:
             async with asyncio.TaskGroup() as tasks:
                 tasks.create_task(self._deliver())
@@ -203,9 +204,11 @@ class ModbusSource:
         values: dict[str, Value] = {}
         for block in unit.blocks:
             data = await self._read(client, unit, block, lost)
-            if data is None:
+            if data == "no answer":
                 self._missed(unit)
                 return
+            if data == "refused":  # logged by `_read`; the other blocks still make a reading
+                continue
             try:
                 decoded, errors = decode_block(block, data)
             except DecodeError as exc:  # an answer of the wrong size: as good as none
@@ -228,8 +231,8 @@ class ModbusSource:
 
     async def _read(
         self, client: AsyncModbusSerialClient, unit: _Unit, block: Block, lost: asyncio.Event
-    ) -> list[int] | list[bool] | None:
-        """One block's words (or bits), with the unit's deadline and retries; None if no answer."""
+    ) -> list[int] | list[bool] | Literal["no answer", "refused"]:
+        """One block's words (or bits), with the unit's deadline and retries."""
         read: Read = getattr(client, _READS[block.kind][1])
         unit_id = unit.config.unit_id
         for _attempt in range(unit.config.retries + 1):
@@ -244,7 +247,7 @@ class ModbusSource:
             except ModbusException as exc:  # not connected: the line is going away
                 if lost.is_set():
                     raise _PortLost from None
-                self._count("errors")
+                self._count("request_errors")
                 self._rate_limited.warning("modbus-error", "Modbus request failed", error=str(exc))
                 continue
             self._line_fault(unit_id, block, answered=True)
@@ -259,9 +262,9 @@ class ModbusSource:
                     count=block.count,
                     exception_code=getattr(response, "exception_code", None),
                 )
-                return None
+                return "refused"
             return list(response.bits if block.kind in ("coil", "discrete") else response.registers)
-        return None
+        return "no answer"
 
     def _line_fault(self, unit_id: int, block: Block, answered: bool) -> None:
         """Count and log what was wrong with the bytes that came back, if anything."""
@@ -284,10 +287,12 @@ class ModbusSource:
         )
 
     def _missed(self, unit: _Unit) -> None:
+        """Back the unit off; say so once per outage (`answered` says when it is over)."""
         delay = unit.missed(time.monotonic())
         self.stats.failed(f"unit {unit.config.unit_id} ({unit.config.device}) does not answer")
-        self._rate_limited.warning(
-            f"missed-{unit.config.unit_id}",
+        if unit.failures > 1:
+            return
+        self._log.warning(
             "Modbus unit does not answer; polling it less often until it does",
             unit=unit.config.unit_id,
             device=unit.config.device,

@@ -241,3 +241,17 @@ async def test_readings_the_buffer_refuses_are_held_and_put_again(tmp_path: Path
     assert first.values["energy"] == 1000 + 1  # the first poll (its coil read came first)
     assert first.ts.timestamp() - started < 1.0
     assert source.stats.last_error == "buffer full (test)"
+
+
+async def test_a_refused_read_is_counted_and_the_rest_of_the_reading_kept(tmp_path: Path) -> None:
+    link = tmp_path / "meter"
+    sink = ListSink()
+    config = bus_config(link, [1]).model_dump()
+    config["units"][0]["registers"].append({"name": "missing", "address": 50, "type": "int16"})
+    async with meter_bus(tmp_path, units=[1]):
+        source = ModbusSource(ModbusRtuConfig.model_validate(config), "gw", sink)
+        async with running(source):
+            await sink.wait_for(lambda: len(sink.readings) >= 2)
+    assert sorted(sink.readings[0].values) == sorted(r["name"] for r in REGISTERS)
+    assert source.stats.counters["exception_response"] >= 2
+    assert "no_response" not in source.stats.counters
