@@ -8,12 +8,13 @@ from pathlib import Path
 from textwrap import dedent
 
 import pytest
+import yaml
 
 from drivers.serial.lines_config import SerialLinesConfig
 from drivers.serial.nmea_config import SerialNmeaConfig
 from drivers.serial.ports import describe_open_error
 from gateway.cli import main
-from gateway.config import load_config
+from gateway.config import GatewayConfig, load_config
 from gateway.errors import ConfigError
 
 EXAMPLE = Path(__file__).parents[2] / "config" / "gateway.example.yaml"
@@ -136,3 +137,14 @@ def test_the_example_loads_with_its_serial_drivers_commented_in(
 def test_open_errors_say_what_to_do(code: int, advice: str) -> None:
     message = describe_open_error("/dev/ttyUSB7", OSError(code, "x"))
     assert "/dev/ttyUSB7" in message and advice in message
+
+
+def test_every_serial_example_in_the_configuration_docs_is_a_valid_driver() -> None:
+    docs = (Path(__file__).parents[2] / "docs" / "configuration.md").read_text()
+    section = docs.split("### Serial (`type: serial`)")[1].split("\n### ")[0]
+    examples = re.findall(r"```yaml\n(.*?)```", section, re.S)
+    assert len(examples) >= 6
+    for example in examples:
+        items = yaml.safe_load(example)
+        config = GatewayConfig.model_validate({"gateway": {"id": "gw"}, "drivers": items})
+        assert config.drivers[0].type == "serial"
