@@ -146,8 +146,8 @@ async def test_after_an_unplug_and_replug_every_frame_sent_is_delivered(
     rabbitmq: RabbitMQNode, tmp_path: Path
 ) -> None:
     exchange = "serial-replug"
-    scenario = parse_scenario({"devices": DEVICES[:1]}, tmp_path)
-    config = _config(tmp_path, rabbitmq, exchange, "thermo")
+    scenario = parse_scenario({"devices": DEVICES[:2]}, tmp_path)
+    config = _config(tmp_path, rabbitmq, exchange, "thermo", "meter")
     async with (
         ReadingCollector(
             rabbitmq.url, exchange, queue=exchange, validate=validate_message
@@ -163,7 +163,9 @@ async def test_after_an_unplug_and_replug_every_frame_sent_is_delivered(
             before = thermo.stats.last_seq
             old_pty = thermo.port.device
             thermo.unplug()
+            meter_before = len(collector.received.seqs.get("meter", ()))
             await asyncio.sleep(3)  # retries while it is away
+            meter_during = len(collector.received.seqs.get("meter", ())) - meter_before
             thermo.plug()
             assert thermo.port.device != old_pty
             replugged = time.monotonic()
@@ -184,8 +186,10 @@ async def test_after_an_unplug_and_replug_every_frame_sent_is_delivered(
     assert log.count("serial device not present; waiting for it to be plugged in") == 1
     assert log.count("serial device gone; waiting for it to come back") == 1
     assert status["counters"]["disconnects"] == 1
+    assert meter_during >= 10  # the other port's driver read on, unaffected
     print(
         f"\n[serial replug] {len(after)} frames after the replug, gap-free from seq {after[0]} "
         f"to {after[-1]}; the gateway read again {resumed_after:.1f} s after the replug (the "
-        f"{after[0] - before - 1} frames written before it reopened were flushed by the open)"
+        f"{after[0] - before - 1} frames written before it reopened were flushed by the open); "
+        f"the meter on another port delivered {meter_during} readings meanwhile"
     )
