@@ -39,7 +39,8 @@ from gateway.model import Reading
 log = structlog.get_logger("drivers.serial")
 
 _MAX_PENDING = 10_000
-_HEALTHY_S = 60.0  # connected this long: the next failure starts the backoff afresh
+_HEALTHY_S = 60.0  # open this long: the next failure starts the backoff afresh (a flapping
+# device, open and gone again at once, is retried ever more slowly instead)
 
 LineDecoder = Callable[[bytes, float], Reading | None]
 """(line without its delimiter, received at (epoch s)) -> a reading, None (ignored), DecodeError."""
@@ -115,7 +116,6 @@ class SerialLineSource:
             try:
                 with open_link(path, self.config) as link:
                     self._log.info("serial port open", port=path, baudrate=self.config.baudrate)
-                    backoff.reset()
                     await self._session(link)
             except CannotOpen as exc:
                 self.stats.state = "cannot open"
