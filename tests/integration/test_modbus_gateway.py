@@ -18,21 +18,11 @@ from edge_gateway_sim.brokers import RabbitMQNode
 from edge_gateway_sim.consumer import ReadingCollector
 from edge_gateway_sim.gateway_process import GatewayProcess
 from harness import validate_message
+from test_modbus_source import REGISTERS
 
 from gateway.status import read_status
 
 INTERVAL_S = 0.5
-
-METER_MAP = """\
-      registers:
-        - {name: voltage, address: 0, type: float32, unit: V}
-        - {name: current, address: 2, type: float32, unit: A}
-        - {name: energy, address: 4, type: uint32, word_order: little, unit: Wh}
-        - {name: power_factor, address: 6, type: int16, scale: 0.001}
-        - {name: frequency, kind: input, address: 0, type: uint16, byte_order: little,
-           scale: 0.01, unit: Hz}
-        - {name: relay, kind: coil, address: 0, type: bool}
-"""
 
 
 def _gateway_config(tmp_path: Path, rabbit: RabbitMQNode, exchange: str, units: list[int]) -> Path:
@@ -44,7 +34,8 @@ def _gateway_config(tmp_path: Path, rabbit: RabbitMQNode, exchange: str, units: 
       timeout_s: 0.15
       retries: 1
       max_backoff_s: 4
-{METER_MAP}"""
+      registers: {json.dumps(REGISTERS)}
+"""
         for i in units
     )
     config = tmp_path / "gateway.yaml"

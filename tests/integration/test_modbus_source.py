@@ -8,6 +8,7 @@ end to end in test_modbus_gateway.py); between it and the simulator (serial_sim 
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from edge_gateway_sim.modbus_meter import ModbusMeter
 from edge_gateway_sim.serial_sim.scenario import parse_scenario
 from edge_gateway_sim.serial_sim.sim import SerialSim, SimDevice
@@ -26,23 +28,20 @@ from drivers.serial.modbus_config import ModbusRtuConfig
 from gateway.errors import BufferFull
 from gateway.model import Reading
 
-# The meter's register map (see edge_gateway_sim.modbus_meter), as a user writes it.
-REGISTERS = [
-    {"name": "voltage", "address": 0, "type": "float32", "unit": "V"},
-    {"name": "current", "address": 2, "type": "float32", "unit": "A"},
-    {"name": "energy", "address": 4, "type": "uint32", "word_order": "little", "unit": "Wh"},
-    {"name": "power_factor", "address": 6, "type": "int16", "scale": 0.001},
-    {
-        "name": "frequency",
-        "kind": "input",
-        "address": 0,
-        "type": "uint16",
-        "byte_order": "little",
-        "scale": 0.01,
-        "unit": "Hz",
-    },
-    {"name": "relay", "kind": "coil", "address": 0, "type": "bool"},
-]
+DOCS = Path(__file__).parents[2] / "docs" / "configuration.md"
+
+
+def documented_registers() -> list[dict[str, Any]]:
+    """The register map of the worked example in docs/configuration.md: the simulated meter
+    serves exactly that map, so the tests check the example too."""
+    section = DOCS.read_text().split("#### Modbus RTU")[1]
+    example = re.search(r"```yaml\n(.*?)```", section, re.S)
+    assert example is not None
+    registers: list[dict[str, Any]] = yaml.safe_load(example[1])[0]["units"][0]["registers"]
+    return registers
+
+
+REGISTERS = documented_registers()
 
 
 def bus_config(link: Path, unit_ids: Sequence[int], **unit: Any) -> ModbusRtuConfig:
