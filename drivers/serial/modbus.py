@@ -102,6 +102,7 @@ class ModbusSource:
         self._sink = sink
         self._units = [_Unit(unit, plan_blocks(unit.registers)) for unit in config.units]
         self._trace = RxTrace()
+        self._last_request = (0, 0, 0)  # unit id, function, count: what a late answer answers
         self._outbox: asyncio.Queue[list[Reading]] = asyncio.Queue(_OUTBOX)
         self._log = log.bind(driver=self.name)
         self._rate_limited = RateLimitedLog(self._log)
@@ -238,6 +239,8 @@ class ModbusSource:
         for _attempt in range(unit.config.retries + 1):
             if lost.is_set():
                 raise _PortLost
+            self._stray_bytes()
+            self._last_request = (unit_id, _READS[block.kind][0], block.count)
             try:
                 async with asyncio.timeout(unit.config.timeout_s):
                     response = await read(block.address, count=block.count, device_id=unit_id)
@@ -250,6 +253,8 @@ class ModbusSource:
                 self._count("request_errors")
                 self._rate_limited.warning("modbus-error", "Modbus request failed", error=str(exc))
                 continue
+            finally:
+                self._trace.settle()
             self._line_fault(unit_id, block, answered=True)
             if response.isError():
                 self._count("exception_response")
@@ -265,6 +270,28 @@ class ModbusSource:
                 return "refused"
             return list(response.bits if block.kind in ("coil", "discrete") else response.registers)
         return "no answer"
+
+    def _stray_bytes(self) -> None:
+        """Count bytes that came while no request was out: a late answer, or noise."""
+        data = self._trace.take_unsolicited()
+        if not data:
+            return
+        if classify_reply(*self._last_request, data) is None:
+            self._count("late_answer")
+            self._rate_limited.warning(
+                "late-answer",
+                "a Modbus unit answered after its timeout_s; consider a longer timeout_s",
+                unit=self._last_request[0],
+            )
+            return
+        self._count("garbage")
+        self.stats.malformed += 1
+        self._rate_limited.warning(
+            "line-stray",
+            "bad bytes on the Modbus line between requests",
+            sample=data[:64].hex(" "),
+            hint="check wiring, termination and that baudrate/parity match the devices",
+        )
 
     def _line_fault(self, unit_id: int, block: Block, answered: bool) -> None:
         """Count and log what was wrong with the bytes that came back, if anything."""

@@ -18,18 +18,35 @@ _EXCEPTION_FRAME_SIZE = 5  # unit, function | 0x80, exception code, CRC (2)
 
 
 class RxTrace:
-    """The bytes received since the last request was sent.
+    """The bytes received for the current request, and any that came while none was out.
 
     pymodbus hands `trace_packet` its whole receive buffer each time bytes arrive, so the
     latest view holds every byte of the current answer that pymodbus has not consumed yet
     (a frame it gave up on, with a bad CRC, is the last view before it was consumed).
+    Bytes that arrive after `settle()` (a late answer, noise between requests) are kept
+    apart in `unsolicited`, for `take_unsolicited()`.
     """
 
     def __init__(self) -> None:
         self.received = b""
+        self.unsolicited = b""
+        self._waiting = False
 
     def packet(self, sending: bool, data: bytes) -> bytes:
-        self.received = b"" if sending else data
+        if sending:
+            self.received, self._waiting = b"", True
+        elif self._waiting:
+            self.received = data
+        else:
+            self.unsolicited = data
+        return data
+
+    def settle(self) -> None:
+        """The current request is over (answered, or given up on)."""
+        self._waiting = False
+
+    def take_unsolicited(self) -> bytes:
+        data, self.unsolicited = self.unsolicited, b""
         return data
 
 

@@ -254,3 +254,25 @@ async def test_a_refused_read_is_counted_and_the_rest_of_the_reading_kept(tmp_pa
     assert set(sink.readings[0].values) == {str(r["name"]) for r in REGISTERS}
     assert source.stats.counters["exception_response"] >= 2
     assert "no_response" not in source.stats.counters
+
+
+async def test_noise_between_requests_is_counted_with_a_sample(tmp_path: Path) -> None:
+    """A wrong baud rate or a noisy line sends bytes nobody asked for: each burst is counted
+    (at the next request) and logged with its bytes, and the readings stay whole."""
+    link = tmp_path / "meter"
+    sink = ListSink()
+    async with meter_bus(tmp_path, units=[1]) as (device, _):
+        source = ModbusSource(bus_config(link, [1], poll_interval_s=1.0), "gw", sink)
+        with capture_logs() as logs:
+            async with running(source):
+                await sink.wait_for(lambda: len(sink.readings) >= 1)
+                for _ in range(3):
+                    await asyncio.sleep(0.5)  # between two polls
+                    await device.noise(40)
+                    await asyncio.sleep(0.6)
+                await sink.wait_for(lambda: len(sink.readings) >= 4)
+    assert source.stats.counters["garbage"] == 3
+    assert source.stats.malformed == 3
+    samples = [e["sample"] for e in logs if e["event"].startswith("bad bytes on the Modbus")]
+    assert samples and len(samples[0].split()) == 41  # 40 noise bytes and the delimiter
+    assert all(reading.values["voltage"] == 230.1 for reading in sink.readings)

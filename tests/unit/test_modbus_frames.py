@@ -33,9 +33,16 @@ def test_each_fault_is_named(data: bytes, fault: str | None) -> None:
     assert classify_reply(1, 3, 2, data) == fault
 
 
-def test_the_trace_keeps_what_arrived_since_the_last_request() -> None:
+def test_the_trace_keeps_what_arrived_for_a_request_apart_from_stray_bytes() -> None:
     trace = RxTrace()
-    assert trace.packet(False, b"\x01\x03") == b"\x01\x03"
-    assert trace.received == b"\x01\x03"
+    assert trace.packet(True, b"request") == b"request"
+    trace.packet(False, b"\x01\x03")
+    trace.packet(False, b"\x01\x03\x04")  # pymodbus passes its whole buffer each time
+    assert trace.received == b"\x01\x03\x04"
+    trace.settle()
+    trace.packet(False, b"\xfe\xfe")  # after the request is over: noise, or a late answer
+    assert trace.received == b"\x01\x03\x04"
+    assert trace.take_unsolicited() == b"\xfe\xfe"
+    assert trace.take_unsolicited() == b""
     trace.packet(True, b"request")
     assert trace.received == b""
