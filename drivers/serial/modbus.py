@@ -173,10 +173,17 @@ class ModbusSource:
             )
         else:  # pymodbus only says "failed": open the path ourselves to learn why
             try:
-                os.close(os.open(path, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK))
-                reason = f"cannot open {path} as a serial port (is it a tty?)"
+                fd = os.open(path, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
             except OSError as exc:
                 reason = describe_open_error(path, exc)
+            else:
+                tty = os.isatty(fd)
+                os.close(fd)
+                reason = (
+                    f"cannot open {path} as a serial port"
+                    if tty
+                    else f"{path} is not a serial port (not a tty); check `port`"
+                )
         self.stats.state = "cannot open"
         self.stats.failed(reason)
         self._rate_limited.error("open", "cannot open the serial port", error=reason)

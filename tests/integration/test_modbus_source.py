@@ -276,3 +276,15 @@ async def test_noise_between_requests_is_counted_with_a_sample(tmp_path: Path) -
     samples = [e["sample"] for e in logs if e["event"].startswith("bad bytes on the Modbus")]
     assert samples and len(samples[0].split()) == 41  # 40 noise bytes and the delimiter
     assert all(reading.values["voltage"] == 230.1 for reading in sink.readings)
+
+
+async def test_a_port_that_is_not_a_serial_port_is_reported_not_crashed_on(
+    tmp_path: Path,
+) -> None:
+    not_a_tty = tmp_path / "meter"
+    not_a_tty.write_bytes(b"")
+    source = ModbusSource(bus_config(not_a_tty, [1]), "gw", ListSink())
+    async with running(source) as task:
+        await asyncio.sleep(1.0)
+        assert not task.done()
+    assert source.stats.last_error == f"{not_a_tty} is not a serial port (not a tty); check `port`"
