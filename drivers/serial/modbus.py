@@ -21,7 +21,6 @@ import os
 import termios
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import Literal
 
 import structlog
@@ -33,6 +32,7 @@ from drivers.base import DriverStats, Sink
 from drivers.serial.modbus_config import ModbusRtuConfig, ModbusUnit
 from drivers.serial.modbus_frames import RxTrace, classify_reply
 from drivers.serial.modbus_registers import Block, decode_block, plan_blocks
+from drivers.serial.modbus_schedule import UnitSchedule
 from drivers.serial.ports import describe_open_error, wait_for_port
 from gateway.backoff import Backoff
 from gateway.errors import BufferFull, DecodeError, StorageError
@@ -62,36 +62,6 @@ class _PortLost(Exception):
     """pymodbus reported the line closed (device unplugged): start over from `wait_for_port`."""
 
 
-@dataclass(slots=True)
-class _Unit:
-    """A unit's schedule: when it is due next, and how many polls in a row it missed."""
-
-    config: ModbusUnit
-    blocks: tuple[Block, ...]
-    due: float = 0.0
-    failures: int = 0
-
-    def answered(self, now: float) -> bool:
-        """Schedule the next poll; True if the unit had been failing until now.
-
-        The schedule keeps its phase: a poll delayed by another unit's timeouts is
-        followed by the next one on time (or at once, when that time has passed too).
-        """
-        self.due = max(self.due + self.config.poll_interval_s, now)
-        recovered, self.failures = self.failures > 0, 0
-        return recovered
-
-    def missed(self, now: float) -> float:
-        """Back the unit off: its interval doubles per missed poll, up to `max_backoff_s`."""
-        self.failures += 1
-        interval = self.config.poll_interval_s
-        delay = max(
-            interval, min(self.config.max_backoff_s, interval * 2.0 ** min(self.failures, 32))
-        )
-        self.due = now + delay
-        return delay
-
-
 class ModbusSource:
     """A `type: serial`, `protocol: modbus-rtu` driver instance: one bus."""
 
@@ -100,7 +70,7 @@ class ModbusSource:
         self.config = config
         self.stats = DriverStats(type="serial")
         self._sink = sink
-        self._units = [_Unit(unit, plan_blocks(unit.registers)) for unit in config.units]
+        self._units = [UnitSchedule(unit, plan_blocks(unit.registers)) for unit in config.units]
         self._trace = RxTrace()
         self._last_request = (0, 0, 0)  # unit id, function, count: what a late answer answers
         self._outbox: asyncio.Queue[list[Reading]] = asyncio.Queue(_OUTBOX)
@@ -207,7 +177,7 @@ class ModbusSource:
                 await self._poll_unit(client, unit, lost)
 
     async def _poll_unit(
-        self, client: AsyncModbusSerialClient, unit: _Unit, lost: asyncio.Event
+        self, client: AsyncModbusSerialClient, unit: UnitSchedule, lost: asyncio.Event
     ) -> None:
         values: dict[str, Value] = {}
         for block in unit.blocks:
@@ -238,7 +208,7 @@ class ModbusSource:
             await self._outbox.put([self._reading(unit.config, values)])
 
     async def _read(
-        self, client: AsyncModbusSerialClient, unit: _Unit, block: Block, lost: asyncio.Event
+        self, client: AsyncModbusSerialClient, unit: UnitSchedule, block: Block, lost: asyncio.Event
     ) -> list[int] | list[bool] | Literal["no answer", "refused"]:
         """One block's words (or bits), with the unit's deadline and retries."""
         read: Read = getattr(client, _READS[block.kind][1])
@@ -320,7 +290,7 @@ class ModbusSource:
             hint="check wiring, termination and that baudrate/parity match the devices",
         )
 
-    def _missed(self, unit: _Unit) -> None:
+    def _missed(self, unit: UnitSchedule) -> None:
         """Back the unit off; say so once per outage (`answered` says when it is over)."""
         delay = unit.missed(time.monotonic())
         self.stats.failed(f"unit {unit.config.unit_id} ({unit.config.device}) does not answer")

@@ -219,8 +219,10 @@ async def test_line_noise_is_counted_per_kind_and_costs_no_good_reading(tmp_path
                 await sink.wait_for(lambda: len(sink.readings) >= 30 and meter.damaged >= 9)
     counters = source.stats.counters
     assert counters["garbage"] >= 3 and counters["bad_crc"] >= 3 and counters["short_frame"] >= 3
-    assert counters["garbage"] + counters["bad_crc"] + counters["short_frame"] == meter.damaged
-    assert source.stats.malformed == meter.damaged
+    # Every damaged answer is counted once, but for the one in flight when the test stopped.
+    counted = counters["garbage"] + counters["bad_crc"] + counters["short_frame"]
+    assert meter.damaged - 1 <= counted <= meter.damaged
+    assert source.stats.malformed == counted
     for reading in sink.readings:  # every reading is whole and right
         assert reading.values["voltage"] == 230 + int(reading.device[-1]) / 10
         assert len(reading.values) == 6
