@@ -222,6 +222,8 @@ class ModbusSource:
                 async with asyncio.timeout(unit.config.timeout_s):
                     response = await read(block.address, count=block.count, device_id=unit_id)
             except TimeoutError:
+                if lost.is_set():  # unplugged while waiting: not the unit's fault
+                    raise _PortLost from None
                 self._line_fault(unit_id, block, answered=False)
                 continue
             except ModbusException as exc:  # not connected: the line is going away
