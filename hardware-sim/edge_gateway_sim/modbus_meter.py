@@ -21,7 +21,8 @@ Register map of every unit (addresses as on the wire, from 0):
 Options: `units` (the unit ids on the bus, default [1, 2]); `silent` (unit ids that
 never answer; tests may change the `silent` set while it runs); `damage` (0..1, the
 share of answers damaged on the way: garbage before the frame, a bad CRC, or half a
-frame, in turn). The scenario's faults (unplug, noise, stall, bad_frames) apply too.
+frame, in turn). The scenario's unplug, noise and stall faults apply too (bad_frames
+damages frames a device sends by itself, which a Modbus slave never does).
 """
 
 from __future__ import annotations
@@ -95,12 +96,6 @@ class ModbusMeter(DeviceModel):
     def frame(self) -> bytes:
         """Never called (`interval_s` is None): a Modbus slave speaks only when asked."""
         return b""
-
-    def corrupt(self, frame: bytes) -> bytes:
-        """The scenario's bad_frames fault: a frame with a flipped bit (its CRC fails)."""
-        if len(frame) < 4:
-            return bytes(self.rng.randrange(256) for _ in range(8))
-        return frame[:3] + bytes([frame[3] ^ 0x10]) + frame[4:]
 
     def answer(self, data: bytes) -> bytes:
         """Take bytes from the master; return the answers to every whole request among them.
