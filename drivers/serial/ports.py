@@ -91,16 +91,20 @@ def _resolve_usb(usb: UsbMatch) -> str | None:
     from serial.tools import list_ports
 
     for info in sorted(list_ports.comports(), key=lambda info: str(info.device)):
-        if info.vid is None:
-            continue  # not a USB device
-        if usb.vendor_id is not None and info.vid != int(usb.vendor_id, 16):
-            continue
-        if usb.product_id is not None and info.pid != int(usb.product_id, 16):
-            continue
-        if usb.serial_number is not None and info.serial_number != usb.serial_number:
-            continue
-        return str(info.device)
+        if usb_matches(usb, info):
+            return str(info.device)
     return None
+
+
+def usb_matches(usb: UsbMatch, info: Any) -> bool:
+    """Whether a port (pyserial's `ListPortInfo`) is the USB device `usb` describes."""
+    if info.vid is None:
+        return False  # not a USB device
+    if usb.vendor_id is not None and info.vid != int(usb.vendor_id, 16):
+        return False
+    if usb.product_id is not None and info.pid != int(usb.product_id, 16):
+        return False
+    return usb.serial_number is None or info.serial_number == usb.serial_number
 
 
 def describe_open_error(path: str, exc: OSError) -> str:

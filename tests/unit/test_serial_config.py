@@ -9,10 +9,12 @@ from textwrap import dedent
 
 import pytest
 import yaml
+from serial.tools.list_ports_common import ListPortInfo
 
 from drivers.serial.lines_config import SerialLinesConfig
 from drivers.serial.nmea_config import SerialNmeaConfig
-from drivers.serial.ports import describe_open_error
+from drivers.serial.port_config import UsbMatch
+from drivers.serial.ports import describe_open_error, usb_matches
 from gateway.cli import main
 from gateway.config import GatewayConfig, load_config
 from gateway.errors import ConfigError
@@ -148,3 +150,26 @@ def test_every_serial_example_in_the_configuration_docs_is_a_valid_driver() -> N
         items = yaml.safe_load(example)
         config = GatewayConfig.model_validate({"gateway": {"id": "gw"}, "drivers": items})
         assert config.drivers[0].type == "serial"
+
+
+def _port(vid: int | None, pid: int | None, serial_number: str | None) -> ListPortInfo:
+    info = ListPortInfo("/dev/ttyUSB0", skip_link_detection=True)
+    info.vid, info.pid, info.serial_number = vid, pid, serial_number
+    return info
+
+
+@pytest.mark.parametrize(
+    ("match", "port", "expected"),
+    [
+        ({"vendor_id": "0403"}, _port(0x0403, 0x6001, "A10K3J2B"), True),
+        ({"vendor_id": "067B", "product_id": "2303"}, _port(0x067B, 0x2303, None), True),
+        ({"vendor_id": "0403", "serial_number": "A10K3J2B"}, _port(0x0403, 0x6001, "B"), False),
+        ({"product_id": "ea60"}, _port(0x10C4, 0xEA60, "0001"), True),
+        ({"vendor_id": "1a86"}, _port(0x0403, 0x6001, None), False),
+        ({"serial_number": "x"}, _port(None, None, "x"), False),  # not a USB port
+    ],
+)
+def test_a_usb_match_picks_ports_by_vendor_product_and_serial_number(
+    match: dict[str, str], port: ListPortInfo, expected: bool
+) -> None:
+    assert usb_matches(UsbMatch(**match), port) is expected
