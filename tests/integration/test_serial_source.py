@@ -247,3 +247,32 @@ async def test_a_port_held_exclusively_by_another_program_is_reported_as_busy(
             task.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await task
+
+
+async def test_waiting_on_a_silent_port_and_on_an_absent_one_costs_no_cpu(tmp_path: Path) -> None:
+    """No busy polling: a port with nothing to say, and a device that is not there, are waited
+    for by the event loop (and a backoff), not by a loop that spins."""
+    silent = {"name": "meter", "path": "dev/meter", "model": "kv-sensor",
+              "options": {"query": "READ\r\n"}}  # fmt: skip
+    absent = {**JSON_SENSOR, "plugged": False}
+    driver = {"protocol": "lines", "format": "kv", "port": str(tmp_path / "dev/meter")}
+    async with rig(tmp_path, [silent, absent], driver) as r:
+        await r.wait_for("open", lambda: r.stats.state == "reading")
+        other = SerialLineSource(
+            driver_config({"protocol": "lines", "format": "json",
+                           "port": str(tmp_path / "dev/thermo")}),
+            "gw",
+            r.buffer,
+        )  # fmt: skip
+        waiting = asyncio.create_task(other.run())
+        try:
+            await eventually("waiting", lambda: other.stats.state == "waiting for device")
+            before = time.process_time()
+            await asyncio.sleep(3)
+            used = time.process_time() - before
+        finally:
+            waiting.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await waiting
+    assert used < 0.3, f"{used:.2f} s of CPU in 3 s of waiting"
+    assert r.stats.readings == 0
