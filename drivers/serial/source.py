@@ -10,8 +10,9 @@ before an unplug or while the buffer refuses them are held (up to
 (`overflow`).
 
 Bad input never costs a good line: each line is decoded on its own, and every
-failure is counted by kind in `stats.counters` (`malformed`, `bad_checksum`,
-`overlong`, `partial`) and logged at most every 10 s with a hex sample.
+failure is counted (`stats.malformed`, `stats.oversized` for overlong lines, and
+by kind in `stats.counters`: `bad_checksum`, `partial`, `disconnects`, `stalled`,
+`overflow`) and logged at most every 10 s per kind with a hex sample.
 """
 
 from __future__ import annotations
@@ -150,7 +151,8 @@ class SerialLineSource:
         except* PortGone as group:
             tail = framer.reset()
             if tail:
-                self._bad("partial", "half a line when the port closed; skipped", tail)
+                self._count("partial")
+                self._warn("partial", "half a line when the port closed; skipped", tail)
             raise group.exceptions[0] from None
 
     async def _query(self, link: SerialLink, command: bytes) -> None:
@@ -178,17 +180,18 @@ class SerialLineSource:
         for line in lines:
             if isinstance(line, Overlong):
                 self.stats.oversized += 1
-                self._bad("overlong", "line longer than max_line_bytes; skipped", line.sample)
+                self._warn("overlong", "line longer than max_line_bytes; skipped", line.sample)
                 continue
             try:
                 reading = self._protocol.decode(line.rstrip(b"\r"), received)
             except ChecksumError as exc:
                 self.stats.malformed += 1
-                self._bad("bad_checksum", str(exc), exc.sample)
+                self._count("bad_checksum")
+                self._warn("bad_checksum", str(exc), exc.sample)
                 continue
             except DecodeError as exc:
                 self.stats.malformed += 1
-                self._bad("malformed", str(exc), exc.sample)
+                self._warn("malformed", str(exc), exc.sample)
                 continue
             if reading is not None:
                 readings.append(reading)
@@ -197,12 +200,12 @@ class SerialLineSource:
         kept = readings[: max(0, _MAX_PENDING - len(self._pending))]
         if len(kept) < len(readings):
             dropped = len(readings) - len(kept)
-            self._bad("overflow", "too many readings wait for the buffer; dropped", b"", dropped)
+            self._count("overflow", dropped)
+            self._warn("overflow", "too many readings wait for the buffer; dropped", b"")
         self._pending.extend(kept)
         self._arrived.set()
 
-    def _bad(self, kind: str, problem: str, sample: bytes, n: int = 1) -> None:
-        self._count(kind, n)
+    def _warn(self, kind: str, problem: str, sample: bytes) -> None:
         self._rate_limited.warning(
             kind, "bad serial input; skipped", kind=kind, problem=problem, sample=sample.hex(" ")
         )

@@ -127,7 +127,7 @@ async def test_every_device_is_read_and_every_good_frame_next_to_noise_arrives(
     thermo_seqs = _seqs_from(collector, "thermo", first)
     assert _gap_free(thermo_seqs) and thermo_seqs[-1] >= last
     assert _gap_free(sorted(got.seqs["meter"]))
-    assert thermo_status["counters"]["malformed"] == 10  # 5 noise bursts + 5 damaged frames
+    assert thermo_status["malformed"] == 10  # 5 noise bursts + 5 damaged frames
     assert gps_status["counters"]["bad_checksum"] == 5
     assert "bad_checksum 5" in shown
     fixes = [r for r in got.kept if r["device"] == "gps"]
@@ -138,7 +138,7 @@ async def test_every_device_is_read_and_every_good_frame_next_to_noise_arrives(
     print(
         f"\n[serial e2e] thermo {len(thermo_seqs)} gap-free from seq {first}, "
         f"meter {len(got.seqs['meter'])}, gps {len(fixes)} readings, "
-        f"malformed {thermo_status['counters']['malformed']}, bad_checksum 5"
+        f"malformed {thermo_status['malformed']}, bad_checksum 5"
     )
 
 

@@ -120,8 +120,8 @@ async def test_every_good_line_arrives_between_noise_bad_frames_and_overlong_lin
         first = min(seqs)
         assert contiguous(seqs) and len(seqs) == len(set(seqs))
         assert max(seqs) - first + 1 >= 25
-        assert r.stats.counters["malformed"] == 3 + 6  # noise bursts + damaged frames
-        assert r.stats.counters["overlong"] == 3
+        assert r.stats.malformed == 3 + 6  # noise bursts + damaged frames
+        assert r.stats.oversized == 3
         assert (await r.readings())[0]["units"] == {"temperature": "Cel"}
 
 
