@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from edge_gateway_sim.serial_sim.models import ModelError
 from edge_gateway_sim.serial_sim.registry import model_class
-from edge_gateway_sim.serial_sim.scenario import ScenarioError, parse_scenario
+from edge_gateway_sim.serial_sim.scenario import ScenarioError, load_scenario, parse_scenario
 
 from drivers.serial.lines import decode_line
 from drivers.serial.lines_config import SerialLinesConfig
@@ -84,3 +84,10 @@ def test_the_kv_model_answers_each_query_with_one_line() -> None:
         type="serial", name="m", protocol="lines", port="/dev/x", format="kv"
     )
     assert [decode_line(config, line, 0.0, "m").values["seq"] for line in lines] == [1, 2]
+
+
+def test_the_shipped_scenario_loads() -> None:
+    scenario = load_scenario(Path(__file__).parents[2] / "hardware-sim/scenarios/serial.yaml")
+    assert {d.model for d in scenario.devices} == {"json-sensor", "kv-sensor", "nmea-gps"}
+    for device in scenario.devices:
+        model_class(device.model)(device.options, random.Random(1))
