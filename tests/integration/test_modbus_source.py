@@ -290,3 +290,19 @@ async def test_a_port_that_is_not_a_serial_port_is_reported_not_crashed_on(
         await asyncio.sleep(1.0)
         assert not task.done()
     assert source.stats.last_error == f"{not_a_tty} is not a serial port (not a tty); check `port`"
+
+
+async def test_a_driver_cancelled_mid_request_stops_at_once(tmp_path: Path) -> None:
+    """Shutdown must not wait for a unit that does not answer (nor carry on polling: before
+    3.16, pymodbus turned the cancellation of a request into an error of its own)."""
+    link = tmp_path / "meter"
+    async with meter_bus(tmp_path, units=[1], silent=[1]):
+        source = ModbusSource(bus_config(link, [1], timeout_s=5.0), "gw", ListSink())
+        task = asyncio.create_task(source.run())
+        await asyncio.sleep(1.0)  # polling unit 1, waiting up to 5 s for its answer
+        assert source.stats.state == "polling"
+        task.cancel()
+        async with asyncio.timeout(1.0):
+            with pytest.raises(asyncio.CancelledError):
+                await task
+    assert source.stats.state == "stopped"
