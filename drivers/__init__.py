@@ -23,4 +23,14 @@ def create_driver(config: DriverConfig, gateway_id: str, sink: Sink) -> Driver:
             from drivers.ble.source import BleSource
 
             return BleSource(config, gateway_id, sink)
+        case "serial":
+            from drivers.serial.modbus_config import ModbusRtuConfig
+
+            if isinstance(config, ModbusRtuConfig):
+                from drivers.serial.modbus import ModbusSource
+
+                return ModbusSource(config, gateway_id, sink)
+            from drivers.serial.source import SerialLineSource
+
+            return SerialLineSource(config, gateway_id, sink)
     raise AssertionError(f"no driver for type {config.type!r}")  # config validation prevents it

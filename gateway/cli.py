@@ -114,12 +114,7 @@ def summarise(path: Path, config: GatewayConfig) -> str:
     if not config.drivers:
         lines.append("  drivers  none (nothing will be read)")
     for driver in config.drivers:
-        if driver.type == "ble":
-            lines.append(f"  driver   {driver.name}: {driver.summary()}")
-            continue
-        port = driver.port or (8883 if driver.tls else 1883)
-        topics = ", ".join(s.topic for s in driver.subscriptions)
-        lines.append(f"  driver   {driver.name}: mqtt {driver.host}:{port} [{topics}]")
+        lines.append(f"  driver   {driver.name}: {driver.summary()}")
     return "\n".join(lines)
 
 

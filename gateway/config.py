@@ -23,10 +23,18 @@ from pydantic import BaseModel, ByteSize, Field, ValidationError, field_validato
 
 from drivers.ble.config import BleDriverConfig
 from drivers.mqtt.config import MqttDriverConfig
+from drivers.serial.lines_config import SerialLinesConfig
+from drivers.serial.modbus_config import ModbusRtuConfig
+from drivers.serial.nmea_config import SerialNmeaConfig
 from gateway.config_types import Seconds, SecretFile, StrictModel, TlsConfig
 from gateway.errors import ConfigError
 
-DriverConfig = Annotated[MqttDriverConfig | BleDriverConfig, Field(discriminator="type")]
+SerialDriverConfig = Annotated[
+    SerialLinesConfig | SerialNmeaConfig | ModbusRtuConfig, Field(discriminator="protocol")
+]
+DriverConfig = Annotated[
+    MqttDriverConfig | SerialDriverConfig | BleDriverConfig, Field(discriminator="type")
+]
 
 ROUTING_KEY_FIELDS = frozenset({"gateway", "site", "device", "source"})
 
@@ -357,14 +365,22 @@ def _explain(error: Any, data: Any, at: KeyPath) -> str:
         return "required key is missing"
     if kind == "union_tag_invalid":
         ctx = error["ctx"]
-        return f"unknown type {ctx['tag']!r}; expected one of: {ctx['expected_tags']}"
+        key = ctx["discriminator"].strip("'")
+        return f"unknown {key} {ctx['tag']!r}; expected one of: {ctx['expected_tags']}"
     if kind == "union_tag_not_found":
-        return "the key 'type' is missing (for a driver: mqtt)"
+        key = error["ctx"]["discriminator"].strip("'")
+        return f"the key {key!r} is missing ({_TAG_HINTS.get(key, '')})"
     if kind == "value_error":
         return str(error["ctx"]["error"])
     got = error.get("input")
     shown = "" if isinstance(got, dict | list) else f" (got {got!r})"
     return msg[0].lower() + msg[1:] + shown
+
+
+_TAG_HINTS = {
+    "type": "for a driver: mqtt, serial or ble",
+    "protocol": "for a serial driver: lines, nmea or modbus-rtu",
+}
 
 
 def _allowed_keys(data: Any, at: KeyPath) -> list[str]:
@@ -407,7 +423,11 @@ def _model_in(annotation: Any, node: Any) -> Any:
     models = [m for m in (_model_in(arg, node) for arg in get_args(annotation)) if m is not None]
     if isinstance(node, dict) and len(models) > 1:
         for candidate in models:
-            type_field = candidate.model_fields.get("type")
-            if type_field is not None and node.get("type") in get_args(type_field.annotation):
+            tags = [
+                (key, candidate.model_fields[key].annotation)
+                for key in ("type", "protocol")
+                if key in candidate.model_fields
+            ]
+            if tags and all(node.get(key) in get_args(tag) for key, tag in tags):
                 return candidate
     return models[0] if models else None

@@ -162,6 +162,7 @@ def format_status(report: dict[str, Any]) -> str:
             f"driver     {name} ({stats['type']}): {stats['state']}, {stats['readings']} readings"
             + (f", last {time.time() - seen:.0f} s ago" if seen else "")
             + f", malformed {stats['malformed']}, oversized {stats['oversized']}"
+            + "".join(f", {kind} {n}" for kind, n in sorted(stats.get("counters", {}).items()))
             + f", errors {stats['errors']}"
             + (f" (last: {stats['last_error']})" if stats["last_error"] else "")
         )

@@ -90,6 +90,12 @@ class MqttDriverConfig(StrictModel):
     reconnect_max_s: Seconds = 60.0
     subscriptions: list[Subscription] = Field(min_length=1)
 
+    def summary(self) -> str:
+        """One line for `edge-gateway check`."""
+        port = self.port or (8883 if self.tls else 1883)
+        topics = ", ".join(s.topic for s in self.subscriptions)
+        return f"mqtt {self.host}:{port} [{topics}]"
+
     @model_validator(mode="after")
     def _credentials(self) -> MqttDriverConfig:
         if self.password_file is not None and self.username is None:

@@ -7,6 +7,8 @@ the result while a human watches the progress.
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
 import json
 import signal
 import sys
@@ -14,6 +16,8 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict
+from pathlib import Path
+from typing import Any
 
 from paho.mqtt.enums import MQTTProtocolVersion
 
@@ -32,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_mqtt(commands)
     _add_demo(commands)
     _add_ble(commands)
+    _add_serial(commands)
     # More device kinds (serial, ble) register here: add a subparser and
     # `set_defaults(handler=...)` with a function taking the parsed args, returning an exit code.
     return parser
@@ -189,6 +194,55 @@ def _run_mqtt(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 1
+    return 0
+
+
+# -- serial -----------------------------------------------------------------------------------
+
+
+def _add_serial(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = commands.add_parser(
+        "serial",
+        help="serial devices on pseudo-terminals, behind the symlinks a scenario names",
+        description="Run the devices of a scenario file (YAML or JSON; see "
+        "edge_gateway_sim/serial_sim/scenario.py) on pseudo-terminals and play its faults. "
+        "Point the gateway's `port` at the symlink paths. Runs until --duration, Ctrl-C or "
+        "SIGTERM; prints what each device did as one JSON line.",
+    )
+    p.add_argument("--scenario", type=Path, required=True, help="the scenario file")
+    p.add_argument("--duration", type=float, help="stop after this many seconds")
+    p.set_defaults(handler=_run_serial)
+
+
+def _run_serial(args: argparse.Namespace) -> int:
+    from edge_gateway_sim.serial_sim.scenario import ScenarioError, load_scenario
+    from edge_gateway_sim.serial_sim.sim import SerialSim
+
+    async def run() -> dict[str, Any]:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop.set)
+        async with SerialSim(load_scenario(args.scenario)) as sim:
+            for name, device in sim.devices.items():
+                state = device.port.device or "unplugged"
+                print(
+                    f"edge-gateway-sim serial: {name}: {device.spec.path} -> {state}",
+                    file=sys.stderr,
+                )
+            async with asyncio.TaskGroup() as tasks:
+                faults = tasks.create_task(sim.run_faults())
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), args.duration)
+                faults.cancel()
+            return sim.stats()
+
+    try:
+        stats = asyncio.run(run())
+    except ScenarioError as exc:
+        print(f"edge-gateway-sim serial: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(stats, separators=(",", ":")))
     return 0
 
 

@@ -5,13 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from example_config import EXAMPLE, example_with
 
 from drivers.ble.config import BleDriverConfig
 from gateway.cli import main
 from gateway.config import load_config
 from gateway.errors import ConfigError
-
-EXAMPLE = Path(__file__).parents[2] / "config" / "gateway.example.yaml"
 
 
 def _load(tmp_path: Path, driver: str) -> BleDriverConfig:
@@ -29,9 +28,10 @@ def _error(tmp_path: Path, driver: str) -> str:
 
 
 def test_the_example_configuration_checks_and_summarises_its_ble_driver(
-    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     assert main(["check", "--config", str(EXAMPLE)]) == 0
+    assert main(["check", "--config", str(example_with("ble", tmp_path))]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert "  driver   ble: ble hci0 (active scan, 3 allow-list entries, 1 named, 1 GATT)" in lines
 

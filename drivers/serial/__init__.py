@@ -1,0 +1,1 @@
+"""USB serial sources: line protocols, NMEA 0183 and Modbus RTU over one port each."""

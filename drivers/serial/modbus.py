@@ -1,0 +1,353 @@
+"""The Modbus RTU source: one RS-485 bus, its units polled in turn, each on its own schedule.
+
+RS-485 is half duplex: one request at a time, so a unit that does not answer costs the
+others bus time. Each request therefore has a short deadline (`timeout_s`) and few
+retries, and a unit that keeps failing is polled less often (its interval doubling up
+to `max_backoff_s`) until it answers again; the units that answer keep their schedule.
+
+One pymodbus `AsyncModbusSerialClient` per bus, created per plug-in: the port is found
+with `wait_for_port` (absent at start-up or unplugged: logged once, retried with
+backoff), and when pymodbus reports the line lost the client is dropped and the search
+starts over. Readings go to the buffer through a small queue; while the buffer refuses
+them they are held and polling pauses (nothing is dropped).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import termios
+import time
+from collections.abc import Awaitable, Callable
+from typing import Literal
+
+import structlog
+from pymodbus.client import AsyncModbusSerialClient
+from pymodbus.exceptions import ModbusException
+from pymodbus.pdu import ModbusPDU
+
+from drivers.base import DriverStats, Sink
+from drivers.serial.modbus_config import ModbusRtuConfig, ModbusUnit
+from drivers.serial.modbus_frames import RxTrace, classify_reply
+from drivers.serial.modbus_registers import Block, decode_block, plan_blocks
+from drivers.serial.modbus_schedule import UnitSchedule
+from drivers.serial.ports import describe_open_error, wait_for_port
+from gateway.backoff import Backoff
+from gateway.errors import BufferFull, DecodeError, StorageError
+from gateway.logs import RateLimitedLog
+from gateway.model import Reading, Value, utc_from_epoch
+
+log = structlog.get_logger("drivers.serial.modbus")
+
+# The driver reports bus trouble itself, counted and rate-limited; pymodbus would log an
+# error line per timed-out or skipped frame, several a second on a bad line.
+logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
+
+_PARITY = {"none": "N", "even": "E", "odd": "O", "mark": "M", "space": "S"}
+# kind -> (function code, the pymodbus client method that sends it)
+_READS = {
+    "coil": (1, "read_coils"),
+    "discrete": (2, "read_discrete_inputs"),
+    "holding": (3, "read_holding_registers"),
+    "input": (4, "read_input_registers"),
+}
+_OUTBOX = 64  # polls' worth of readings waiting for the buffer before polling pauses
+
+Read = Callable[..., Awaitable[ModbusPDU]]
+
+
+class _PortLost(Exception):
+    """pymodbus reported the line closed (device unplugged): start over from `wait_for_port`."""
+
+
+class ModbusSource:
+    """A `type: serial`, `protocol: modbus-rtu` driver instance: one bus."""
+
+    def __init__(self, config: ModbusRtuConfig, gateway_id: str, sink: Sink) -> None:
+        self.name = config.name
+        self.config = config
+        self.stats = DriverStats(type="serial")
+        self._sink = sink
+        self._units = [UnitSchedule(unit, plan_blocks(unit.registers)) for unit in config.units]
+        self._trace = RxTrace()
+        self._last_request = (0, 0, 0)  # unit id, function, count: what a late answer answers
+        self._outbox: asyncio.Queue[list[Reading]] = asyncio.Queue(_OUTBOX)
+        self._log = log.bind(driver=self.name)
+        self._rate_limited = RateLimitedLog(self._log)
+
+    async def run(self) -> None:
+        # The outbox outlives a restart: readings polled before a failure are still put.
+        try:
+            async with asyncio.TaskGroup() as tasks:
+                tasks.create_task(self._deliver())
+                await self._keep_port()
+        finally:
+            self.stats.state = "stopped"
+
+    async def _keep_port(self) -> None:
+        """Find the port, poll until it goes away, start over; for ever."""
+        backoff = Backoff(0.5, 30.0)
+        while True:
+            path = await wait_for_port(self.config, self._log, self.stats)
+            lost = asyncio.Event()
+
+            def on_connect(up: bool, lost: asyncio.Event = lost) -> None:
+                if not up:
+                    lost.set()
+
+            client = AsyncModbusSerialClient(
+                path,
+                baudrate=self.config.baudrate,
+                bytesize=self.config.bytesize,
+                parity=_PARITY[self.config.parity],
+                stopbits=self.config.stopbits,  # type: ignore[arg-type]  # 1.5 is pyserial's
+                name=self.name,
+                reconnect_delay=0,  # reconnecting is ours: through wait_for_port
+                timeout=2 * max(unit.timeout_s for unit in self.config.units),
+                retries=0,  # retries are ours too, with each unit's own deadline
+                trace_packet=self._trace.packet,
+                trace_connect=on_connect,
+            )
+            try:
+                if not await self._connect(client, path):
+                    await asyncio.sleep(backoff.next_delay())
+                    continue
+                backoff.reset()
+                self.stats.state = "polling"
+                self._log.info("polling Modbus units", port=path, units=self._unit_ids())
+                await self._poll(client, lost)
+            except _PortLost:
+                self.stats.state = "device lost"
+                self.stats.failed(f"{path} went away")
+                self._rate_limited.warning(
+                    "lost",
+                    "serial device went away; waiting for it to come back",
+                    port=path,
+                )
+            finally:
+                client.close()
+
+    async def _connect(self, client: AsyncModbusSerialClient, path: str) -> bool:
+        """Open the port; on failure log why, in words a user can act on."""
+        try:
+            if await client.connect():
+                return True
+        except termios.error as exc:  # pyserial opened it, the line settings were refused
+            c = self.config
+            reason = (
+                f"{path} refuses the line settings (baudrate {c.baudrate}, {c.bytesize} bits, "
+                f"parity {c.parity}, {c.stopbits} stop bits): {exc.args[-1]}; "
+                "check that the adapter supports them"
+            )
+        else:  # pymodbus only says "failed": open the path ourselves to learn why
+            try:
+                fd = os.open(path, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
+            except OSError as exc:
+                reason = describe_open_error(path, exc)
+            else:
+                tty = os.isatty(fd)
+                os.close(fd)
+                reason = (
+                    f"cannot open {path} as a serial port"
+                    if tty
+                    else f"{path} is not a serial port (not a tty); check `port`"
+                )
+        self.stats.state = "cannot open"
+        self.stats.failed(reason)
+        self._rate_limited.error("open", "cannot open the serial port", error=reason)
+        return False
+
+    async def _poll(self, client: AsyncModbusSerialClient, lost: asyncio.Event) -> None:
+        """Poll whichever unit is due next; wait when none is."""
+        now = time.monotonic()
+        for unit in self._units:
+            unit.due = now
+        while True:
+            unit = min(self._units, key=lambda unit: unit.due)
+            delay = unit.due - time.monotonic()
+            if delay > 0:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(delay):
+                        await lost.wait()
+            if lost.is_set():
+                raise _PortLost
+            if delay <= 0:
+                await self._poll_unit(client, unit, lost)
+
+    async def _poll_unit(
+        self, client: AsyncModbusSerialClient, unit: UnitSchedule, lost: asyncio.Event
+    ) -> None:
+        values: dict[str, Value] = {}
+        for block in unit.blocks:
+            data = await self._read(client, unit, block, lost)
+            if data == "no answer":
+                self._missed(unit)
+                return
+            if data == "refused":  # logged by `_read`; the other blocks still make a reading
+                continue
+            try:
+                decoded, errors = decode_block(block, data)
+            except DecodeError as exc:  # an answer of the wrong size: as good as none
+                errors = [exc]
+                decoded = {}
+            values.update(decoded)
+            for error in errors:
+                self._count("decode_error")
+                self._rate_limited.warning(
+                    f"decode-{unit.config.unit_id}",
+                    "Modbus value cannot be decoded; skipped",
+                    unit=unit.config.unit_id,
+                    error=str(error),
+                    sample=error.sample.hex(" "),
+                )
+        if unit.answered(time.monotonic()):
+            self._log.info("Modbus unit answers again", unit=unit.config.unit_id)
+        if values:
+            await self._outbox.put([self._reading(unit.config, values)])
+
+    async def _read(
+        self, client: AsyncModbusSerialClient, unit: UnitSchedule, block: Block, lost: asyncio.Event
+    ) -> list[int] | list[bool] | Literal["no answer", "refused"]:
+        """One block's words (or bits), with the unit's deadline and retries."""
+        read: Read = getattr(client, _READS[block.kind][1])
+        unit_id = unit.config.unit_id
+        for _attempt in range(unit.config.retries + 1):
+            if lost.is_set():
+                raise _PortLost
+            self._stray_bytes()
+            self._last_request = (unit_id, _READS[block.kind][0], block.count)
+            try:
+                async with asyncio.timeout(unit.config.timeout_s):
+                    response = await read(block.address, count=block.count, device_id=unit_id)
+            except TimeoutError:
+                if lost.is_set():  # unplugged while waiting: not the unit's fault
+                    raise _PortLost from None
+                self._line_fault(unit_id, block, answered=False)
+                continue
+            except ModbusException as exc:  # not connected: the line is going away
+                if lost.is_set():
+                    raise _PortLost from None
+                self._count("request_errors")
+                self._rate_limited.warning("modbus-error", "Modbus request failed", error=str(exc))
+                continue
+            finally:
+                self._trace.settle()
+            self._line_fault(unit_id, block, answered=True)
+            if response.isError():
+                self._count("exception_response")
+                self._rate_limited.warning(
+                    f"exception-{unit_id}",
+                    "Modbus unit refused a read; check kind and address in its register map",
+                    unit=unit_id,
+                    kind=block.kind,
+                    address=block.address,
+                    count=block.count,
+                    exception_code=getattr(response, "exception_code", None),
+                )
+                return "refused"
+            return list(response.bits if block.kind in ("coil", "discrete") else response.registers)
+        return "no answer"
+
+    def _stray_bytes(self) -> None:
+        """Count bytes that came while no request was out: a late answer, or noise."""
+        data = self._trace.take_unsolicited()
+        if not data:
+            return
+        if classify_reply(*self._last_request, data) is None:
+            self._count("late_answer")
+            self._rate_limited.warning(
+                "late-answer",
+                "a Modbus unit answered after its timeout_s; consider a longer timeout_s",
+                unit=self._last_request[0],
+            )
+            return
+        self._count("garbage")
+        self.stats.malformed += 1
+        self._rate_limited.warning(
+            "line-stray",
+            "bad bytes on the Modbus line between requests",
+            sample=data[:64].hex(" "),
+            hint="check wiring, termination and that baudrate/parity match the devices",
+        )
+
+    def _line_fault(self, unit_id: int, block: Block, answered: bool) -> None:
+        """Count and log what was wrong with the bytes that came back, if anything."""
+        data = self._trace.received
+        fault = classify_reply(unit_id, _READS[block.kind][0], block.count, data)
+        if fault is None or (answered and fault == "no_response"):
+            return
+        self._count(fault)
+        if fault == "no_response":
+            return  # logged per unit by `_missed`, once it gives up on the poll
+        self.stats.malformed += 1
+        self._rate_limited.warning(
+            f"line-{fault}",
+            "bad bytes on the Modbus line"
+            + (" (the answer around them was good)" if answered else ""),
+            fault=fault,
+            unit=unit_id,
+            sample=data[:64].hex(" "),
+            hint="check wiring, termination and that baudrate/parity match the devices",
+        )
+
+    def _missed(self, unit: UnitSchedule) -> None:
+        """Back the unit off; say so once per outage (`answered` says when it is over)."""
+        delay = unit.missed(time.monotonic())
+        self.stats.failed(f"unit {unit.config.unit_id} ({unit.config.device}) does not answer")
+        if unit.failures > 1:
+            return
+        self._log.warning(
+            "Modbus unit does not answer; polling it less often until it does",
+            unit=unit.config.unit_id,
+            device=unit.config.device,
+            next_try_in_s=round(delay, 1),
+            hint="check its unit id, power and wiring",
+        )
+
+    def _reading(self, unit: ModbusUnit, values: dict[str, Value]) -> Reading:
+        units = {
+            spec.name: spec.unit
+            for spec in unit.registers
+            if spec.unit is not None and spec.name in values
+        }
+        return Reading(
+            device=unit.device,
+            ts=utc_from_epoch(time.time()),
+            values=values,
+            source=self.name,
+            units=units,
+            tags=unit.tags,
+        )
+
+    async def _deliver(self) -> None:
+        """Put polled readings into the buffer, together when several wait; hold them on refusal."""
+        backoff = Backoff(0.2, 10.0)
+        while True:
+            readings = await self._outbox.get()
+            while not self._outbox.empty():
+                readings += self._outbox.get_nowait()
+            while True:
+                try:
+                    await self._sink.put(readings)
+                    break
+                except (BufferFull, StorageError) as exc:
+                    self.stats.failed(str(exc))
+                    delay = backoff.next_delay()
+                    self._rate_limited.warning(
+                        "not-accepted",
+                        "buffer did not accept readings; holding them, polling paused",
+                        error=str(exc),
+                        readings=len(readings),
+                        retry_in_s=round(delay, 2),
+                    )
+                    await asyncio.sleep(delay)
+            backoff.reset()
+            self.stats.read(len(readings))
+
+    def _count(self, key: str) -> None:
+        self.stats.counters[key] = self.stats.counters.get(key, 0) + 1
+
+    def _unit_ids(self) -> list[int]:
+        return [unit.config.unit_id for unit in self._units]

@@ -1,0 +1,81 @@
+"""What every serial driver shares: which port, and how its line is set up.
+
+Protocol configs (`lines`, `nmea`, `modbus-rtu`) subclass `SerialPortConfig`, so one
+driver item in YAML reads `type: serial`, `protocol: ...`, the port settings and the
+protocol's own keys side by side.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from gateway.config_types import StrictModel
+
+
+class UsbMatch(StrictModel):
+    """Pick the port by what the USB adapter says about itself, whatever its ttyUSB number."""
+
+    vendor_id: str | None = Field(default=None, pattern=r"^[0-9a-fA-F]{4}$")
+    product_id: str | None = Field(default=None, pattern=r"^[0-9a-fA-F]{4}$")
+    serial_number: str | None = None
+
+    @model_validator(mode="after")
+    def _says_something(self) -> UsbMatch:
+        if self.vendor_id is None and self.product_id is None and self.serial_number is None:
+            raise ValueError("give at least one of vendor_id, product_id, serial_number")
+        return self
+
+
+class SerialPortConfig(StrictModel):
+    type: Literal["serial"]
+    protocol: str
+    """Each protocol's config narrows this to its own name (the union's discriminator)."""
+    name: str = Field(min_length=1)
+    port: str | None = None
+    """A device path (prefer /dev/serial/by-id/...) or a glob such as /dev/ttyUSB*."""
+    usb: UsbMatch | None = None
+    baudrate: int = Field(default=9600, gt=0)
+    bytesize: Literal[5, 6, 7, 8] = 8
+    parity: Literal["none", "even", "odd", "mark", "space"] = "none"
+    stopbits: float = 1
+    """1, 1.5 or 2 (a float: typing's Literal cannot hold 1.5)."""
+    exclusive: bool = True
+    """Lock the port (flock, as pyserial does) so that a second program cannot open it too."""
+
+    @field_validator("stopbits")
+    @classmethod
+    def _known_stopbits(cls, stopbits: float) -> float:
+        if stopbits not in (1, 1.5, 2):
+            raise ValueError(f"stopbits must be 1, 1.5 or 2 (got {stopbits:g})")
+        return stopbits
+
+    @model_validator(mode="after")
+    def _one_way_to_find_the_port(self) -> SerialPortConfig:
+        if (self.port is None) == (self.usb is None):
+            raise ValueError(
+                "give exactly one of port (e.g. /dev/serial/by-id/usb-FTDI_...) "
+                "or usb (vendor_id, product_id, serial_number)"
+            )
+        return self
+
+    def wanted(self) -> str:
+        """What the configuration asks for, in words, for logs and `check`."""
+        if self.port is not None:
+            return self.port
+        usb = self.usb or UsbMatch()
+        parts = [
+            f"{key}={value}"
+            for key, value in (
+                ("vendor_id", usb.vendor_id),
+                ("product_id", usb.product_id),
+                ("serial_number", usb.serial_number),
+            )
+            if value is not None
+        ]
+        return "usb " + " ".join(parts)
+
+    def summary(self) -> str:
+        """One line for `edge-gateway check`."""
+        return f"serial {self.protocol} {self.wanted()} at {self.baudrate} baud"

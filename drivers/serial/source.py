@@ -1,0 +1,236 @@
+"""The serial line source: `protocol: lines` and `protocol: nmea` on one port.
+
+Two tasks share a driver's lifetime (one TaskGroup): the port loop and the putter.
+The port loop waits for the device (`wait_for_port`), opens it, writes the
+query command if there is one, and reads, frames and decodes until the device
+goes away; then it waits again. The putter hands decoded readings to the buffer
+in batches. A serial device cannot be asked to send again, so readings decoded
+before an unplug or while the buffer refuses them are held (up to
+`_MAX_PENDING`) and retried; beyond that the newest are dropped and counted
+(`overflow`).
+
+Bad input never costs a good line: each line is decoded on its own, and every
+failure is counted (`stats.malformed`, `stats.oversized` for overlong lines, and
+by kind in `stats.counters`: `bad_checksum`, `partial`, `disconnects`, `stalled`,
+`overflow`) and logged at most every 10 s per kind with a hex sample.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import structlog
+
+from drivers.base import DriverStats, Sink
+from drivers.serial.framing import LineFramer, Overlong
+from drivers.serial.lines import decode_line
+from drivers.serial.lines_config import SerialLinesConfig
+from drivers.serial.link import CannotOpen, PortGone, SerialLink, open_link
+from drivers.serial.nmea import ChecksumError, decode_nmea
+from drivers.serial.nmea_config import SerialNmeaConfig
+from drivers.serial.ports import wait_for_port
+from gateway.backoff import Backoff
+from gateway.errors import BufferFull, DecodeError, StorageError
+from gateway.logs import RateLimitedLog
+from gateway.model import Reading
+
+log = structlog.get_logger("drivers.serial")
+
+_MAX_PENDING = 10_000
+_HEALTHY_S = 60.0  # open this long: the next failure starts the backoff afresh (a flapping
+# device, open and gone again at once, is retried ever more slowly instead)
+
+LineDecoder = Callable[[bytes, float], Reading | None]
+"""(line without its delimiter, received at (epoch s)) -> a reading, None (ignored), DecodeError."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Protocol:
+    """What differs between line protocols: framing, decoding, and an optional query."""
+
+    delimiter: bytes
+    max_line_bytes: int
+    decode: LineDecoder
+    command: bytes | None
+    poll_interval_s: float | None
+    stall_timeout_s: float | None
+
+
+def _protocol(config: SerialLinesConfig | SerialNmeaConfig) -> _Protocol:
+    device = config.device or config.name
+    if isinstance(config, SerialNmeaConfig):
+        return _Protocol(
+            delimiter=b"\n",
+            max_line_bytes=config.max_line_bytes,
+            decode=lambda line, received: decode_nmea(
+                line, received, device, config.name, config.sentences, config.tags
+            ),
+            command=None,
+            poll_interval_s=None,
+            stall_timeout_s=config.stall_timeout_s,
+        )
+    return _Protocol(
+        delimiter=config.delimiter.encode(config.encoding),
+        max_line_bytes=config.max_line_bytes,
+        decode=lambda line, received: decode_line(config, line, received, config.name),
+        command=config.command.encode(config.encoding) if config.command else None,
+        poll_interval_s=config.poll_interval_s,
+        stall_timeout_s=config.stall_timeout_s,
+    )
+
+
+class SerialLineSource:
+    """A `type: serial` driver instance with `protocol: lines` or `protocol: nmea`."""
+
+    def __init__(
+        self, config: SerialLinesConfig | SerialNmeaConfig, gateway_id: str, sink: Sink
+    ) -> None:
+        self.name = config.name
+        self.config = config
+        self.stats = DriverStats(type="serial")
+        self._sink = sink
+        self._protocol = _protocol(config)
+        self._pending: list[Reading] = []
+        self._arrived = asyncio.Event()
+        self._last_byte = time.monotonic()
+        self._log = log.bind(driver=self.name)
+        self._rate_limited = RateLimitedLog(self._log)
+
+    async def run(self) -> None:
+        try:
+            async with asyncio.TaskGroup() as tasks:
+                tasks.create_task(self._put_forever())
+                await self._port_forever()
+        finally:
+            self.stats.state = "stopped"
+
+    # -- the port ---------------------------------------------------------------------------
+
+    async def _port_forever(self) -> None:
+        backoff = Backoff(0.5, 30.0)
+        while True:
+            path = await wait_for_port(self.config, self._log, self.stats)
+            opened = time.monotonic()
+            try:
+                with open_link(path, self.config) as link:
+                    self._log.info("serial port open", port=path, baudrate=self.config.baudrate)
+                    await self._session(link)
+            except CannotOpen as exc:
+                self.stats.state = "cannot open"
+                self.stats.failed(str(exc))
+                self._rate_limited.error("open", "cannot open serial port", error=str(exc))
+            except PortGone as exc:
+                self._count("disconnects")
+                self.stats.failed(str(exc))
+                self._log.warning("serial device gone; waiting for it to come back", error=str(exc))
+                if time.monotonic() - opened > _HEALTHY_S:
+                    backoff.reset()
+            await asyncio.sleep(backoff.next_delay())
+
+    async def _session(self, link: SerialLink) -> None:
+        """Read one open port until it goes away (`PortGone`) or the driver is cancelled."""
+        framer = LineFramer(self._protocol.delimiter, self._protocol.max_line_bytes)
+        self.stats.state = "reading"
+        self._last_byte = time.monotonic()
+        try:
+            async with asyncio.TaskGroup() as tasks:
+                if self._protocol.command is not None:
+                    tasks.create_task(self._query(link, self._protocol.command))
+                if self._protocol.stall_timeout_s is not None:
+                    tasks.create_task(self._watch_stall(self._protocol.stall_timeout_s))
+                while True:
+                    data = await link.read()
+                    self._last_byte = time.monotonic()
+                    if self.stats.state != "reading":
+                        self.stats.state = "reading"
+                        self._log.info("serial device talks again")
+                    self._take(framer.feed(data), time.time())
+        except* PortGone as group:
+            tail = framer.reset()
+            if tail:
+                self._count("partial")
+                self._warn("partial", "half a line when the port closed; skipped", tail)
+            raise group.exceptions[0] from None
+
+    async def _query(self, link: SerialLink, command: bytes) -> None:
+        """Write the command now, and every `poll_interval_s` if set."""
+        while True:
+            await link.write(command)
+            if self._protocol.poll_interval_s is None:
+                return
+            await asyncio.sleep(self._protocol.poll_interval_s)
+
+    async def _watch_stall(self, limit_s: float) -> None:
+        """Count and show a line that went quiet; reading goes on when it talks again."""
+        while True:
+            quiet = time.monotonic() - self._last_byte
+            if quiet >= limit_s and self.stats.state == "reading":
+                self.stats.state = "stalled"
+                self._count("stalled")
+                self._log.warning("serial device silent", silent_s=round(quiet, 1))
+            await asyncio.sleep(max(0.1, limit_s - quiet) if quiet < limit_s else limit_s)
+
+    # -- decoding ---------------------------------------------------------------------------
+
+    def _take(self, lines: list[bytes | Overlong], received: float) -> None:
+        readings = []
+        for line in lines:
+            if isinstance(line, Overlong):
+                self.stats.oversized += 1
+                self._warn("overlong", "line longer than max_line_bytes; skipped", line.sample)
+                continue
+            try:
+                reading = self._protocol.decode(line.rstrip(b"\r"), received)
+            except ChecksumError as exc:
+                self.stats.malformed += 1
+                self._count("bad_checksum")
+                self._warn("bad_checksum", str(exc), exc.sample)
+                continue
+            except DecodeError as exc:
+                self.stats.malformed += 1
+                self._warn("malformed", str(exc), exc.sample)
+                continue
+            if reading is not None:
+                readings.append(reading)
+        if not readings:
+            return
+        kept = readings[: max(0, _MAX_PENDING - len(self._pending))]
+        if len(kept) < len(readings):
+            dropped = len(readings) - len(kept)
+            self._count("overflow", dropped)
+            self._warn("overflow", "too many readings wait for the buffer; dropped", b"")
+        self._pending.extend(kept)
+        self._arrived.set()
+
+    def _warn(self, kind: str, problem: str, sample: bytes) -> None:
+        self._rate_limited.warning(
+            kind, "bad serial input; skipped", kind=kind, problem=problem, sample=sample.hex(" ")
+        )
+
+    def _count(self, kind: str, n: int = 1) -> None:
+        self.stats.counters[kind] = self.stats.counters.get(kind, 0) + n
+
+    # -- the buffer -------------------------------------------------------------------------
+
+    async def _put_forever(self) -> None:
+        """Put what was decoded, in arrival order; hold and retry while the buffer refuses."""
+        backoff = Backoff(0.2, 10.0)
+        while True:
+            await self._arrived.wait()
+            self._arrived.clear()
+            batch, self._pending = self._pending, []
+            while True:
+                try:
+                    await self._sink.put(batch)
+                    break
+                except (BufferFull, StorageError) as exc:
+                    self.stats.failed(f"buffer refused readings: {exc}")
+                    self._rate_limited.warning(
+                        "refused", "buffer refused readings; holding them", error=str(exc)
+                    )
+                    await asyncio.sleep(backoff.next_delay())
+            backoff.reset()
+            self.stats.read(len(batch))
