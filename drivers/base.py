@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
+from gateway.backoff import Backoff
+from gateway.errors import BufferFull, StorageError
+from gateway.logs import RateLimitedLog
 from gateway.model import Reading
 
 
@@ -53,3 +57,38 @@ class DriverStats:
 
     def snapshot(self) -> dict[str, Any]:
         return asdict(self)
+
+
+async def put_until_accepted(
+    sink: Sink,
+    readings: Sequence[Reading],
+    driver: str,
+    stats: DriverStats,
+    log: RateLimitedLog,
+    holding: str = "holding them",
+) -> None:
+    """Put into the buffer, retrying until it takes them.
+
+    What a driver got from a device cannot be asked for again (a serial line, an
+    advertisement) or must not be acknowledged before it is on disk (MQTT), so a
+    refusal (a full buffer, a failing disk) is waited out, never turned into a drop.
+    Each refusal is counted in the driver's `stats` and logged, rate-limited; `holding`
+    says what the driver does meanwhile.
+    """
+    backoff = Backoff(0.2, 10.0)
+    while True:
+        try:
+            await sink.put(readings)
+            return
+        except (BufferFull, StorageError) as exc:
+            stats.failed(str(exc))
+            delay = backoff.next_delay()
+            log.warning(
+                "not-accepted",
+                f"buffer did not accept readings; {holding}",
+                driver=driver,
+                error=str(exc),
+                readings=len(readings),
+                retry_in_s=round(delay, 2),
+            )
+            await asyncio.sleep(delay)

@@ -49,8 +49,10 @@ def configure_logging(
     root.handlers[:] = [handler]
     root.setLevel(logging.WARNING)
     # The publisher reports broker trouble itself, with what to do about it; aio-pika's
-    # and aiormq's own lines about the same events would only repeat it.
-    for name in ("aiormq", "aio_pika"):
+    # and aiormq's own lines about the same events would only repeat it. The Modbus driver
+    # counts bus trouble and logs it rate-limited; pymodbus would log an error line per
+    # timed-out or skipped frame, several a second on a bad line.
+    for name in ("aiormq", "aio_pika", "pymodbus"):
         logging.getLogger(name).setLevel(logging.CRITICAL)
 
 

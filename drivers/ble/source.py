@@ -18,13 +18,11 @@ from typing import Any
 import structlog
 from bleak.backends.device import BLEDevice
 
-from drivers.base import DriverStats, Sink
+from drivers.base import DriverStats, Sink, put_until_accepted
 from drivers.ble.config import BleDriverConfig
 from drivers.ble.gatt_client import GattPoller
 from drivers.ble.intake import Heard, Intake, bump, from_bleak
 from drivers.ble.scanner import AdapterScanner
-from gateway.backoff import Backoff
-from gateway.errors import BufferFull, StorageError
 from gateway.logs import RateLimitedLog
 from gateway.model import Reading
 
@@ -98,25 +96,7 @@ class BleSource:
                 if reading is not None:
                     readings.append(reading)
             if readings:
-                await self._put(readings)
-                self.stats.read(len(readings))
-
-    async def _put(self, readings: list[Reading]) -> None:
-        """Put into the buffer, retrying until it takes them: a sensor cannot resend."""
-        backoff = Backoff(0.2, 10.0)
-        while True:
-            try:
-                await self._sink.put(readings)
-                return
-            except (BufferFull, StorageError) as exc:
-                self.stats.failed(str(exc))
-                delay = backoff.next_delay()
-                self._rate_limited.warning(
-                    "not-accepted",
-                    "buffer did not accept BLE readings; holding them and retrying",
-                    driver=self.name,
-                    error=str(exc),
-                    readings=len(readings),
-                    retry_in_s=round(delay, 2),
+                await put_until_accepted(
+                    self._sink, readings, self.name, self.stats, self._rate_limited
                 )
-                await asyncio.sleep(delay)
+                self.stats.read(len(readings))

@@ -8,10 +8,10 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable
-from datetime import UTC, datetime
 from typing import Any
 
 from drivers.mqtt.config import FieldSpec, Subscription
+from drivers.values import check_encodable, checked_value, is_scalar, parse_timestamp
 from gateway.errors import DecodeError
 from gateway.model import Reading, Value, utc_from_epoch
 
@@ -19,7 +19,6 @@ Decoder = Callable[[Subscription, str, bytes, float, str], list[Reading]]
 """(subscription, device, payload, received at (epoch s), source) -> readings."""
 
 _SENML_RELATIVE_LIMIT = 2**28  # RFC 8428 section 4.5.3: smaller times are relative to now
-_EPOCH_MS_THRESHOLD = 1e11  # epoch seconds stay below this until the year 5138
 
 
 def decode(
@@ -38,13 +37,13 @@ def decode_json(
     doc = _load_json(payload)
     if not isinstance(doc, dict):
         raise DecodeError(f"expected a JSON object, got {type(doc).__name__}", payload)
-    ts = _timestamp(_lookup(doc, sub.timestamp), payload) if sub.timestamp else None
+    ts = parse_timestamp(_lookup(doc, sub.timestamp), payload) if sub.timestamp else None
     values: dict[str, Value] = {}
     units: dict[str, str] = {}
     if sub.fields is None:
         for name, raw in doc.items():
-            if name != sub.timestamp and _is_scalar(raw):
-                values[name] = _value(name, raw, payload)
+            if name != sub.timestamp and is_scalar(raw):
+                values[name] = checked_value(name, raw, payload)
                 if name in sub.units:
                     units[name] = sub.units[name]
     else:
@@ -53,9 +52,9 @@ def decode_json(
             raw = _lookup(doc, spec.path)
             if raw is None:
                 continue
-            if not _is_scalar(raw):
+            if not is_scalar(raw):
                 raise DecodeError(f"field {spec.path!r} is not a number, bool or string", payload)
-            values[name] = _value(name, raw, payload)
+            values[name] = checked_value(name, raw, payload)
             unit = spec.unit or sub.units.get(name)
             if unit:
                 units[name] = unit
@@ -86,7 +85,7 @@ def decode_number(
             number = float(text)
         except ValueError:
             raise DecodeError("expected a bare number", payload) from None
-    value = _value(sub.value, number, payload)
+    value = checked_value(sub.value, number, payload)
     return [
         Reading(
             device=device,
@@ -128,7 +127,7 @@ def decode_senml(
         if not value_name:
             raise DecodeError("a SenML record has no name (n or bn)", payload)
         if "v" in record:
-            value: Value = _value(
+            value: Value = checked_value(
                 value_name, _number(record["v"], "v", payload) + base_value, payload
             )
         elif "vs" in record:
@@ -138,14 +137,14 @@ def decode_senml(
                 raise DecodeError("SenML vb must be true or false", payload)
             value = record["vb"]
         elif "s" in record:
-            value = _value(value_name, _number(record["s"], "s", payload), payload)
+            value = checked_value(value_name, _number(record["s"], "s", payload), payload)
         else:
             continue  # a record carrying only base fields
         t = base_time + _number(record.get("t", 0), "t", payload)
         when = received + t if t < _SENML_RELATIVE_LIMIT else t
         unit = record.get("u", base_unit)
         if isinstance(unit, str):
-            _encodable(unit, payload)
+            check_encodable(unit, payload)
         values, units = grouped.setdefault((owner, when), ({}, {}))
         values[value_name] = value
         if isinstance(unit, str) and unit:
@@ -183,29 +182,6 @@ def _lookup(doc: dict[str, Any], path: str | None) -> Any:
     return node
 
 
-def _is_scalar(raw: Any) -> bool:
-    return isinstance(raw, int | float | str | bool)
-
-
-def _value(name: str, raw: Any, payload: bytes) -> Value:
-    if isinstance(raw, float) and not math.isfinite(raw):
-        raise DecodeError(f"value {name!r} is {raw}, not a finite number", payload)
-    if not isinstance(raw, int | float | str | bool):
-        raise DecodeError(f"value {name!r} is not a number, bool or string", payload)
-    _encodable(name, payload)
-    if isinstance(raw, str):
-        _encodable(raw, payload)
-    return raw
-
-
-def _encodable(text: str, payload: bytes) -> None:
-    """JSON may carry lone surrogates (`"\\ud800"`) that no UTF-8 message can hold."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        raise DecodeError("a string holds an invalid Unicode surrogate", payload) from None
-
-
 def _number(raw: Any, key: str, payload: bytes) -> float:
     if isinstance(raw, bool) or not isinstance(raw, int | float) or not math.isfinite(raw):
         raise DecodeError(f"SenML {key} must be a finite number", payload)
@@ -215,25 +191,5 @@ def _number(raw: Any, key: str, payload: bytes) -> float:
 def _text(raw: Any, key: str, payload: bytes) -> str:
     if not isinstance(raw, str):
         raise DecodeError(f"SenML {key} must be a string", payload)
-    _encodable(raw, payload)
+    check_encodable(raw, payload)
     return raw
-
-
-def _timestamp(raw: Any, payload: bytes) -> datetime | None:
-    """Epoch seconds or milliseconds, or RFC 3339; None when the field is absent."""
-    if raw is None:
-        return None
-    if isinstance(raw, int | float) and not isinstance(raw, bool) and math.isfinite(raw):
-        seconds = raw / 1000 if raw > _EPOCH_MS_THRESHOLD else raw
-        if 0 <= seconds < 32_503_680_000:  # before the year 3000
-            return utc_from_epoch(seconds)
-    elif isinstance(raw, str):
-        try:
-            parsed = datetime.fromisoformat(raw.replace("Z", "+00:00"))
-        except ValueError:
-            pass
-        else:
-            if parsed.tzinfo is not None:
-                return parsed.astimezone(UTC)
-            raise DecodeError(f"timestamp {raw!r} has no time zone; add Z or +00:00", payload)
-    raise DecodeError(f"timestamp {raw!r} is neither epoch seconds nor RFC 3339", payload)

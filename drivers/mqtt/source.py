@@ -29,7 +29,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from drivers.base import DriverStats, Sink
+from drivers.base import DriverStats, Sink, put_until_accepted
 from drivers.mqtt.config import MqttDriverConfig, Subscription
 from drivers.mqtt.decode import decode
 from drivers.mqtt.paho_loop import LoopClient, attach_to_loop, detach_from_loop
@@ -370,20 +370,6 @@ class MqttSource:
 
     async def _accept(self, readings: Sequence[Reading]) -> None:
         """Put into the buffer, retrying until it takes them; meanwhile nothing is acked."""
-        backoff = Backoff(0.2, 10.0)
-        while True:
-            try:
-                await self._sink.put(readings)
-                return
-            except (BufferFull, StorageError) as exc:
-                self.stats.failed(str(exc))
-                delay = backoff.next_delay()
-                self._rate_limited.warning(
-                    "not-accepted",
-                    "buffer did not accept readings; holding them unacknowledged",
-                    driver=self.name,
-                    error=str(exc),
-                    readings=len(readings),
-                    retry_in_s=round(delay, 2),
-                )
-                await asyncio.sleep(delay)
+        await put_until_accepted(
+            self._sink, readings, self.name, self.stats, self._rate_limited, "holding them unacked"
+        )

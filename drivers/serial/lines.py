@@ -13,8 +13,8 @@ import re
 from collections.abc import Callable
 from functools import cache
 
-from drivers.mqtt.decode import _timestamp, _value
 from drivers.serial.lines_config import SerialLinesConfig
+from drivers.values import checked_value, parse_timestamp
 from gateway.errors import DecodeError
 from gateway.model import Reading, Value, utc_from_epoch
 
@@ -35,14 +35,14 @@ def decode_line(config: SerialLinesConfig, line: bytes, received: float, source:
     raw = FORMATS[config.format](config, text, line)
     stamp = raw.pop(config.timestamp, None) if config.timestamp else None
     try:
-        ts = _timestamp(stamp, line)
+        ts = parse_timestamp(stamp, line)
     except (ValueError, OverflowError, OSError) as exc:
         raise DecodeError(f"timestamp out of range ({exc})", line) from None
     values: dict[str, Value] = {}
     for name, value in raw.items():
         if value is None or isinstance(value, dict | list):
             continue  # JSON nulls and nested structures carry no sample value
-        values[name] = _value(name, value, line)
+        values[name] = checked_value(name, value, line)
     if not values:
         raise DecodeError("no values in the line", line)
     return Reading(

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import os
 import termios
 import time
@@ -28,22 +27,18 @@ from pymodbus.client import AsyncModbusSerialClient
 from pymodbus.exceptions import ModbusException
 from pymodbus.pdu import ModbusPDU
 
-from drivers.base import DriverStats, Sink
+from drivers.base import DriverStats, Sink, put_until_accepted
 from drivers.serial.modbus_config import ModbusRtuConfig, ModbusUnit
 from drivers.serial.modbus_frames import RxTrace, classify_reply
 from drivers.serial.modbus_registers import Block, decode_block, plan_blocks
 from drivers.serial.modbus_schedule import UnitSchedule
 from drivers.serial.ports import describe_open_error, wait_for_port
 from gateway.backoff import Backoff
-from gateway.errors import BufferFull, DecodeError, StorageError
+from gateway.errors import DecodeError
 from gateway.logs import RateLimitedLog
 from gateway.model import Reading, Value, utc_from_epoch
 
 log = structlog.get_logger("drivers.serial.modbus")
-
-# The driver reports bus trouble itself, counted and rate-limited; pymodbus would log an
-# error line per timed-out or skipped frame, several a second on a bad line.
-logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
 
 _PARITY = {"none": "N", "even": "E", "odd": "O", "mark": "M", "space": "S"}
 # kind -> (function code, the pymodbus client method that sends it)
@@ -323,27 +318,18 @@ class ModbusSource:
 
     async def _deliver(self) -> None:
         """Put polled readings into the buffer, together when several wait; hold them on refusal."""
-        backoff = Backoff(0.2, 10.0)
         while True:
             readings = await self._outbox.get()
             while not self._outbox.empty():
                 readings += self._outbox.get_nowait()
-            while True:
-                try:
-                    await self._sink.put(readings)
-                    break
-                except (BufferFull, StorageError) as exc:
-                    self.stats.failed(str(exc))
-                    delay = backoff.next_delay()
-                    self._rate_limited.warning(
-                        "not-accepted",
-                        "buffer did not accept readings; holding them, polling paused",
-                        error=str(exc),
-                        readings=len(readings),
-                        retry_in_s=round(delay, 2),
-                    )
-                    await asyncio.sleep(delay)
-            backoff.reset()
+            await put_until_accepted(
+                self._sink,
+                readings,
+                self.name,
+                self.stats,
+                self._rate_limited,
+                "holding them, polling paused",
+            )
             self.stats.read(len(readings))
 
     def _count(self, key: str) -> None:

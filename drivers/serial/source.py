@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import structlog
 
-from drivers.base import DriverStats, Sink
+from drivers.base import DriverStats, Sink, put_until_accepted
 from drivers.serial.framing import LineFramer, Overlong
 from drivers.serial.lines import decode_line
 from drivers.serial.lines_config import SerialLinesConfig
@@ -33,7 +33,7 @@ from drivers.serial.nmea import ChecksumError, decode_nmea
 from drivers.serial.nmea_config import SerialNmeaConfig
 from drivers.serial.ports import wait_for_port
 from gateway.backoff import Backoff
-from gateway.errors import BufferFull, DecodeError, StorageError
+from gateway.errors import DecodeError
 from gateway.logs import RateLimitedLog
 from gateway.model import Reading
 
@@ -217,20 +217,9 @@ class SerialLineSource:
 
     async def _put_forever(self) -> None:
         """Put what was decoded, in arrival order; hold and retry while the buffer refuses."""
-        backoff = Backoff(0.2, 10.0)
         while True:
             await self._arrived.wait()
             self._arrived.clear()
             batch, self._pending = self._pending, []
-            while True:
-                try:
-                    await self._sink.put(batch)
-                    break
-                except (BufferFull, StorageError) as exc:
-                    self.stats.failed(f"buffer refused readings: {exc}")
-                    self._rate_limited.warning(
-                        "refused", "buffer refused readings; holding them", error=str(exc)
-                    )
-                    await asyncio.sleep(backoff.next_delay())
-            backoff.reset()
+            await put_until_accepted(self._sink, batch, self.name, self.stats, self._rate_limited)
             self.stats.read(len(batch))
