@@ -12,6 +12,7 @@ import json
 import os
 import sqlite3
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -32,8 +33,13 @@ class StatusWriter:
     """Writes the live figures of one running gateway, atomically, every two seconds."""
 
     def __init__(
-        self, state_dir: Path, buffer: Buffer, publisher: Publisher, drivers: list[Driver]
+        self,
+        state_dir: Path,
+        buffer: Buffer,
+        publisher: Publisher,
+        drivers: Callable[[], list[Driver]],
     ) -> None:
+        """`drivers` gives the drivers running now: a reload may replace some."""
         self.path = state_dir / STATUS_FILE
         self.buffer = buffer
         self.publisher = publisher
@@ -57,7 +63,7 @@ class StatusWriter:
             "updated": time.time(),
             "buffer": {"depth": self.buffer.depth, **asdict(self.buffer.counters)},
             "publisher": asdict(self.publisher.counters),
-            "drivers": {d.name: d.stats.snapshot() for d in self.drivers},
+            "drivers": {d.name: d.stats.snapshot() for d in self.drivers()},
         }
 
     def write(self, running: bool = True) -> None:
