@@ -11,13 +11,17 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
 import sqlite3
 import time
 from contextlib import closing
 from typing import Any
 
 from edge_gateway_sim.brokers import MosquittoBroker, RabbitMQNode
-from harness import Site, report
+from edge_gateway_sim.consumer import ReadingCollector
+from edge_gateway_sim.mqtt_sensors import FleetConfig, MqttSensorFleet
+from harness import Site, report, validate_message
 from notify_listener import NotifyListener
 from tcp_proxy import TcpProxy
 
@@ -180,5 +184,120 @@ async def test_sigterm_with_confirms_missing_exits_0_and_loses_nothing(
     missing = log_events(site, "confirms still missing at shutdown; those readings stay buffered")
     assert missing and missing[0]["in_flight"] > 0
     assert stopped_in < 30  # TimeoutStopSec in the unit
+    assert collector.received.missing(sent.last_seq) == {}
+    assert site.gateway.terminate() == 0
+
+
+def second_driver(site: Site) -> str:
+    """YAML of another MQTT driver, on its own topics, for the reload tests."""
+    return f"""\
+  - type: mqtt
+    name: kept
+    host: 127.0.0.1
+    port: {site.mqtt_port}
+    client_id: gw-{site.name}-b
+    subscriptions:
+      - topic: "{site.name}-b/+/state"
+        device: "{site.name}-b/{{device}}/state"
+"""
+
+
+def reload(site: Site, systemd: NotifyListener, config: str) -> float:
+    """Write the file, send SIGHUP as `systemctl reload` does, wait for READY after RELOADING."""
+    site.gateway.config.write_text(config)
+    sent = time.monotonic()
+    os.kill(site.gateway.pid, signal.SIGHUP)
+    reloading = systemd.wait_for(lambda f: "RELOADING" in f, 10, sent)
+    systemd.wait_for(lambda f: "READY" in f, 10, reloading.at)
+    return sent
+
+
+async def test_reload_restarts_only_the_driver_whose_configuration_changed(
+    make_site: Any, rabbitmq: RabbitMQNode, mosquitto: MosquittoBroker
+) -> None:
+    site = make_site(rabbitmq, mosquitto)
+    before = site.gateway.config.read_text().replace("logging:", second_driver(site) + "logging:")
+    site.gateway.config.write_text(before)
+    # The changed driver gets a tag: the readings show which configuration read them.
+    after = before.replace(
+        'units: {temperature: Cel, humidity: "%RH", battery: "%"}',
+        'units: {temperature: Cel, humidity: "%RH", battery: "%"}\n        tags: {generation: "2"}',
+    )
+    assert after != before
+    fleets = [
+        site.fleet(sensors=3, rate=60),
+        MqttSensorFleet(
+            FleetConfig(
+                port=site.mqtt_port, prefix=f"{site.name}-b", sensors=3, rate=60, first_device=101
+            )
+        ),
+    ]
+    with NotifyListener() as systemd:
+        site.gateway.env = systemd.env(watchdog_s=WATCHDOG_S)
+        collector = ReadingCollector(
+            rabbitmq.url,
+            site.name,
+            queue=f"{site.name}-all",
+            validate=validate_message,
+            keep_readings=True,
+        )
+        async with collector:
+            site.gateway.start()
+            for fleet in fleets:
+                fleet.start(duration=8)
+            await asyncio.sleep(3)
+            reloaded = await asyncio.to_thread(reload, site, systemd, after)
+            sent = [await asyncio.to_thread(fleet.wait, 30) for fleet in fleets]
+            total = sum(sum(s.last_seq.values()) for s in sent)
+            await collector.wait_until(lambda got: got.unique >= total, timeout=30)
+            pings_after = systemd.since(reloaded, "WATCHDOG")
+    got = collector.received
+    report("reload", got, f"sent={total}")
+    changes = log_events(site, "configuration reloaded")
+    assert len(changes) == 1
+    assert changes[0]["drivers_restarted"] == ["sim-sensors"]
+    assert changes[0]["drivers_kept"] == ["kept"]
+    connects = [e["driver"] for e in log_events(site, "connected to MQTT broker")]
+    assert connects.count("sim-sensors") == 2  # stopped and started with the new file
+    assert connects.count("kept") == 1  # its connection and session went on untouched
+    tagged = [r for r in got.kept if r.get("tags") == {"generation": "2"}]
+    assert tagged and all(r["source"] == "sim-sensors" for r in tagged)
+    assert pings_after
+    for fleet_sent in sent:
+        assert got.missing(fleet_sent.last_seq) == {}
+    assert site.gateway.terminate() == 0
+
+
+async def test_reload_of_an_invalid_file_keeps_the_running_configuration(
+    make_site: Any, rabbitmq: RabbitMQNode, mosquitto: MosquittoBroker
+) -> None:
+    site = make_site(rabbitmq, mosquitto)
+    good = site.gateway.config.read_text()
+    with NotifyListener() as systemd:
+        site.gateway.env = systemd.env(watchdog_s=WATCHDOG_S)
+        async with site.collector() as collector:
+            site.gateway.start()
+            fleet = site.fleet(sensors=3, rate=60)
+            fleet.start(duration=8)
+            await asyncio.sleep(2)
+            broken = good.replace("port: ", "port: not-a-port  # ", 1)
+            rejected_at = await asyncio.to_thread(reload, site, systemd, broken)
+            amqp_changed = good.replace("amqp:\n", "amqp:\n  max_in_flight: 8\n", 1)
+            await asyncio.to_thread(reload, site, systemd, amqp_changed)
+            sent = await asyncio.to_thread(fleet.wait, 30)
+            total = sum(sent.last_seq.values())
+            await collector.wait_until(lambda got: got.unique >= total, timeout=30)
+            pings_after = systemd.since(rejected_at, "WATCHDOG")
+    report("reload-invalid", collector.received, f"sent={total}")
+    rejected = log_events(
+        site, "configuration rejected on reload; the running configuration stays in force"
+    )
+    assert len(rejected) == 1
+    assert f"{site.gateway.config}:" in rejected[0]["error"]  # file:line of the bad value
+    assert "drivers[0].port" in rejected[0]["error"]
+    pending = log_events(site, "configuration changes that take effect only after a restart")
+    assert [e["sections"] for e in pending] == [["amqp"]]
+    assert log_events(site, "configuration reloaded")[0]["drivers_kept"] == ["sim-sensors"]
+    assert len(pings_after) >= 2
     assert collector.received.missing(sent.last_seq) == {}
     assert site.gateway.terminate() == 0
