@@ -21,6 +21,7 @@ import structlog
 
 from drivers.base import Driver
 from gateway.buffer import Buffer
+from gateway.clock import system_clock_synchronized
 from gateway.logs import RateLimitedLog
 from gateway.publisher import Publisher
 
@@ -62,7 +63,11 @@ class StatusWriter:
             "started": self.started,
             "updated": time.time(),
             "buffer": {"depth": self.buffer.depth, **asdict(self.buffer.counters)},
-            "publisher": asdict(self.publisher.counters),
+            "publisher": {
+                **asdict(self.publisher.counters),
+                "max_in_flight": self.publisher.config.max_in_flight,
+            },
+            "clock_synchronized": system_clock_synchronized(),
             "drivers": {d.name: d.stats.snapshot() for d in self.drivers()},
         }
 
@@ -158,10 +163,15 @@ def format_status(report: dict[str, Any]) -> str:
     lines.append(f"uplink     {uplink}")
     lines.append(
         f"           published {pub['published_readings']} readings in "
-        f"{pub['published_messages']} messages, in flight {pub['in_flight']}, "
+        f"{pub['published_messages']} messages, unconfirmed {pub['in_flight']} of "
+        f"{pub.get('max_in_flight', '?')}, "
         f"returned {pub['returned']}, nacked {pub['nacked']}, last confirm "
         + (f"{time.time() - last:.0f} s ago" if last else "never")
     )
+    if live.get("clock_synchronized") is False:
+        lines.append("clock      NOT synchronised: readings are flagged clock_unsynchronized")
+    elif "clock_synchronized" in live:
+        lines.append("clock      synchronised")
     for name, stats in live["drivers"].items():
         seen = stats["last_reading"]
         lines.append(

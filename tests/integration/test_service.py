@@ -12,8 +12,11 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
 import sqlite3
+import subprocess
+import sys
 import time
 from contextlib import closing
 from typing import Any
@@ -41,6 +44,11 @@ def _json(line: str) -> dict[str, Any]:
     return doc if isinstance(doc, dict) else {}
 
 
+def edge_gateway_status(site: Site) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-m", "gateway.cli", "status", "--config", str(site.gateway.config)]
+    return subprocess.run(command, capture_output=True, text=True, check=False)
+
+
 def is_ping(fields: dict[str, str]) -> bool:
     return fields.get("WATCHDOG") == "1"
 
@@ -59,6 +67,7 @@ async def test_ready_status_pings_and_stopping_reach_the_notify_socket(
             status = await asyncio.to_thread(
                 systemd.wait_for, lambda f: "STATUS" in f, 10, time.monotonic()
             )
+            shown = await asyncio.to_thread(edge_gateway_status, site)
         pings = len(systemd.since(ready.at, "WATCHDOG"))
         assert site.gateway.terminate() == 0
         stopping = systemd.wait_for(lambda f: "STOPPING" in f, 5)
@@ -67,6 +76,13 @@ async def test_ready_status_pings_and_stopping_reach_the_notify_socket(
     assert "buffered" in ready.fields["STATUS"]
     assert "uplink amqp://guest:***@" in status.fields["STATUS"]
     assert pings >= 2
+    assert shown.returncode == 0, shown.stderr  # `edge-gateway status`: running
+    assert f"uplink     amqp://guest:***@127.0.0.1:{rabbitmq.port}/" in shown.stdout
+    assert re.search(r"unconfirmed \d+ of 64, .*last confirm \d+ s ago", shown.stdout)
+    assert "clock      " in shown.stdout
+    assert re.search(
+        r"driver     sim-sensors \(mqtt\): connected, \d+ readings, last", shown.stdout
+    )
     assert stopping.at > ready.at
     assert collector.received.missing(sent.last_seq) == {}
 
