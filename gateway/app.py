@@ -20,6 +20,7 @@ from gateway.clock import system_clock_synchronized
 from gateway.config import GatewayConfig
 from gateway.errors import ConfigError
 from gateway.intake import Intake
+from gateway.metrics import GatewayCollector, metrics_endpoint
 from gateway.notify import Notifier
 from gateway.publisher import Publisher
 from gateway.service import ServiceReporter
@@ -27,7 +28,7 @@ from gateway.status import BUFFER_FILE, StatusWriter
 
 log = structlog.get_logger("gateway.app")
 
-RESTART_SECTIONS = ("gateway", "buffer", "amqp", "logging")
+RESTART_SECTIONS = ("gateway", "buffer", "amqp", "logging", "metrics")
 """Sections a reload does not apply: they take effect at the next restart."""
 
 
@@ -62,38 +63,40 @@ async def run_gateway(
             status = StatusWriter(
                 config.gateway.state_dir, buffer, publisher, lambda: intake.drivers
             )
-            publishing = tasks.create_task(publisher.run())
-            intake.start(config.drivers)
-            reporting = tasks.create_task(status.run())
-            watching = tasks.create_task(_watch_storage(buffer))
-            log.info(
-                "gateway started",
-                gateway=config.gateway.id,
-                buffer=str(buffer.path),
-                buffered=buffer.depth,
-                drivers=[c.name for c in config.drivers],
-            )
-            notifier.ready(reporter.status_line())
-            pinging = tasks.create_task(reporter.run())
-            while await _next_request(stop, reload) == "reload":
-                assert load is not None, "a reload needs a way to load the configuration"
-                notifier.reloading()
-                config = await _reload(config, load, intake)
-                notifier.ready(reporter.status_line())
-            notifier.stopping()
-            log.info("stopping: drivers first, then in-flight publishes")
-            await intake.stop()
-            publisher.stop()
-            try:
-                await asyncio.wait_for(asyncio.shield(publishing), config.amqp.shutdown_grace_s)
-            except TimeoutError:
-                log.warning(
-                    "confirms still missing at shutdown; those readings stay buffered",
-                    in_flight=publisher.counters.in_flight,
+            collector = GatewayCollector(buffer, publisher, lambda: intake.drivers)
+            with metrics_endpoint(config.metrics, collector):
+                publishing = tasks.create_task(publisher.run())
+                intake.start(config.drivers)
+                reporting = tasks.create_task(status.run())
+                watching = tasks.create_task(_watch_storage(buffer))
+                log.info(
+                    "gateway started",
+                    gateway=config.gateway.id,
+                    buffer=str(buffer.path),
+                    buffered=buffer.depth,
+                    drivers=[c.name for c in config.drivers],
                 )
-                publishing.cancel()
-            for task in (watching, reporting, pinging):
-                task.cancel()
+                notifier.ready(reporter.status_line())
+                pinging = tasks.create_task(reporter.run())
+                while await _next_request(stop, reload) == "reload":
+                    assert load is not None, "a reload needs a way to load the configuration"
+                    notifier.reloading()
+                    config = await _reload(config, load, intake)
+                    notifier.ready(reporter.status_line())
+                notifier.stopping()
+                log.info("stopping: drivers first, then in-flight publishes")
+                await intake.stop()
+                publisher.stop()
+                try:
+                    await asyncio.wait_for(asyncio.shield(publishing), config.amqp.shutdown_grace_s)
+                except TimeoutError:
+                    log.warning(
+                        "confirms still missing at shutdown; those readings stay buffered",
+                        in_flight=publisher.counters.in_flight,
+                    )
+                    publishing.cancel()
+                for task in (watching, reporting, pinging):
+                    task.cancel()
     log.info("gateway stopped", buffered=buffer.depth)
 
 
