@@ -84,20 +84,27 @@ async def run_gateway(
                     config = await _reload(config, load, intake)
                     notifier.ready(reporter.status_line())
                 notifier.stopping()
-                log.info("stopping: drivers first, then in-flight publishes")
-                await intake.stop()
-                publisher.stop()
-                try:
-                    await asyncio.wait_for(asyncio.shield(publishing), config.amqp.shutdown_grace_s)
-                except TimeoutError:
-                    log.warning(
-                        "confirms still missing at shutdown; those readings stay buffered",
-                        in_flight=publisher.counters.in_flight,
-                    )
-                    publishing.cancel()
+                await _stop_intake_then_publisher(intake, publisher, publishing, config)
                 for task in (watching, reporting, pinging):
                     task.cancel()
     log.info("gateway stopped", buffered=buffer.depth)
+
+
+async def _stop_intake_then_publisher(
+    intake: Intake, publisher: Publisher, publishing: asyncio.Task[None], config: GatewayConfig
+) -> None:
+    """No new intake first; then in-flight publishes get `shutdown_grace_s` to be confirmed."""
+    log.info("stopping: drivers first, then in-flight publishes")
+    await intake.stop()
+    publisher.stop()
+    try:
+        await asyncio.wait_for(asyncio.shield(publishing), config.amqp.shutdown_grace_s)
+    except TimeoutError:
+        log.warning(
+            "confirms still missing at shutdown; those readings stay buffered",
+            in_flight=publisher.counters.in_flight,
+        )
+        publishing.cancel()
 
 
 async def _next_request(stop: asyncio.Event, reload: asyncio.Event) -> str:
