@@ -17,6 +17,7 @@
 #     rules systemd/*.rules in /etc/udev/rules.d/, /etc/modules-load.d/edge-gateway.conf.
 # An upgrade restarts a running gateway; a first install leaves starting it to you.
 set -euo pipefail
+umask 022  # the service user must read the program; secrets get their own modes below
 
 SOURCE=$(cd "$(dirname "$0")/.." && pwd)
 NAME=edge-gateway
@@ -24,7 +25,7 @@ ROOT=
 ACTION=install
 PYTHON=${PYTHON:-python3}
 
-usage() { sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
+usage() { sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
 while [ $# -gt 0 ]; do
     case $1 in
         --uninstall) ACTION=uninstall ;;
