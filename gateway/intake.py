@@ -68,25 +68,26 @@ class Intake:
             if name in self._running and self._running[name].config != config
         ]
         new = [name for name in wanted if name not in self._running]
-        await self._cancel(gone + changed)
+        await _cancel([self._running.pop(name).task for name in gone + changed])
         for name in changed + new:
             self._start(wanted[name])
         kept = [name for name in wanted if name not in changed and name not in new]
         return Changes(started=new, restarted=changed, stopped=gone, kept=kept)
 
     async def stop(self) -> None:
-        await self._cancel(list(self._running))
+        """Stop every driver; they stay listed, so that the last status still shows them."""
+        await _cancel([running.task for running in self._running.values()])
 
     def _start(self, config: DriverConfig) -> None:
         driver = create_driver(config, self._gateway_id, self._sink)
         task = self._tasks.create_task(supervise(driver), name=f"driver {config.name}")
         self._running[config.name] = _Running(config, driver, task)
 
-    async def _cancel(self, names: list[str]) -> None:
-        tasks = [self._running.pop(name).task for name in names]
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+
+async def _cancel(tasks: list[asyncio.Task[None]]) -> None:
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
 
 
 async def supervise(driver: Driver) -> None:
