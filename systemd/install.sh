@@ -163,7 +163,8 @@ next_step() {
         say "done; files are under ${ROOT:-/} (systemd is not running here: nothing started)"
     elif [ -n "${FIRST_CONFIG:-}" ]; then
         say "next: edit $ETC/gateway.yaml, check it with"
-        say "    sudo -u $NAME $VENV/bin/edge-gateway check --config $ETC/gateway.yaml"
+        say "    sudo CREDENTIALS_DIRECTORY=$ETC/credentials $VENV/bin/edge-gateway check \\"
+        say "        --config $ETC/gateway.yaml"
         say "then start it:  sudo systemctl start $NAME && journalctl -u $NAME -f"
     elif systemctl is-active --quiet "$NAME.service"; then
         systemctl restart "$NAME.service"
