@@ -1,92 +1,167 @@
-"""The pipeline: drivers -> buffer -> publisher, and the order in which they start and stop.
+"""The pipeline: drivers -> buffer -> publisher, the order in which they start and stop, reloads.
 
 Stop order matters for "nothing accepted is lost": drivers stop first (no new
 intake), the buffer commits what was put, the publisher gets a bounded time to
 collect confirms for what is in flight; the rest waits on disk for the next start.
+
+A reload (SIGHUP, `systemctl reload`) re-reads the file and restarts only the drivers
+whose configuration changed; the buffer and the publisher keep running as they are.
 """
 
 from __future__ import annotations
 
 import asyncio
-import time
+from collections.abc import Callable
 
 import structlog
 
-from drivers import create_driver
-from drivers.base import Driver
-from gateway.backoff import Backoff
 from gateway.buffer import Buffer
+from gateway.clock import system_clock_synchronized
 from gateway.config import GatewayConfig
+from gateway.errors import ConfigError
+from gateway.intake import Intake
+from gateway.metrics import GatewayCollector, metrics_endpoint
+from gateway.notify import Notifier
 from gateway.publisher import Publisher
+from gateway.service import ServiceReporter
 from gateway.status import BUFFER_FILE, StatusWriter
 
 log = structlog.get_logger("gateway.app")
 
-_HEALTHY_RUN_S = 60.0
+RESTART_SECTIONS = ("gateway", "buffer", "amqp", "logging", "metrics")
+"""Sections a reload does not apply: they take effect at the next restart."""
 
 
-async def run_gateway(config: GatewayConfig, stop: asyncio.Event) -> None:
-    """Run until `stop` is set; raise `StorageError` if the buffer's disk fails."""
+async def run_gateway(
+    config: GatewayConfig,
+    stop: asyncio.Event,
+    reload: asyncio.Event | None = None,
+    load: Callable[[], GatewayConfig] | None = None,
+    notifier: Notifier | None = None,
+) -> None:
+    """Run until `stop` is set; raise `StorageError` if the buffer's disk fails.
+
+    Each time `reload` is set, `load()` (which raises `ConfigError`) gives the new
+    configuration.
+    """
+    notifier = notifier or Notifier({})
+    reload = reload or asyncio.Event()
     settings = config.buffer
     buffer = Buffer(
         config.gateway.state_dir / BUFFER_FILE,
         max_bytes=int(settings.max_bytes),
         when_full=settings.when_full,
         commit_interval=settings.commit_interval_ms / 1000,
+        clock_synchronized=system_clock_synchronized,
     )
     async with buffer:
         publisher = Publisher(config.amqp, config.gateway, buffer)
-        drivers = [create_driver(c, config.gateway.id, buffer) for c in config.drivers]
-        status = StatusWriter(config.gateway.state_dir, buffer, publisher, drivers)
-        log.info(
-            "gateway started",
-            gateway=config.gateway.id,
-            buffer=str(buffer.path),
-            buffered=buffer.depth,
-            drivers=[d.name for d in drivers],
-        )
+        reporter = ServiceReporter(notifier, buffer, publisher)
+        _check_timeouts(config, reporter)
         async with asyncio.TaskGroup() as tasks:
-            publishing = tasks.create_task(publisher.run())
-            intake = [tasks.create_task(supervise(driver)) for driver in drivers]
-            reporting = tasks.create_task(status.run())
-            watching = tasks.create_task(_watch_storage(buffer))
-            await stop.wait()
-            log.info("stopping: drivers first, then in-flight publishes")
-            for task in intake:
-                task.cancel()
-            await asyncio.gather(*intake, return_exceptions=True)
-            publisher.stop()
-            try:
-                await asyncio.wait_for(asyncio.shield(publishing), config.amqp.shutdown_grace_s)
-            except TimeoutError:
-                log.warning(
-                    "confirms still missing at shutdown; those readings stay buffered",
-                    in_flight=publisher.counters.in_flight,
+            intake = Intake(tasks, config.gateway.id, buffer)
+            status = StatusWriter(
+                config.gateway.state_dir, buffer, publisher, lambda: intake.drivers
+            )
+            collector = GatewayCollector(buffer, publisher, lambda: intake.drivers)
+            with metrics_endpoint(config.metrics, collector):
+                publishing = tasks.create_task(publisher.run())
+                intake.start(config.drivers)
+                reporting = tasks.create_task(status.run())
+                watching = tasks.create_task(_watch_storage(buffer))
+                log.info(
+                    "gateway started",
+                    gateway=config.gateway.id,
+                    buffer=str(buffer.path),
+                    buffered=buffer.depth,
+                    drivers=[c.name for c in config.drivers],
                 )
-                publishing.cancel()
-            watching.cancel()
-            reporting.cancel()
+                notifier.ready(reporter.status_line())
+                pinging = tasks.create_task(reporter.run())
+                while await _next_request(stop, reload) == "reload":
+                    assert load is not None, "a reload needs a way to load the configuration"
+                    notifier.reloading()
+                    config = await _reload(config, load, intake)
+                    notifier.ready(reporter.status_line())
+                notifier.stopping()
+                await _stop_intake_then_publisher(intake, publisher, publishing, config)
+                for task in (watching, reporting, pinging):
+                    task.cancel()
     log.info("gateway stopped", buffered=buffer.depth)
 
 
-async def supervise(driver: Driver) -> None:
-    """Run a driver; when it fails, log why and restart it with backoff. Others go on."""
-    backoff = Backoff(1.0, 60.0)
-    while True:
-        started = time.monotonic()
+async def _stop_intake_then_publisher(
+    intake: Intake, publisher: Publisher, publishing: asyncio.Task[None], config: GatewayConfig
+) -> None:
+    """No new intake first; then in-flight publishes get `shutdown_grace_s` to be confirmed."""
+    log.info("stopping: drivers first, then in-flight publishes")
+    await intake.stop()
+    publisher.stop()
+    try:
+        await asyncio.wait_for(asyncio.shield(publishing), config.amqp.shutdown_grace_s)
+    except TimeoutError:
+        log.warning(
+            "confirms still missing at shutdown; those readings stay buffered",
+            in_flight=publisher.counters.in_flight,
+        )
+        publishing.cancel()
+
+
+async def _next_request(stop: asyncio.Event, reload: asyncio.Event) -> str:
+    """Wait for a stop or a reload; a stop wins when both are pending."""
+    if not stop.is_set() and not reload.is_set():
+        waits = [asyncio.ensure_future(e.wait()) for e in (stop, reload)]
         try:
-            await driver.run()
-            problem = "driver stopped by itself"
-        except Exception as exc:  # a driver's bug must not take the gateway down
-            problem = f"{type(exc).__name__}: {exc}"
-            log.exception("driver failed", driver=driver.name)
-        if time.monotonic() - started > _HEALTHY_RUN_S:
-            backoff.reset()
-        delay = backoff.next_delay()
-        driver.stats.failed(problem)
-        driver.stats.state = "restarting"
-        log.warning("restarting driver", driver=driver.name, retry_in_s=round(delay, 2))
-        await asyncio.sleep(delay)
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for wait in waits:
+                wait.cancel()
+    if stop.is_set():
+        return "stop"
+    reload.clear()
+    return "reload"
+
+
+async def _reload(
+    running: GatewayConfig, load: Callable[[], GatewayConfig], intake: Intake
+) -> GatewayConfig:
+    """Apply a new configuration's drivers; return what now runs. A bad file changes nothing."""
+    try:
+        new = await asyncio.to_thread(load)
+    except ConfigError as exc:
+        log.error(
+            "configuration rejected on reload; the running configuration stays in force",
+            error=str(exc),
+            hint="fix the file (`edge-gateway check --config FILE`), then reload again",
+        )
+        return running
+    changes = await intake.apply(new.drivers)
+    pending = [s for s in RESTART_SECTIONS if getattr(new, s) != getattr(running, s)]
+    log.info(
+        "configuration reloaded",
+        drivers_started=changes.started,
+        drivers_restarted=changes.restarted,
+        drivers_stopped=changes.stopped,
+        drivers_kept=changes.kept,
+    )
+    if pending:
+        log.warning(
+            "configuration changes that take effect only after a restart",
+            sections=pending,
+            hint="systemctl restart edge-gateway",
+        )
+    return running.model_copy(update={"drivers": new.drivers})
+
+
+def _check_timeouts(config: GatewayConfig, reporter: ServiceReporter) -> None:
+    """A confirm may take `amqp.timeout_s`: the watchdog must not call that a stall."""
+    if config.amqp.timeout_s >= reporter.stall_s:
+        log.warning(
+            "amqp.timeout_s is not below the watchdog period: a slow confirm may cause a restart",
+            timeout_s=config.amqp.timeout_s,
+            watchdog_s=reporter.stall_s,
+            hint="lower amqp.timeout_s or raise WatchdogSec= in the unit",
+        )
 
 
 async def _watch_storage(buffer: Buffer) -> None:

@@ -23,7 +23,7 @@ import sqlite3
 import threading
 import time
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -35,6 +35,7 @@ import structlog
 from gateway.errors import BufferFull, StorageError
 from gateway.logs import RateLimitedLog
 from gateway.model import Reading
+from gateway.progress import Progress
 
 log = structlog.get_logger("gateway.buffer")
 
@@ -144,7 +145,11 @@ class Buffer:
         max_bytes: int,
         when_full: WhenFull = "reject_new",
         commit_interval: float = 0.04,
+        clock_synchronized: Callable[[], bool] | None = None,
     ) -> None:
+        """`clock_synchronized` (the gateway passes `gateway.clock.system_clock_synchronized`)
+        is asked once per `put()`: readings accepted while it says no are flagged
+        `clock_unsynchronized` (see docs/message-format.md). None: never flag."""
         self.path = path
         self.max_bytes = max_bytes
         self.when_full = when_full
@@ -161,7 +166,10 @@ class Buffer:
         self._committed = asyncio.Event()
         self._failure: StorageError | None = None
         self._failed = asyncio.Event()
+        self._clock_synchronized = clock_synchronized
         self._rate_limited = RateLimitedLog(log)
+        self.progress = Progress()
+        """Puts waiting for their commit: the watchdog's view of the writer thread."""
         self._depth = 0
         self._next_seq = 1
         self._page_size = 1024
@@ -281,14 +289,19 @@ class Buffer:
         if self._failure is not None:
             raise self._failure
         assert self._loop is not None, "use the buffer inside `async with`"
-        entries = [(r.device, r.source, r.to_json()) for r in readings]
+        flag = self._clock_synchronized is not None and not self._clock_synchronized()
+        entries = [(r.device, r.source, r.to_json(clock_unsynchronized=flag)) for r in readings]
         future = self._loop.create_future()
         with self._cond:
             if self._state.closing:
                 raise StorageError("the buffer is closing; the reading was not accepted")
             self._state.puts.append(_Put(entries, future))
             self._cond.notify()
-        await future
+        self.progress.begin()
+        try:
+            await future
+        finally:
+            self.progress.end()
 
     # --- the publisher side -------------------------------------------------------
 

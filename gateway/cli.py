@@ -72,20 +72,24 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(report, indent=2) if args.json else format_status(report))
         return EXIT_OK if is_running(report) else EXIT_NOT_RUNNING
     configure_logging(config.logging.level, config.logging.format)
-    return asyncio.run(_run(config))
+    return asyncio.run(_run(args.config, config))
 
 
-async def _run(config: GatewayConfig) -> int:
+async def _run(path: Path, config: GatewayConfig) -> int:
+    """SIGTERM/SIGINT stop the gateway, SIGHUP reloads `path`; systemd hears of both."""
     from gateway.app import run_gateway
+    from gateway.notify import Notifier
 
-    stop = asyncio.Event()
+    stop, reload = asyncio.Event(), asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, reload.set)
     log = structlog.get_logger("gateway")
+    notifier = Notifier()
     failure: BaseException | None = None
     try:
-        await run_gateway(config, stop)
+        await run_gateway(config, stop, reload, lambda: load_config(path), notifier)
     except* GatewayError as group:
         failure = group.exceptions[0]
     except* Exception as group:  # a bug: say so in the log's own format, then let systemd restart
@@ -93,6 +97,7 @@ async def _run(config: GatewayConfig) -> int:
         failure = group.exceptions[0]
     if isinstance(failure, GatewayError):
         log.critical("gateway stopped on an error", error=str(failure))
+    notifier.close()
     if failure is not None:
         return EXIT_FAILURE
     return EXIT_OK

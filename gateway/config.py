@@ -121,12 +121,22 @@ class LoggingSection(StrictModel):
     """auto: JSON lines when stdout is not a terminal (journald), readable text when it is."""
 
 
+class MetricsSection(StrictModel):
+    """An optional Prometheus endpoint (the `prometheus` extra) with the figures of `status`."""
+
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    """Loopback by default: the figures name brokers and devices."""
+    port: Annotated[int, Field(ge=1, le=65535)] = 9464
+
+
 class GatewayConfig(StrictModel):
     gateway: GatewaySection
     buffer: BufferSection = BufferSection()
     amqp: AmqpSection = AmqpSection()
     drivers: list[DriverConfig] = Field(default_factory=list)
     logging: LoggingSection = LoggingSection()
+    metrics: MetricsSection = MetricsSection()
 
     @field_validator("drivers")
     @classmethod

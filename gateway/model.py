@@ -32,8 +32,13 @@ class Reading:
     units: Mapping[str, str] = field(default_factory=dict)
     tags: Mapping[str, str] = field(default_factory=dict)
 
-    def to_json(self) -> bytes:
-        """The reading as a compact JSON object, without its id (the buffer assigns that)."""
+    def to_json(self, clock_unsynchronized: bool = False) -> bytes:
+        """The reading as a compact JSON object, without its id (the buffer assigns that).
+
+        `clock_unsynchronized` adds `"clock_unsynchronized": true`: the gateway's clock was
+        not synchronised when it accepted the reading, so `ts` may be far off. The key is
+        absent otherwise, so consumers that do not know it see nothing new.
+        """
         doc: dict[str, object] = {
             "device": self.device,
             "ts": format_ts(self.ts),
@@ -44,6 +49,8 @@ class Reading:
         doc["source"] = self.source
         if self.tags:
             doc["tags"] = self.tags
+        if clock_unsynchronized:
+            doc["clock_unsynchronized"] = True
         return _encode(doc).encode()
 
 

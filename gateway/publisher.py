@@ -33,6 +33,7 @@ from gateway.buffer import Buffer, StoredReading
 from gateway.config import AmqpSection, GatewaySection
 from gateway.config_types import read_secret
 from gateway.logs import RateLimitedLog
+from gateway.progress import Progress
 from gateway.tls import client_ssl_context
 
 log = structlog.get_logger("gateway.publisher")
@@ -107,6 +108,8 @@ class Publisher:
         self.gateway = gateway
         self.buffer = buffer
         self.counters = PublisherCounters()
+        self.progress = Progress()
+        """Publishes awaiting their confirm: the watchdog's view of the uplink."""
         self._pending: list[tuple[int, StoredReading]] = []
         self._ready: deque[Batch] = deque()
         self._retry: list[Batch] = []
@@ -290,6 +293,7 @@ class Publisher:
     ) -> None:
         """Publish one batch and settle it: confirmed, kept for retry, or connection broken."""
         self.counters.in_flight += 1
+        self.progress.begin()
         message = aio_pika.Message(
             batch.body,
             message_id=batch.message_id,
@@ -330,6 +334,7 @@ class Publisher:
                 )
         finally:
             self.counters.in_flight -= 1
+            self.progress.end()
             window.release()
 
     def _confirmed(self, batch: Batch) -> None:

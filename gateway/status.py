@@ -12,6 +12,7 @@ import json
 import os
 import sqlite3
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ import structlog
 
 from drivers.base import Driver
 from gateway.buffer import Buffer
+from gateway.clock import system_clock_synchronized
 from gateway.logs import RateLimitedLog
 from gateway.publisher import Publisher
 
@@ -32,8 +34,13 @@ class StatusWriter:
     """Writes the live figures of one running gateway, atomically, every two seconds."""
 
     def __init__(
-        self, state_dir: Path, buffer: Buffer, publisher: Publisher, drivers: list[Driver]
+        self,
+        state_dir: Path,
+        buffer: Buffer,
+        publisher: Publisher,
+        drivers: Callable[[], list[Driver]],
     ) -> None:
+        """`drivers` gives the drivers running now: a reload may replace some."""
         self.path = state_dir / STATUS_FILE
         self.buffer = buffer
         self.publisher = publisher
@@ -56,8 +63,12 @@ class StatusWriter:
             "started": self.started,
             "updated": time.time(),
             "buffer": {"depth": self.buffer.depth, **asdict(self.buffer.counters)},
-            "publisher": asdict(self.publisher.counters),
-            "drivers": {d.name: d.stats.snapshot() for d in self.drivers},
+            "publisher": {
+                **asdict(self.publisher.counters),
+                "max_in_flight": self.publisher.config.max_in_flight,
+            },
+            "clock_synchronized": system_clock_synchronized(),
+            "drivers": {d.name: d.stats.snapshot() for d in self.drivers()},
         }
 
     def write(self, running: bool = True) -> None:
@@ -152,10 +163,15 @@ def format_status(report: dict[str, Any]) -> str:
     lines.append(f"uplink     {uplink}")
     lines.append(
         f"           published {pub['published_readings']} readings in "
-        f"{pub['published_messages']} messages, in flight {pub['in_flight']}, "
+        f"{pub['published_messages']} messages, unconfirmed {pub['in_flight']} of "
+        f"{pub.get('max_in_flight', '?')}, "
         f"returned {pub['returned']}, nacked {pub['nacked']}, last confirm "
         + (f"{time.time() - last:.0f} s ago" if last else "never")
     )
+    if live.get("clock_synchronized") is False:
+        lines.append("clock      NOT synchronised: readings are flagged clock_unsynchronized")
+    elif "clock_synchronized" in live:
+        lines.append("clock      synchronised")
     for name, stats in live["drivers"].items():
         seen = stats["last_reading"]
         lines.append(

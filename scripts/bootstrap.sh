@@ -15,7 +15,7 @@ set -euo pipefail
 
 cd "$(dirname "$0")/.."
 
-PACKAGES=(rabbitmq-server mosquitto python3-venv python3-pip dbus-daemon strace)
+PACKAGES=(rabbitmq-server mosquitto python3-venv python3-pip dbus-daemon strace systemd)
 SERVICES=(rabbitmq-server mosquitto)
 VENV=.venv
 STAMP=$VENV/.bootstrap-stamp

@@ -81,6 +81,7 @@ def test_minimal_file_loads_with_the_documented_defaults(tmp_path: Path) -> None
         },
         "drivers": [],
         "logging": {"level": "info", "format": "auto"},
+        "metrics": {"enabled": False, "host": "127.0.0.1", "port": 9464},
     }
     assert config.amqp.urls == ["amqp://guest:guest@127.0.0.1:5672/"]
 

@@ -1,0 +1,319 @@
+"""The gateway as systemd runs it: the notify protocol, the watchdog, reload, stop.
+
+The gateway is a real child process with NOTIFY_SOCKET pointing at a real datagram
+socket of the test (systemd's side of the protocol), and WATCHDOG_USEC set as
+systemd sets it. Stalls are real: a second SQLite connection holding the buffer's
+write lock (what an operator's `sqlite3` shell in a transaction does), and a TCP
+proxy that swallows the broker's confirms.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from contextlib import closing
+from typing import Any
+
+from edge_gateway_sim.brokers import MosquittoBroker, RabbitMQNode
+from edge_gateway_sim.consumer import ReadingCollector
+from edge_gateway_sim.mqtt_sensors import FleetConfig, MqttSensorFleet
+from harness import Site, report, validate_message
+from notify_listener import NotifyListener
+from tcp_proxy import TcpProxy
+
+WATCHDOG_S = 1.5  # a stall is declared after this long; the gateway checks every 0.5 s
+
+
+def log_events(site: Site, event: str) -> list[dict[str, Any]]:
+    lines = site.gateway.log.read_text().splitlines()
+    return [doc for doc in map(_json, lines) if doc.get("event") == event]
+
+
+def _json(line: str) -> dict[str, Any]:
+    try:
+        doc = json.loads(line)
+    except ValueError:
+        return {}
+    return doc if isinstance(doc, dict) else {}
+
+
+def edge_gateway_status(site: Site) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-m", "gateway.cli", "status", "--config", str(site.gateway.config)]
+    return subprocess.run(command, capture_output=True, text=True, check=False)
+
+
+def is_ping(fields: dict[str, str]) -> bool:
+    return fields.get("WATCHDOG") == "1"
+
+
+async def test_ready_status_pings_and_stopping_reach_the_notify_socket(
+    make_site: Any, rabbitmq: RabbitMQNode, mosquitto: MosquittoBroker
+) -> None:
+    site = make_site(rabbitmq, mosquitto)
+    with NotifyListener() as systemd:
+        site.gateway.env = systemd.env(watchdog_s=WATCHDOG_S)
+        async with site.collector() as collector:
+            site.gateway.start()
+            ready = await asyncio.to_thread(systemd.wait_for, lambda f: "READY" in f, 10)
+            sent = await asyncio.to_thread(site.fleet(sensors=4, rate=200).run, 400)
+            await collector.wait_until(lambda got: got.unique >= 400, timeout=30)
+            status = await asyncio.to_thread(
+                systemd.wait_for, lambda f: "STATUS" in f, 10, time.monotonic()
+            )
+            shown = await asyncio.to_thread(edge_gateway_status, site)
+        pings = len(systemd.since(ready.at, "WATCHDOG"))
+        assert site.gateway.terminate() == 0
+        stopping = systemd.wait_for(lambda f: "STOPPING" in f, 5)
+    print(f"\n[notify] READY {ready.fields}\n  STATUS {status.fields['STATUS']!r}, pings {pings}")
+    assert ready.fields["MAINPID"] == str(site.gateway.pid)
+    assert "buffered" in ready.fields["STATUS"]
+    assert "uplink amqp://guest:***@" in status.fields["STATUS"]
+    assert pings >= 2
+    assert shown.returncode == 0, shown.stderr  # `edge-gateway status`: running
+    assert f"uplink     amqp://guest:***@127.0.0.1:{rabbitmq.port}/" in shown.stdout
+    assert re.search(r"unconfirmed \d+ of 64, .*last confirm \d+ s ago", shown.stdout)
+    assert "clock      " in shown.stdout
+    assert re.search(
+        r"driver     sim-sensors \(mqtt\): connected, \d+ readings, last", shown.stdout
+    )
+    assert stopping.at > ready.at
+    assert collector.received.missing(sent.last_seq) == {}
+
+
+async def test_watchdog_pings_stop_while_the_buffer_writer_is_stalled(
+    make_site: Any, rabbitmq: RabbitMQNode, mosquitto: MosquittoBroker
+) -> None:
+    site = make_site(rabbitmq, mosquitto)
+    with NotifyListener() as systemd:
+        site.gateway.env = systemd.env(watchdog_s=WATCHDOG_S)
+        async with site.collector() as collector:
+            site.gateway.start()
+            fleet = site.fleet(sensors=4, rate=100)
+            fleet.start(duration=10)
+            await asyncio.to_thread(systemd.wait_for, is_ping, 5)
+            with closing(sqlite3.connect(site.state_dir / "buffer.db", timeout=10)) as other:
+                other.isolation_level = None
+                other.execute("BEGIN IMMEDIATE")  # the writer's next commit waits for this
+                locked = time.monotonic()
+                stalled = await asyncio.to_thread(
+                    systemd.wait_for, lambda f: "STALLED" in f.get("STATUS", ""), 3.4, locked
+                )
+                other.execute("ROLLBACK")  # before SQLite's 5 s busy timeout fails the writer
+                released = time.monotonic()
+            resumed = await asyncio.to_thread(systemd.wait_for, is_ping, 5, released)
+            sent = await asyncio.to_thread(fleet.wait, 30)
+            total = sum(sent.last_seq.values())
+            await collector.wait_until(lambda got: got.unique >= total, timeout=30)
+        pings_while_stalled = [n for n in systemd.since(stalled.at, "WATCHDOG") if n.at < released]
+    report("writer-stall", collector.received, f"sent={total}")
+    assert "buffer writer stalled" in stalled.fields["STATUS"]
+    assert pings_while_stalled == []
+    assert resumed.at > released
+    assert collector.received.missing(sent.last_seq) == {}
+    assert log_events(
+        site, "pipeline stalled: not pinging the watchdog, systemd will restart the gateway"
+    )
+    assert site.gateway.terminate() == 0
+
+
+async def test_watchdog_pings_stop_while_confirms_are_overdue_and_resume_after(
+    make_site: Any, rabbitmq: RabbitMQNode, mosquitto: MosquittoBroker
+) -> None:
+    async with TcpProxy(rabbitmq.port) as proxy:
+        # timeout_s above the watchdog period: the publisher itself would wait 30 s for a
+        # confirm; the watchdog calls it stalled after 1.5 s (and the gateway warns at start).
+        site = make_site(
+            rabbitmq,
+            mosquitto,
+            gateway_url=f"amqp://guest:guest@127.0.0.1:{proxy.port}/",
+            extra_amqp="timeout_s: 30\nretry_max_s: 1",
+        )
+        with NotifyListener() as systemd:
+            site.gateway.env = systemd.env(watchdog_s=WATCHDOG_S)
+            async with site.collector() as collector:
+                site.gateway.start()
+                fleet = site.fleet(sensors=4, rate=100)
+                fleet.start(duration=10)
+                await asyncio.to_thread(systemd.wait_for, is_ping, 5)
+                proxy.swallow_replies = True
+                swallowing = time.monotonic()
+                stalled = await asyncio.to_thread(
+                    systemd.wait_for, lambda f: "STALLED" in f.get("STATUS", ""), 5, swallowing
+                )
+                proxy.swallow_replies = False
+                proxy.cut()  # the connection has lost bytes: it must be a new one
+                recovered = time.monotonic()
+                resumed = await asyncio.to_thread(systemd.wait_for, is_ping, 10, recovered)
+                sent = await asyncio.to_thread(fleet.wait, 30)
+                total = sum(sent.last_seq.values())
+                await collector.wait_until(lambda got: got.unique >= total, timeout=30)
+            pings_while_stalled = [
+                n for n in systemd.since(stalled.at, "WATCHDOG") if n.at < recovered
+            ]
+    report("publisher-stall", collector.received, f"sent={total}")
+    assert "publisher stalled" in stalled.fields["STATUS"]
+    assert pings_while_stalled == []
+    assert resumed.at > recovered
+    assert collector.received.missing(sent.last_seq) == {}
+    assert log_events(
+        site, "amqp.timeout_s is not below the watchdog period: a slow confirm may cause a restart"
+    )
+    assert site.gateway.terminate() == 0
+
+
+async def test_sigterm_with_confirms_missing_exits_0_and_loses_nothing(
+    make_site: Any, rabbitmq: RabbitMQNode, mosquitto: MosquittoBroker
+) -> None:
+    """Readings published but unconfirmed at SIGTERM stay buffered and go after the restart."""
+    async with TcpProxy(rabbitmq.port) as proxy:
+        site = make_site(
+            rabbitmq,
+            mosquitto,
+            gateway_url=f"amqp://guest:guest@127.0.0.1:{proxy.port}/",
+            extra_amqp="shutdown_grace_s: 2\nretry_max_s: 1",
+        )
+        async with site.collector() as collector:
+            site.gateway.start()
+            # 100/s: while the gateway is down Mosquitto queues at most 1,000 messages for it
+            fleet = site.fleet(sensors=5, rate=100)
+            fleet.start(duration=6)
+            await asyncio.sleep(1.5)
+            proxy.swallow_replies = True  # what is published from now on stays unconfirmed
+            await asyncio.sleep(1)
+            started = time.monotonic()
+            assert await asyncio.to_thread(site.gateway.terminate) == 0
+            stopped_in = time.monotonic() - started
+            proxy.swallow_replies = False
+            proxy.cut()
+            await asyncio.to_thread(site.gateway.start)
+            sent = await asyncio.to_thread(fleet.wait, 30)
+            total = sum(sent.last_seq.values())
+            await collector.wait_until(lambda got: got.unique >= total, timeout=30)
+    report("sigterm-unconfirmed", collector.received, f"sent={total} stopped_in={stopped_in:.2f}s")
+    missing = log_events(site, "confirms still missing at shutdown; those readings stay buffered")
+    assert missing and missing[0]["in_flight"] > 0
+    assert stopped_in < 30  # TimeoutStopSec in the unit
+    assert collector.received.missing(sent.last_seq) == {}
+    assert site.gateway.terminate() == 0
+
+
+def second_driver(site: Site) -> str:
+    """YAML of another MQTT driver, on its own topics, for the reload tests."""
+    return f"""\
+  - type: mqtt
+    name: kept
+    host: 127.0.0.1
+    port: {site.mqtt_port}
+    client_id: gw-{site.name}-b
+    subscriptions:
+      - topic: "{site.name}-b/+/state"
+        device: "{site.name}-b/{{device}}/state"
+"""
+
+
+def reload(site: Site, systemd: NotifyListener, config: str) -> float:
+    """Write the file, send SIGHUP as `systemctl reload` does, wait for READY after RELOADING."""
+    site.gateway.config.write_text(config)
+    sent = time.monotonic()
+    os.kill(site.gateway.pid, signal.SIGHUP)
+    reloading = systemd.wait_for(lambda f: "RELOADING" in f, 10, sent)
+    systemd.wait_for(lambda f: "READY" in f, 10, reloading.at)
+    return sent
+
+
+async def test_reload_restarts_only_the_driver_whose_configuration_changed(
+    make_site: Any, rabbitmq: RabbitMQNode, mosquitto: MosquittoBroker
+) -> None:
+    site = make_site(rabbitmq, mosquitto)
+    before = site.gateway.config.read_text().replace("logging:", second_driver(site) + "logging:")
+    site.gateway.config.write_text(before)
+    # The changed driver gets a tag: the readings show which configuration read them.
+    after = before.replace(
+        'units: {temperature: Cel, humidity: "%RH", battery: "%"}',
+        'units: {temperature: Cel, humidity: "%RH", battery: "%"}\n        tags: {generation: "2"}',
+    )
+    assert after != before
+    fleets = [
+        site.fleet(sensors=3, rate=60),
+        MqttSensorFleet(
+            FleetConfig(
+                port=site.mqtt_port, prefix=f"{site.name}-b", sensors=3, rate=60, first_device=101
+            )
+        ),
+    ]
+    with NotifyListener() as systemd:
+        site.gateway.env = systemd.env(watchdog_s=WATCHDOG_S)
+        collector = ReadingCollector(
+            rabbitmq.url,
+            site.name,
+            queue=f"{site.name}-all",
+            validate=validate_message,
+            keep_readings=True,
+        )
+        async with collector:
+            site.gateway.start()
+            for fleet in fleets:
+                fleet.start(duration=8)
+            await asyncio.sleep(3)
+            reloaded = await asyncio.to_thread(reload, site, systemd, after)
+            sent = [await asyncio.to_thread(fleet.wait, 30) for fleet in fleets]
+            total = sum(sum(s.last_seq.values()) for s in sent)
+            await collector.wait_until(lambda got: got.unique >= total, timeout=30)
+            pings_after = systemd.since(reloaded, "WATCHDOG")
+    got = collector.received
+    report("reload", got, f"sent={total}")
+    changes = log_events(site, "configuration reloaded")
+    assert len(changes) == 1
+    assert changes[0]["drivers_restarted"] == ["sim-sensors"]
+    assert changes[0]["drivers_kept"] == ["kept"]
+    connects = [e["driver"] for e in log_events(site, "connected to MQTT broker")]
+    assert connects.count("sim-sensors") == 2  # stopped and started with the new file
+    assert connects.count("kept") == 1  # its connection and session went on untouched
+    tagged = [r for r in got.kept if r.get("tags") == {"generation": "2"}]
+    assert tagged and all(r["source"] == "sim-sensors" for r in tagged)
+    assert pings_after
+    for fleet_sent in sent:
+        assert got.missing(fleet_sent.last_seq) == {}
+    assert site.gateway.terminate() == 0
+
+
+async def test_reload_of_an_invalid_file_keeps_the_running_configuration(
+    make_site: Any, rabbitmq: RabbitMQNode, mosquitto: MosquittoBroker
+) -> None:
+    site = make_site(rabbitmq, mosquitto)
+    good = site.gateway.config.read_text()
+    with NotifyListener() as systemd:
+        site.gateway.env = systemd.env(watchdog_s=WATCHDOG_S)
+        async with site.collector() as collector:
+            site.gateway.start()
+            fleet = site.fleet(sensors=3, rate=60)
+            fleet.start(duration=8)
+            await asyncio.sleep(2)
+            broken = good.replace("port: ", "port: not-a-port  # ", 1)
+            rejected_at = await asyncio.to_thread(reload, site, systemd, broken)
+            amqp_changed = good.replace("amqp:\n", "amqp:\n  max_in_flight: 8\n", 1)
+            await asyncio.to_thread(reload, site, systemd, amqp_changed)
+            sent = await asyncio.to_thread(fleet.wait, 30)
+            total = sum(sent.last_seq.values())
+            await collector.wait_until(lambda got: got.unique >= total, timeout=30)
+            pings_after = systemd.since(rejected_at, "WATCHDOG")
+    report("reload-invalid", collector.received, f"sent={total}")
+    rejected = log_events(
+        site, "configuration rejected on reload; the running configuration stays in force"
+    )
+    assert len(rejected) == 1
+    assert f"{site.gateway.config}:" in rejected[0]["error"]  # file:line of the bad value
+    assert "drivers[0].port" in rejected[0]["error"]
+    pending = log_events(site, "configuration changes that take effect only after a restart")
+    assert [e["sections"] for e in pending] == [["amqp"]]
+    assert log_events(site, "configuration reloaded")[0]["drivers_kept"] == ["sim-sensors"]
+    assert len(pings_after) >= 2
+    assert collector.received.missing(sent.last_seq) == {}
+    assert site.gateway.terminate() == 0
