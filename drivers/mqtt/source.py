@@ -371,5 +371,10 @@ class MqttSource:
     async def _accept(self, readings: Sequence[Reading]) -> None:
         """Put into the buffer, retrying until it takes them; meanwhile nothing is acked."""
         await put_until_accepted(
-            self._sink, readings, self.name, self.stats, self._rate_limited, "holding them unacked"
+            self._sink,
+            readings,
+            self.name,
+            self.stats,
+            self._rate_limited,
+            "holding them unacknowledged",
         )
