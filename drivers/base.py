@@ -55,6 +55,10 @@ class DriverStats:
         self.errors += 1
         self.last_error = message
 
+    def bump(self, counter: str, n: int = 1) -> None:
+        """Add `n` to a named counter (`counters`, shown by `edge-gateway status`)."""
+        self.counters[counter] = self.counters.get(counter, 0) + n
+
     def snapshot(self) -> dict[str, Any]:
         return asdict(self)
 

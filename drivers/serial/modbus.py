@@ -189,7 +189,7 @@ class ModbusSource:
                 decoded = {}
             values.update(decoded)
             for error in errors:
-                self._count("decode_error")
+                self.stats.bump("decode_error")
                 self._rate_limited.warning(
                     f"decode-{unit.config.unit_id}",
                     "Modbus value cannot be decoded; skipped",
@@ -224,14 +224,14 @@ class ModbusSource:
             except ModbusException as exc:  # not connected: the line is going away
                 if lost.is_set():
                     raise _PortLost from None
-                self._count("request_errors")
+                self.stats.bump("request_errors")
                 self._rate_limited.warning("modbus-error", "Modbus request failed", error=str(exc))
                 continue
             finally:
                 self._trace.settle()
             self._line_fault(unit_id, block, answered=True)
             if response.isError():
-                self._count("exception_response")
+                self.stats.bump("exception_response")
                 self._rate_limited.warning(
                     f"exception-{unit_id}",
                     "Modbus unit refused a read; check kind and address in its register map",
@@ -251,14 +251,14 @@ class ModbusSource:
         if not data:
             return
         if classify_reply(*self._last_request, data) is None:
-            self._count("late_answer")
+            self.stats.bump("late_answer")
             self._rate_limited.warning(
                 "late-answer",
                 "a Modbus unit answered after its timeout_s; consider a longer timeout_s",
                 unit=self._last_request[0],
             )
             return
-        self._count("garbage")
+        self.stats.bump("garbage")
         self.stats.malformed += 1
         self._rate_limited.warning(
             "line-stray",
@@ -273,7 +273,7 @@ class ModbusSource:
         fault = classify_reply(unit_id, _READS[block.kind][0], block.count, data)
         if fault is None or (answered and fault == "no_response"):
             return
-        self._count(fault)
+        self.stats.bump(fault)
         if fault == "no_response":
             return  # logged per unit by `_missed`, once it gives up on the poll
         self.stats.malformed += 1
@@ -331,9 +331,6 @@ class ModbusSource:
                 "holding them, polling paused",
             )
             self.stats.read(len(readings))
-
-    def _count(self, key: str) -> None:
-        self.stats.counters[key] = self.stats.counters.get(key, 0) + 1
 
     def _unit_ids(self) -> list[int]:
         return [unit.config.unit_id for unit in self._units]

@@ -123,7 +123,7 @@ class SerialLineSource:
                 self.stats.failed(str(exc))
                 self._rate_limited.error("open", "cannot open serial port", error=str(exc))
             except PortGone as exc:
-                self._count("disconnects")
+                self.stats.bump("disconnects")
                 self.stats.failed(str(exc))
                 self._log.warning("serial device gone; waiting for it to come back", error=str(exc))
                 if time.monotonic() - opened > _HEALTHY_S:
@@ -151,7 +151,7 @@ class SerialLineSource:
         except* PortGone as group:
             tail = framer.reset()
             if tail:
-                self._count("partial")
+                self.stats.bump("partial")
                 self._warn("partial", "half a line when the port closed; skipped", tail)
             raise group.exceptions[0] from None
 
@@ -169,7 +169,7 @@ class SerialLineSource:
             quiet = time.monotonic() - self._last_byte
             if quiet >= limit_s and self.stats.state == "reading":
                 self.stats.state = "stalled"
-                self._count("stalled")
+                self.stats.bump("stalled")
                 self._log.warning("serial device silent", silent_s=round(quiet, 1))
             await asyncio.sleep(max(0.1, limit_s - quiet) if quiet < limit_s else limit_s)
 
@@ -186,7 +186,7 @@ class SerialLineSource:
                 reading = self._protocol.decode(line.rstrip(b"\r"), received)
             except ChecksumError as exc:
                 self.stats.malformed += 1
-                self._count("bad_checksum")
+                self.stats.bump("bad_checksum")
                 self._warn("bad_checksum", str(exc), exc.sample)
                 continue
             except DecodeError as exc:
@@ -200,7 +200,7 @@ class SerialLineSource:
         kept = readings[: max(0, _MAX_PENDING - len(self._pending))]
         if len(kept) < len(readings):
             dropped = len(readings) - len(kept)
-            self._count("overflow", dropped)
+            self.stats.bump("overflow", dropped)
             self._warn("overflow", "too many readings wait for the buffer; dropped", b"")
         self._pending.extend(kept)
         self._arrived.set()
@@ -209,9 +209,6 @@ class SerialLineSource:
         self._rate_limited.warning(
             kind, "bad serial input; skipped", kind=kind, problem=problem, sample=sample.hex(" ")
         )
-
-    def _count(self, kind: str, n: int = 1) -> None:
-        self.stats.counters[kind] = self.stats.counters.get(kind, 0) + n
 
     # -- the buffer -------------------------------------------------------------------------
 
