@@ -1,31 +1,26 @@
 """The gateway's configuration: one YAML file, plus drop-ins, validated into frozen models.
 
-Errors are for people editing YAML by hand: each names the file, the line, the
-key path and what was expected, in one line, never a pydantic dump.
-
-Drop-ins (`gateway.d/*.yaml` beside `gateway.yaml`, read in name order) let a site
-keep its drivers, or its secrets' settings, in files of their own: a drop-in's
-mappings merge into what came before key by key, any other value replaces the one
-before it, and `drivers` lists are joined, so that a drop-in can add a driver.
+The models live here; reading the files (line numbers, `${ENV}`, drop-ins) and turning
+validation errors into `file:line: key.path: problem` lines live in gateway.config_loader.
 """
 
 from __future__ import annotations
 
-import difflib
 import os
 import re
 import string
 from pathlib import Path
-from typing import Annotated, Any, Literal, get_args, get_origin
+from typing import Annotated, Literal
 
-import yaml
-from pydantic import BaseModel, ByteSize, Field, ValidationError, field_validator, model_validator
+from pydantic import ByteSize, Field, ValidationError, field_validator, model_validator
 
 from drivers.ble.config import BleDriverConfig
 from drivers.mqtt.config import MqttDriverConfig
 from drivers.serial.lines_config import SerialLinesConfig
 from drivers.serial.modbus_config import ModbusRtuConfig
 from drivers.serial.nmea_config import SerialNmeaConfig
+from gateway.config_loader import config_files as config_files  # where callers find it
+from gateway.config_loader import describe, read_config
 from gateway.config_types import Seconds, SecretFile, StrictModel, TlsConfig
 from gateway.errors import ConfigError
 
@@ -149,12 +144,6 @@ class GatewayConfig(StrictModel):
         return drivers
 
 
-# --- loading -----------------------------------------------------------------
-
-_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
-KeyPath = tuple[str | int, ...]
-
-
 def load_config(path: Path | str, check_files: bool = True) -> GatewayConfig:
     """Read, substitute `${ENV}` and validate a configuration file and its drop-ins; raise
     `ConfigError`.
@@ -164,280 +153,10 @@ def load_config(path: Path | str, check_files: bool = True) -> GatewayConfig:
     Relative file paths, in drop-ins too, are relative to the main file's directory.
     """
     path = Path(path)
-    files = config_files(path)
-    data, where = _read(path)
-    if data is None:
-        raise ConfigError(f"{path}: the file is empty; see config/gateway.example.yaml")
-    for drop_in in files[1:]:
-        more, more_where = _read(drop_in)
-        if more is not None:
-            _merge(data, where, more, more_where)
+    data, where = read_config(path)
     try:
         return GatewayConfig.model_validate(
             data, context={"base_dir": path.parent, "check_files": check_files}
         )
     except ValidationError as exc:
-        raise ConfigError(_describe(f"{path}:1", data, where, exc)) from None
-
-
-def config_files(path: Path | str) -> list[Path]:
-    """The main file, then its drop-ins (`<name>.d/*.yaml` and `*.yml`) in name order."""
-    path = Path(path)
-    drop_ins = path.with_suffix(".d")
-    if not drop_ins.is_dir():
-        return [path]
-    found = [p for p in drop_ins.iterdir() if p.suffix in (".yaml", ".yml") and p.is_file()]
-    return [path, *sorted(found, key=lambda p: p.name)]
-
-
-def _read(path: Path) -> tuple[dict[str, Any] | None, dict[KeyPath, str]]:
-    """One file's data (None when it holds nothing) and the `file:line` of each key path."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read the configuration: {exc.strerror}") from None
-    except UnicodeDecodeError as exc:
-        raise ConfigError(
-            f"{path}: the file is not UTF-8 text (byte {exc.start}); save it as UTF-8"
-        ) from None
-    data, lines = _parse_yaml(path, text)
-    if data is not None and not isinstance(data, dict):
-        raise ConfigError(f"{path}:1: the top level must be a mapping of keys (gateway, amqp, ...)")
-    return data, {at: f"{path}:{line}" for at, line in lines.items()}
-
-
-def _merge(
-    into: dict[str, Any],
-    where: dict[KeyPath, str],
-    more: dict[str, Any],
-    more_where: dict[KeyPath, str],
-    at: KeyPath = (),
-) -> None:
-    """Merge a drop-in's data (and where each key came from) into what was read before."""
-    for key, value in more.items():
-        here = (*at, key)
-        before = into.get(key)
-        if here == ("drivers",) and isinstance(value, list) and isinstance(before, list):
-            offset = len(before)
-            before.extend(value)
-            for path, location in more_where.items():
-                if path[:1] == here and len(path) > 1 and isinstance(path[1], int):
-                    where[(*here, offset + path[1], *path[2:])] = location
-        elif isinstance(value, dict) and isinstance(before, dict):
-            _merge(before, where, value, more_where, here)
-        else:
-            into[key] = value
-            for path in [path for path in where if path[: len(here)] == here]:
-                del where[path]
-            where.update(
-                (path, location)
-                for path, location in more_where.items()
-                if path[: len(here)] == here
-            )
-
-
-def _parse_yaml(path: Path, text: str) -> tuple[Any, dict[KeyPath, int]]:
-    """YAML to plain data plus the line of every key path, for error messages."""
-    try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}" if mark else str(path)
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise ConfigError(f"{where}: invalid YAML: {problem}") from None
-    lines: dict[KeyPath, int] = {}
-    constructor = yaml.SafeLoader("")
-
-    def scalar(node: yaml.Node) -> Any:
-        try:
-            return constructor.construct_object(node, deep=True)
-        except (yaml.YAMLError, ValueError) as exc:
-            raise ConfigError(
-                f"{path}:{node.start_mark.line + 1}: cannot read the value {node.value!r}: "
-                f"{getattr(exc, 'problem', None) or exc}"
-            ) from None
-
-    def build(node: yaml.Node, at: KeyPath) -> Any:
-        lines.setdefault(at, node.start_mark.line + 1)
-        if isinstance(node, yaml.MappingNode):
-            result: dict[Any, Any] = {}
-            merged: dict[Any, Any] = {}
-            for key_node, value_node in node.value:
-                if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *defaults`
-                    for source in _merge_sources(path, value_node):
-                        for key, value in build(source, at).items():
-                            merged.setdefault(key, value)
-                    continue
-                key = scalar(key_node) if isinstance(key_node, yaml.ScalarNode) else None
-                if not isinstance(key, str | int):
-                    raise ConfigError(
-                        f"{path}:{key_node.start_mark.line + 1}: {_dotted(at)}: "
-                        "keys must be plain words, not lists or mappings"
-                    )
-                if key in result:
-                    raise ConfigError(
-                        f"{path}:{key_node.start_mark.line + 1}: "
-                        f"{_dotted((*at, key))}: the key appears twice"
-                    )
-                lines[(*at, key)] = key_node.start_mark.line + 1
-                result[key] = build(value_node, (*at, key))
-            return {**merged, **result}
-        if isinstance(node, yaml.SequenceNode):
-            return [build(item, (*at, i)) for i, item in enumerate(node.value)]
-        value = scalar(node)
-        if isinstance(value, str):
-            value = _substitute_env(value, f"{path}:{node.start_mark.line + 1}", at)
-        return value
-
-    return (build(root, ()) if root is not None else None), lines
-
-
-def _merge_sources(path: Path, node: yaml.Node) -> list[yaml.Node]:
-    """The mappings a YAML merge key (`<<`) names: one alias or a list of them."""
-    sources = node.value if isinstance(node, yaml.SequenceNode) else [node]
-    if not all(isinstance(source, yaml.MappingNode) for source in sources):
-        raise ConfigError(
-            f"{path}:{node.start_mark.line + 1}: '<<' must name a mapping (<<: *anchor)"
-        )
-    return list(sources)
-
-
-def _substitute_env(value: str, where: str, at: KeyPath) -> str:
-    def replace(match: re.Match[str]) -> str:
-        name, default = match.group(1), match.group(2)
-        if name in os.environ:
-            return os.environ[name]
-        if default is not None:
-            return default
-        raise ConfigError(
-            f"{where}: {_dotted(at)}: environment variable {name} is not set; "
-            f"set it or write ${{{name}:-default}}"
-        )
-
-    return _ENV_REF.sub(replace, value)
-
-
-def _dotted(at: KeyPath) -> str:
-    out = ""
-    for part in at:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out or "(top level)"
-
-
-def _describe(fallback: str, data: Any, where: dict[KeyPath, str], exc: ValidationError) -> str:
-    """One line per problem: `file:line: key.path: what is wrong (got X)`."""
-    located = [
-        (_data_path(data, error["loc"], error["type"] in ("missing", "extra_forbidden")), error)
-        for error in exc.errors()
-    ]
-    messages = []
-    for at, error in located:
-        if any(len(other) > len(at) and other[: len(at)] == at for other, _ in located):
-            continue  # a union's other branch failing less specifically: noise
-        location = next(
-            (where[at[:n]] for n in range(len(at), -1, -1) if at[:n] in where), fallback
-        )
-        message = f"{location}: {_dotted(at)}: {_explain(error, data, at)}"
-        if message not in messages:
-            messages.append(message)
-    return "\n".join(messages)
-
-
-def _data_path(data: Any, loc: tuple[str | int, ...], key_error: bool) -> KeyPath:
-    """Pydantic's error location without union tags, so it matches the YAML's keys.
-
-    `key_error`: the error is about a key itself (missing or unknown), so the last
-    location part names a key that is not in the data.
-    """
-    at: list[str | int] = []
-    node = data
-    for i, part in enumerate(loc):
-        if isinstance(node, dict) and part in node:
-            node = node[part]
-        elif isinstance(node, list) and isinstance(part, int) and part < len(node):
-            node = node[part]
-        elif i < len(loc) - 1 or not isinstance(node, dict) or not key_error:
-            continue  # a discriminated union's tag, not a key in the file
-        at.append(part)
-    return tuple(at)
-
-
-def _explain(error: Any, data: Any, at: KeyPath) -> str:
-    kind: str = error["type"]
-    msg: str = error["msg"]
-    if kind == "extra_forbidden":
-        allowed = _allowed_keys(data, at[:-1])
-        hint = difflib.get_close_matches(str(at[-1]), allowed, n=1)
-        if hint:
-            return f"unknown key; did you mean {hint[0]!r}?"
-        return "unknown key" + (f"; allowed here: {', '.join(allowed)}" if allowed else "")
-    if kind == "missing":
-        return "required key is missing"
-    if kind == "union_tag_invalid":
-        ctx = error["ctx"]
-        key = ctx["discriminator"].strip("'")
-        return f"unknown {key} {ctx['tag']!r}; expected one of: {ctx['expected_tags']}"
-    if kind == "union_tag_not_found":
-        key = error["ctx"]["discriminator"].strip("'")
-        return f"the key {key!r} is missing ({_TAG_HINTS.get(key, '')})"
-    if kind == "value_error":
-        return str(error["ctx"]["error"])
-    got = error.get("input")
-    shown = "" if isinstance(got, dict | list) else f" (got {got!r})"
-    return msg[0].lower() + msg[1:] + shown
-
-
-_TAG_HINTS = {
-    "type": "for a driver: mqtt, serial or ble",
-    "protocol": "for a serial driver: lines, nmea or modbus-rtu",
-}
-
-
-def _allowed_keys(data: Any, at: KeyPath) -> list[str]:
-    """The keys the model accepts at a path, for 'unknown key' hints."""
-    annotation: Any = GatewayConfig
-    node = data
-    for part in at:
-        if isinstance(node, dict):
-            node = node.get(part)
-        elif isinstance(node, list) and isinstance(part, int) and part < len(node):
-            node = node[part]
-        else:
-            node = None
-        model = _model_in(annotation, node)
-        container = _container(annotation)
-        if container is not None:
-            annotation = get_args(container)[-1]  # a user's key or a list index
-        elif model is not None and part in model.model_fields:
-            annotation = model.model_fields[part].annotation
-        else:
-            return []
-    model = _model_in(annotation, node)
-    return sorted(model.model_fields) if model is not None else []
-
-
-def _container(annotation: Any) -> Any:
-    """`dict[...]` or `list[...]` inside an annotation like `dict[str, X] | None`, else None."""
-    for candidate in (annotation, *get_args(annotation)):
-        if get_origin(candidate) in (dict, list):
-            return candidate
-    return None
-
-
-def _model_in(annotation: Any, node: Any) -> Any:
-    """The model an annotation like `X | None`, `X | str` or a driver union means for `node`."""
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation
-    if get_origin(annotation) in (dict, list):
-        return None
-    models = [m for m in (_model_in(arg, node) for arg in get_args(annotation)) if m is not None]
-    if isinstance(node, dict) and len(models) > 1:
-        for candidate in models:
-            tags = [
-                (key, candidate.model_fields[key].annotation)
-                for key in ("type", "protocol")
-                if key in candidate.model_fields
-            ]
-            if tags and all(node.get(key) in get_args(tag) for key, tag in tags):
-                return candidate
-    return models[0] if models else None
+        raise ConfigError(describe(f"{path}:1", data, where, exc, GatewayConfig)) from None
