@@ -60,7 +60,7 @@ class _DeviceState:
 
 
 @dataclass(slots=True)
-class Intake:
+class AdvertFilter:
     """The per-device memory that turns a stream of advertisements into readings.
 
     bleak calls back on every change of a device's D-Bus properties (RSSI, Connected, ...),
@@ -107,7 +107,7 @@ class Intake:
         known = self._known.get(advert.address)
         try:
             measurement = decode_advertisement(advert, known.bindkey if known else None)
-        except Exception as exc:  # a decoder bug must not stop intake: count it like bad input
+        except Exception as exc:  # a decoder bug must not stop the filter: count it like bad input
             self._malformed(advert, exc)
             return None
         if measurement is None:

@@ -21,7 +21,7 @@ from bleak.exc import BleakDeviceNotFoundError, BleakError
 
 from drivers.base import DriverStats
 from drivers.ble.config import Characteristic, GattDevice
-from drivers.ble.intake import bump
+from drivers.ble.filters import bump
 from drivers.ble.scanner import AdapterScanner
 from gateway.backoff import Backoff
 from gateway.errors import DecodeError

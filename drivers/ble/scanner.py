@@ -26,7 +26,7 @@ from bleak.backends.device import BLEDevice
 
 from drivers.base import DriverStats
 from drivers.ble.config import BleDriverConfig
-from drivers.ble.intake import bump
+from drivers.ble.filters import bump
 from gateway.backoff import Backoff
 from gateway.errors import GatewayError
 from gateway.logs import RateLimitedLog

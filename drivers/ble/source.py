@@ -20,8 +20,8 @@ from bleak.backends.device import BLEDevice
 
 from drivers.base import DriverStats, Sink, put_until_accepted
 from drivers.ble.config import BleDriverConfig
+from drivers.ble.filters import AdvertFilter, Heard, bump, from_bleak
 from drivers.ble.gatt_client import GattPoller
-from drivers.ble.intake import Heard, Intake, bump, from_bleak
 from drivers.ble.scanner import AdapterScanner
 from gateway.logs import RateLimitedLog
 from gateway.model import Reading
@@ -46,7 +46,7 @@ class BleSource:
 
     async def run(self) -> None:
         self._heard, self._readings = [], []
-        intake = Intake(self.config, self.stats)
+        intake = AdvertFilter(self.config, self.stats)
         scanner = AdapterScanner(self.config, self.stats, self._on_advert)
         try:
             async with asyncio.TaskGroup() as tasks:
@@ -84,7 +84,7 @@ class BleSource:
         )
         return True
 
-    async def _deliver(self, intake: Intake) -> None:
+    async def _deliver(self, intake: AdvertFilter) -> None:
         """Decode what arrived since the last turn and put it into the buffer in one call."""
         while True:
             await self._arrived.wait()
