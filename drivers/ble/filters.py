@@ -6,6 +6,7 @@ No I/O here and nothing bleak-specific beyond the conversion in `from_bleak`, so
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -15,6 +16,7 @@ import structlog
 from drivers.base import DriverStats
 from drivers.ble.adverts import Advertisement, decode_advertisement
 from drivers.ble.config import BleDriverConfig, KnownDevice
+from drivers.ble.measurement import Measurement
 from gateway.errors import DecodeError
 from gateway.logs import RateLimitedLog
 from gateway.model import Reading, Value, utc_from_epoch
@@ -23,11 +25,6 @@ log = structlog.get_logger("drivers.ble")
 
 _MAX_DEVICES = 4096
 """Devices whose last packet is remembered; bounded, since private addresses keep changing."""
-
-
-def bump(stats: DriverStats, counter: str) -> None:
-    """Add one to a named counter shown by `edge-gateway status`."""
-    stats.counters[counter] = stats.counters.get(counter, 0) + 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,12 +63,25 @@ class AdvertFilter:
     bleak calls back on every change of a device's D-Bus properties (RSSI, Connected, ...),
     and BlueZ repeats the last advertising data in each call. A payload equal to the
     device's previous one is therefore not a new packet; a decoded packet id equal to the
-    previous one is the sender repeating a measurement. Both are dropped and counted.
+    previous one is the sender repeating a measurement. Both are dropped, the second counted.
+
+    That memory is kept for the `_MAX_DEVICES` devices heard most recently, and only for
+    devices whose advertisement decoded: phones and beacons in other formats, each with
+    a new private address every few minutes, never push a sensor's memory out (a sensor
+    that lost it would turn its next repeat into a second reading). The cost: an
+    undecodable advertisement is counted each time bleak calls back with it.
+
+    Encrypted BTHome has replay protection (bthome.io/encryption): a device with a bind
+    key must send an encryption counter above the last one accepted, or the packet is
+    refused and counted as `replayed`. These counters are kept apart from the evicted
+    memory (one per configured bind key, so bounded by the configuration), and only in
+    memory: docs/ble-formats.md says what that means after a sensor's battery change.
     """
 
     config: BleDriverConfig
     stats: DriverStats
-    _devices: dict[str, _DeviceState] = field(default_factory=dict)
+    _devices: OrderedDict[str, _DeviceState] = field(default_factory=OrderedDict)
+    _counters: dict[str, int] = field(default_factory=dict)
     _known: Mapping[str, KnownDevice] = field(default_factory=dict)
     _rate_limited: RateLimitedLog = field(default_factory=lambda: RateLimitedLog(log))
 
@@ -95,15 +105,15 @@ class AdvertFilter:
         advert = heard.advert
         if not self.allowed(heard):
             return None
-        state = self._devices.get(advert.address)
-        if state is None:
-            if len(self._devices) >= _MAX_DEVICES:  # forget the longest-known device
-                del self._devices[next(iter(self._devices))]
-            state = self._devices[advert.address] = _DeviceState()
         payload = (tuple(advert.service_data.items()), tuple(advert.manufacturer_data.items()))
-        if payload == state.payload or payload == ((), ()):
-            return None  # a property change, not a packet
-        state.payload = payload
+        if payload == ((), ()):
+            return None  # a property change of a device that sent no data
+        state = self._devices.get(advert.address)
+        if state is not None:
+            self._devices.move_to_end(advert.address)
+            if payload == state.payload:
+                return None  # a property change, not a packet
+            state.payload = payload
         known = self._known.get(advert.address)
         try:
             measurement = decode_advertisement(advert, known.bindkey if known else None)
@@ -111,17 +121,21 @@ class AdvertFilter:
             self._malformed(advert, exc)
             return None
         if measurement is None:
-            bump(self.stats, "unknown_format")
+            self.stats.bump("unknown_format")
             return None
+        if self._replayed(advert, measurement):
+            return None
+        if state is None:
+            state = self._remember(advert.address, payload)
         if measurement.packet_id is not None and measurement.packet_id == state.packet_id:
-            bump(self.stats, "repeated")
+            self.stats.bump("repeated")
             return None
         state.packet_id = measurement.packet_id
         min_interval = self.config.min_interval_s
         if known is not None and known.min_interval_s is not None:
             min_interval = known.min_interval_s
         if state.last_reading is not None and heard.received - state.last_reading < min_interval:
-            bump(self.stats, "throttled")
+            self.stats.bump("throttled")
             return None
         if not measurement.values:
             return None
@@ -141,6 +155,39 @@ class AdvertFilter:
             tags={**tags, **(known.tags if known else {})},
         )
 
+    def _remember(self, address: str, payload: tuple[Any, ...]) -> _DeviceState:
+        """New memory for a device, forgetting the least recently heard one when full."""
+        if len(self._devices) >= _MAX_DEVICES:
+            self._devices.popitem(last=False)
+        state = self._devices[address] = _DeviceState(payload)
+        return state
+
+    def _replayed(self, advert: Advertisement, measurement: Measurement) -> bool:
+        """Refuse a decrypted packet whose counter is not above the device's last one.
+
+        Only a packet decrypted with the device's bind key has a counter, so the
+        counters stay as many as the configured keys.
+        """
+        counter = measurement.encryption_counter
+        if counter is None:
+            return False
+        last = self._counters.get(advert.address)
+        if last is not None and counter <= last:
+            self.stats.bump("replayed")
+            self._rate_limited.warning(
+                "replayed",
+                "replayed BLE advertisement: its encryption counter did not increase; skipped",
+                driver=self.config.name,
+                address=advert.address,
+                counter=counter,
+                last_counter=last,
+                hint="after the sensor's battery was changed, restart the gateway "
+                "(docs/ble-formats.md, replay protection)",
+            )
+            return True
+        self._counters[advert.address] = counter
+        return False
+
     def _malformed(self, advert: Advertisement, exc: Exception) -> None:
         if isinstance(exc, DecodeError):
             sample = exc.sample
@@ -151,7 +198,7 @@ class AdvertFilter:
             )
         self.stats.malformed += 1
         self._rate_limited.warning(
-            f"malformed:{advert.address}",
+            "malformed",  # one key: private addresses change, a key each would flood the log
             "malformed BLE advertisement; skipped",
             driver=self.config.name,
             address=advert.address,

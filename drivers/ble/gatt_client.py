@@ -21,7 +21,6 @@ from bleak.exc import BleakDeviceNotFoundError, BleakError
 
 from drivers.base import DriverStats
 from drivers.ble.config import Characteristic, GattDevice
-from drivers.ble.filters import bump
 from drivers.ble.scanner import AdapterScanner
 from gateway.backoff import Backoff
 from gateway.errors import DecodeError
@@ -70,7 +69,7 @@ class GattPoller:
             if time.monotonic() - started > _STABLE_S:
                 backoff.reset()
             delay = backoff.next_delay()
-            bump(self._stats, "gatt_failures")
+            self._stats.bump("gatt_failures")
             self._stats.failed(f"GATT device {self._name}: {problem}")
             self._rate_limited.warning(
                 f"gatt:{self.device.address}",
@@ -95,7 +94,7 @@ class GattPoller:
         async with asyncio.timeout(self.device.connect_timeout_s):
             await client.connect()
         try:
-            bump(self._stats, "gatt_connects")
+            self._stats.bump("gatt_connects")
             self._log.info("GATT device connected", address=self.device.address)
             for characteristic in self.device.characteristics:
                 if characteristic.notify:
@@ -139,7 +138,7 @@ class GattPoller:
         def notified(_char: BleakGATTCharacteristic, data: bytearray) -> None:
             value = self._decode(characteristic, bytes(data))
             if value is not None:
-                bump(self._stats, "notifications")
+                self._stats.bump("notifications")
                 units = {fmt.name: fmt.unit} if fmt.unit else {}
                 self._emit([self._reading({fmt.name: value}, units)])
 

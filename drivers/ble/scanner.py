@@ -26,7 +26,6 @@ from bleak.backends.device import BLEDevice
 
 from drivers.base import DriverStats
 from drivers.ble.config import BleDriverConfig
-from drivers.ble.filters import bump
 from gateway.backoff import Backoff
 from gateway.errors import GatewayError
 from gateway.logs import RateLimitedLog
@@ -108,7 +107,7 @@ class AdapterScanner:
                 with contextlib.suppress(Exception):  # raises after a power cycle or restart
                     async with asyncio.timeout(5.0):
                         await scanner.stop()
-            bump(self.stats, "scanner_restarts")
+            self.stats.bump("scanner_restarts")
             self._failed(
                 f"no advertisement on {self.config.adapter} for {self.config.watchdog_s:g} s; "
                 "recreating the scanner"

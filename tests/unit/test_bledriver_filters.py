@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import pytest
 from edge_gateway_sim import ble_payloads
+from structlog.testing import capture_logs
 
 from drivers.base import DriverStats
 from drivers.ble.adverts import Advertisement
@@ -107,3 +109,80 @@ def test_a_decoder_bug_is_counted_as_malformed_not_raised(monkeypatch: pytest.Mo
     rules, stats = _rules()
     assert rules.reading(_bthome(1)) is None
     assert stats.malformed == 1
+
+
+def _sensor(address: str, packet_id: int, temperature: float = 21.5, **kw: Any) -> Heard:
+    uuid, data = ble_payloads.bthome_v2({"temperature": temperature}, packet_id, **kw)
+    return Heard(Advertisement(address, None, -60, {uuid: data}, {}), (), 1_700_000_000.0)
+
+
+def _encrypted(packet_id: int, counter: int, temperature: float = 21.5) -> Heard:
+    return _bthome(packet_id, temperature, bindkey=KEY, address=ADDRESS, counter=counter)
+
+
+def test_an_encrypted_packet_replayed_later_is_refused_and_counted() -> None:
+    rules, stats = _rules(devices=[{"address": ADDRESS, "bindkey": KEY.hex()}])
+    first, second = _encrypted(1, counter=5), _encrypted(2, counter=6)
+    later = second.received + 60  # recorded, and sent again a minute later
+    assert rules.reading(first) is not None
+    assert rules.reading(second) is not None
+    with capture_logs() as logs:
+        assert rules.reading(replace(first, received=later)) is None  # an older counter
+        assert rules.reading(_encrypted(3, counter=6, temperature=30.0)) is None  # not newer
+    assert stats.counters["replayed"] == 2
+    assert [log["counter"] for log in logs if log["event"].startswith("replayed")] == [5]
+    assert rules.reading(_encrypted(4, counter=7)) is not None
+
+
+def test_the_last_encryption_counter_outlives_the_evicted_per_device_state(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("drivers.ble.filters._MAX_DEVICES", 2)
+    rules, stats = _rules(
+        allow={"service_uuids": ["fcd2"]}, devices=[{"address": ADDRESS, "bindkey": KEY.hex()}]
+    )
+    old, new = _encrypted(1, counter=5), _encrypted(2, counter=6)
+    assert rules.reading(old) is not None and rules.reading(new) is not None
+    for n in range(3):  # other sensors push the encrypted one's state out
+        assert rules.reading(_sensor(f"A4:C1:38:00:01:0{n}", 1)) is not None
+    assert rules.reading(replace(old, received=new.received + 60)) is None
+    assert stats.counters["replayed"] == 1
+
+
+def test_passing_phones_do_not_push_out_a_live_sensors_state() -> None:
+    rules, stats = _rules()
+    assert rules.reading(_bthome(7, 20.0)) is not None
+    for n in range(5_000):  # phones and beacons in an unknown format, each with a new address
+        phone = f"4C:00:00:{n >> 16 & 255:02X}:{n >> 8 & 255:02X}:{n & 255:02X}"
+        beacon = {0x004C: bytes([2, 21, n & 255])}
+        assert rules.reading(Heard(Advertisement(phone, None, -80, {}, beacon), (), 1.0)) is None
+    assert rules.reading(_bthome(7, 20.5)) is None  # the sensor repeating packet 7
+    assert stats.counters["repeated"] == 1
+
+
+def test_the_least_recently_heard_device_is_forgotten_first(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("drivers.ble.filters._MAX_DEVICES", 2)
+    rules, stats = _rules()
+    live, quiet, new = ADDRESS, "A4:C1:38:00:00:02", "A4:C1:38:00:00:03"
+    assert rules.reading(_sensor(live, 1)) is not None
+    assert rules.reading(_sensor(quiet, 1)) is not None
+    assert rules.reading(_sensor(live, 2)) is not None  # heard again: now the most recent
+    assert rules.reading(_sensor(new, 1)) is not None  # forgets `quiet`, not `live`
+    assert rules.reading(_sensor(live, 2, temperature=22.0)) is None
+    assert stats.counters["repeated"] == 1
+
+
+def test_malformed_adverts_from_many_addresses_log_once_and_keep_memory_flat() -> None:
+    rules, stats = _rules()
+    with capture_logs() as logs:
+        for n in range(5_000):  # a random private address each time
+            address = f"7A:00:00:{n >> 16 & 255:02X}:{n >> 8 & 255:02X}:{n & 255:02X}"
+            uuid, data = ble_payloads.malformed_bthome_truncated(n & 255)
+            bad = Heard(Advertisement(address, None, None, {uuid: data}, {}), (), 1.0)
+            assert rules.reading(bad) is None
+    assert stats.malformed == 5_000
+    warnings = [log for log in logs if log["event"].startswith("malformed")]
+    assert len(warnings) == 1 and warnings[0]["address"] == "7A:00:00:00:00:00"
+    assert len(rules._rate_limited._last) == 1
