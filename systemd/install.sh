@@ -110,7 +110,8 @@ make_config() {
     if live; then
         chgrp "$NAME" "$ETC"
     fi
-    if [ -e "$ETC/gateway.yaml" ]; then
+    # -L too: a symlink (to a file kept elsewhere, perhaps not mounted yet) is the operator's.
+    if [ -e "$ETC/gateway.yaml" ] || [ -L "$ETC/gateway.yaml" ]; then
         say "kept $ETC/gateway.yaml (never overwritten)"
     else
         install -m 0640 "$SOURCE/config/gateway.example.yaml" "$ETC/gateway.yaml"
@@ -121,7 +122,7 @@ make_config() {
     # The unit loads these as credentials; systemd refuses to start if a file is missing.
     local secret
     for secret in amqp-password client.key; do
-        if [ ! -e "$ETC/credentials/$secret" ]; then
+        if [ ! -e "$ETC/credentials/$secret" ] && [ ! -L "$ETC/credentials/$secret" ]; then
             install -m 0600 /dev/null "$ETC/credentials/$secret"
             say "created empty $ETC/credentials/$secret (fill it in if the configuration uses it)"
         fi

@@ -71,6 +71,25 @@ def test_install_upgrade_and_uninstall_into_a_temporary_root(tmp_path: Path) -> 
     assert f"kept {config}" in said
     assert config.read_text() == edited
 
+    # A configuration kept elsewhere and symlinked in is the operator's too, even while the
+    # link dangles (its volume not mounted yet): `[ -e ]` alone would call it missing.
+    elsewhere = tmp_path / "site-volume"
+    elsewhere.mkdir()
+    (elsewhere / "gateway.yaml").write_text(edited)
+    config.unlink()
+    config.symlink_to(elsewhere / "gateway.yaml")
+    for secret in ("amqp-password", "client.key"):
+        link = root / "etc/edge-gateway/credentials" / secret
+        link.unlink()
+        link.symlink_to(elsewhere / secret)
+    unmounted = elsewhere.rename(tmp_path / "unmounted")
+    said = install(root)
+    assert f"kept {config}" in said
+    assert config.is_symlink() and config.readlink() == elsewhere / "gateway.yaml"
+    assert (root / "etc/edge-gateway/credentials/client.key").is_symlink()
+    unmounted.rename(elsewhere)
+    assert config.read_text() == edited
+
     said = install(root, "--uninstall")
     assert not unit.exists() and not wants.exists() and not rules.exists()
     assert not (root / "opt/edge-gateway").exists()
