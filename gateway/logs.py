@@ -56,17 +56,30 @@ def configure_logging(
         logging.getLogger(name).setLevel(logging.CRITICAL)
 
 
+_MAX_KEYS = 256
+"""Keys a `RateLimitedLog` remembers before it drops those older than its interval."""
+
+_OVERFLOW_KEY = "(rate limiter full)"
+"""Shared by new keys while all `_MAX_KEYS` are within their interval, so a flood of
+distinct keys (random BLE addresses) costs neither memory nor a warning each."""
+
+
 class RateLimitedLog:
     """Logs a warning at most once per `interval` per key; says how many were suppressed.
 
     A sensor that sends garbage ten times a second must not flood the journal,
     and the operator must still learn how much was lost.
+
+    Memory is bounded: past `_MAX_KEYS` keys, those last logged more than `interval`
+    ago are dropped (with a count of suppressed lines not yet reported: the driver's
+    counters in `edge-gateway status` keep the totals), and while every key is recent
+    a new key is limited under one shared key.
     """
 
     def __init__(self, logger: Any, interval: float = 10.0) -> None:
         self._log = logger
         self._interval = interval
-        self._last: dict[str, float] = {}
+        self._last: dict[str, float] = {}  # oldest first: a key moves to the end when logged
         self._suppressed: dict[str, int] = {}
 
     def warning(self, key: str, event: str, **fields: Any) -> None:
@@ -77,11 +90,23 @@ class RateLimitedLog:
 
     def _emit(self, level: str, key: str, event: str, fields: dict[str, Any]) -> None:
         now = time.monotonic()
+        if key not in self._last and len(self._last) >= _MAX_KEYS:
+            self._drop_older_than_interval(now)
+            if len(self._last) >= _MAX_KEYS:
+                key = _OVERFLOW_KEY
         if now - self._last.get(key, -self._interval) < self._interval:
             self._suppressed[key] = self._suppressed.get(key, 0) + 1
             return
+        self._last.pop(key, None)
         self._last[key] = now
         suppressed = self._suppressed.pop(key, 0)
         if suppressed:
             fields["suppressed_since_last"] = suppressed
         getattr(self._log, level)(event, **fields)
+
+    def _drop_older_than_interval(self, now: float) -> None:
+        for key, last in list(self._last.items()):
+            if now - last < self._interval:
+                return  # the rest are newer
+            del self._last[key]
+            self._suppressed.pop(key, None)
