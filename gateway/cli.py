@@ -76,7 +76,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 async def _run(path: Path, config: GatewayConfig) -> int:
-    """SIGTERM/SIGINT stop the gateway, SIGHUP reloads `path`; systemd hears of both."""
+    """SIGTERM/SIGINT stop the gateway, SIGHUP reloads `path`; systemd hears of both.
+
+    A `ConfigError` met while starting (the metrics port taken, a driver that cannot be
+    built) exits 2 like one found in the file: the unit's RestartPreventExitStatus=2 then
+    ends a restart loop that could not fix it.
+    """
     from gateway.app import run_gateway
     from gateway.notify import Notifier
 
@@ -90,14 +95,19 @@ async def _run(path: Path, config: GatewayConfig) -> int:
     failure: BaseException | None = None
     try:
         await run_gateway(config, stop, reload, lambda: load_config(path), notifier)
-    except* GatewayError as group:
+    except* ConfigError as group:
         failure = group.exceptions[0]
+    except* GatewayError as group:
+        failure = failure or group.exceptions[0]
     except* Exception as group:  # a bug: say so in the log's own format, then let systemd restart
         log.critical("gateway failed", exc_info=group.exceptions[0])
-        failure = group.exceptions[0]
+        failure = failure or group.exceptions[0]
+    notifier.close()
+    if isinstance(failure, ConfigError):
+        log.critical("configuration error: not restarting until it is fixed", error=str(failure))
+        return EXIT_CONFIG
     if isinstance(failure, GatewayError):
         log.critical("gateway stopped on an error", error=str(failure))
-    notifier.close()
     if failure is not None:
         return EXIT_FAILURE
     return EXIT_OK

@@ -14,14 +14,16 @@ import json
 import os
 import re
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
 import time
 from contextlib import closing
+from pathlib import Path
 from typing import Any
 
-from edge_gateway_sim.brokers import MosquittoBroker, RabbitMQNode
+from edge_gateway_sim.brokers import MosquittoBroker, RabbitMQNode, free_port
 from edge_gateway_sim.consumer import ReadingCollector
 from edge_gateway_sim.mqtt_sensors import FleetConfig, MqttSensorFleet
 from harness import Site, report, validate_message
@@ -317,3 +319,40 @@ async def test_reload_of_an_invalid_file_keeps_the_running_configuration(
     assert len(pings_after) >= 2
     assert collector.received.missing(sent.last_seq) == {}
     assert site.gateway.terminate() == 0
+
+
+def test_metrics_port_in_use_exits_2_before_ready_so_systemd_does_not_restart_it(
+    tmp_path: Path,
+) -> None:
+    """A taken port is a configuration error: exit 2 (RestartPreventExitStatus=2), not 1."""
+    config = tmp_path / "gateway.yaml"
+    with closing(socket.socket()) as taken, NotifyListener() as systemd:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        config.write_text(
+            f"""\
+gateway: {{id: gw, state_dir: {tmp_path / "state"}}}
+amqp: {{url: "amqp://guest:guest@127.0.0.1:{free_port()}/"}}
+metrics: {{enabled: true, port: {port}}}
+logging: {{format: json}}
+"""
+        )
+        ran = subprocess.run(
+            [sys.executable, "-m", "gateway.cli", "run", "--config", str(config)],
+            env={**os.environ, **systemd.env(watchdog_s=WATCHDOG_S)},
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    assert ran.returncode == 2, ran.stdout + ran.stderr
+    errors = [
+        doc
+        for doc in map(_json, ran.stdout.splitlines())
+        if doc.get("event") == "configuration error: not restarting until it is fixed"
+    ]
+    assert errors, ran.stdout + ran.stderr
+    assert f"cannot listen on 127.0.0.1:{port}" in errors[0]["error"]
+    assert "choose another metrics.port" in errors[0]["error"]
+    assert not [n for n in systemd.notices if "READY" in n.fields]
