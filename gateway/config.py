@@ -33,6 +33,13 @@ DriverConfig = Annotated[
 
 ROUTING_KEY_FIELDS = frozenset({"gateway", "site", "device", "source"})
 
+UNIT_STOP_TIMEOUT_S = 30.0
+"""`TimeoutStopSec=` of systemd/edge-gateway.service: systemd SIGKILLs a longer stop."""
+BLE_STOP_S = 15.0
+"""The longest BLE drivers take to stop: ending a scan (5 s), then a GATT disconnect (10 s)."""
+LAST_COMMIT_S = 5.0
+"""Left at the end of a stop for the buffer's last commit and the exit, on a slow SD card."""
+
 
 def _default_state_dir() -> Path:
     return Path(os.environ.get("STATE_DIRECTORY", "/var/lib/edge-gateway").split(":")[0])
@@ -132,6 +139,19 @@ class GatewayConfig(StrictModel):
     drivers: list[DriverConfig] = Field(default_factory=list)
     logging: LoggingSection = LoggingSection()
     metrics: MetricsSection = MetricsSection()
+
+    @property
+    def stop_overrun_s(self) -> float:
+        """By how much the longest stop may exceed the unit's `TimeoutStopSec=` (<= 0: it fits).
+
+        A stop is: the drivers stop (BLE ones take longest), in-flight publishes get
+        `amqp.shutdown_grace_s`, the buffer commits. Past the timeout, systemd kills the
+        gateway: nothing accepted is lost (the buffer keeps it), but what was confirmed
+        and not yet deleted goes again as duplicates, and the journal shows a SIGKILL.
+        """
+        drivers_s = BLE_STOP_S if any(d.type == "ble" for d in self.drivers) else 0.0
+        longest = drivers_s + self.amqp.shutdown_grace_s + LAST_COMMIT_S
+        return longest - UNIT_STOP_TIMEOUT_S
 
     @field_validator("drivers")
     @classmethod
