@@ -33,13 +33,6 @@ KINDS: dict[str, Callable[[], SimDevice]] = {
 def run_fleet(kinds: list[str], duration: float | None) -> int:
     fleet = [KINDS[kind]() for kind in kinds]
     with PrivateBus() as bus:
-        print(
-            "edge-gateway-sim ble: fake BlueZ running; start the gateway with\n"
-            f"  export DBUS_SYSTEM_BUS_ADDRESS={bus.address} PATH={bus.bin}:$PATH\n"
-            f"  devices: {', '.join(f'{d.kind} {d.address}' for d in fleet)}\n"
-            f"  encrypted BTHome bind key: {DEMO_BINDKEY.hex()}",
-            file=sys.stderr,
-        )
         with contextlib.suppress(KeyboardInterrupt):
             asyncio.run(_serve(bus, fleet, duration))
     summary = {d.address: {"kind": d.kind, "adverts": d.sent} for d in fleet}
@@ -53,6 +46,15 @@ async def _serve(bus: PrivateBus, fleet: list[SimDevice], duration: float | None
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
     async with FakeBlueZ(bus.address, fleet):
+        # Only now, with org.bluez on the bus: a client started on seeing this finds it.
+        print(
+            "edge-gateway-sim ble: fake BlueZ running; start the gateway with\n"
+            f"  export DBUS_SYSTEM_BUS_ADDRESS={bus.address} PATH={bus.bin}:$PATH\n"
+            f"  devices: {', '.join(f'{d.kind} {d.address}' for d in fleet)}\n"
+            f"  encrypted BTHome bind key: {DEMO_BINDKEY.hex()}",
+            file=sys.stderr,
+            flush=True,
+        )
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(duration):
                 await stop.wait()
