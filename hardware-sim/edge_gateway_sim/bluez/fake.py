@@ -4,8 +4,10 @@ unmodified, scans and connects as it would with BlueZ.
 It runs in the caller's event loop (`async with FakeBlueZ(bus.address) as bluez:`), so a
 test controls devices and faults directly: `bluez.set_powered(False)`,
 `await bluez.restart()`, `bluez.drop_connection(address)`, `device.in_range = False`,
-`device.refuses = True`. Only objects of the adapter and devices bleak uses exist; every
-object is exported before the name org.bluez is claimed, as bluetoothd does.
+`device.refuses = True`, `bluez.stalled.add("StartDiscovery")` (or "StartNotify": calls
+that never get an answer, as from a hanging bluetoothd). Only objects of the adapter and
+devices bleak uses exist; every object is exported before the name org.bluez is claimed,
+as bluetoothd does.
 """
 
 from __future__ import annotations
@@ -54,8 +56,11 @@ class FakeBlueZ:
         self._adapter: Adapter | None = None
         self._objects: dict[str, Device] = {}
         self._gatt: dict[str, list[GattService | GattCharacteristic]] = {}
+        self.stalled: set[str] = set()
+        """D-Bus methods whose calls get no answer until the fake stops."""
         self._caller = ""
         self._tasks: set[asyncio.Task[None]] = set()
+        self._hanging: set[asyncio.Future[None]] = set()
 
     async def __aenter__(self) -> FakeBlueZ:
         await self._bring_up()
@@ -112,16 +117,19 @@ class FakeBlueZ:
     async def _bring_up(self) -> None:
         bus = await MessageBus(bus_address=self.bus_address, bus_type=BusType.SYSTEM).connect()
         bus.add_message_handler(self._remember_caller)
-        adapter = Adapter(self.adapter_name, self.adapter_address, lambda: self._caller)
+        caller = self._current_caller
+        adapter = Adapter(self.adapter_name, self.adapter_address, caller, self._stall)
         path = f"/org/bluez/{self.adapter_name}"
         bus.export(path, adapter)
-        bus.export(path, MonitorManager(adapter, lambda: self._caller))
+        bus.export(path, MonitorManager(adapter, caller))
         self._bus, self._adapter = bus, adapter
         await bus.request_name(BLUEZ)
 
     def _bring_down(self) -> None:
         if self._bus is None:
             return
+        for call in self._hanging:
+            call.cancel()
         for address in list(self._objects):
             self._remove_device(address)
         self._bus.unexport(f"/org/bluez/{self.adapter_name}")
@@ -132,6 +140,19 @@ class FakeBlueZ:
         task = asyncio.create_task(work)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    async def _stall(self, method: str) -> None:
+        """A call of a method in `stalled` hangs until the fake stops (or restarts)."""
+        if method in self.stalled:
+            call = asyncio.get_running_loop().create_future()
+            self._hanging.add(call)
+            try:
+                await call
+            finally:
+                self._hanging.discard(call)
+
+    def _current_caller(self) -> str:
+        return self._caller
 
     def _remember_caller(self, message: Message) -> None:
         """dbus-fast does not pass the sender to a method; discovery sessions need it."""
@@ -200,7 +221,9 @@ class FakeBlueZ:
             for uuid, value in sorted(characteristics.items()):
                 reads = itertools.count(1)
                 objects.append(
-                    GattCharacteristic(service, handle, uuid, lambda v=value, c=reads: v(next(c)))
+                    GattCharacteristic(
+                        service, handle, uuid, lambda v=value, c=reads: v(next(c)), self._stall
+                    )
                 )
                 handle += 2  # the value handle, then its CCCD
         for gatt in objects:

@@ -21,6 +21,32 @@ ERROR_NOT_READY = "org.bluez.Error.NotReady"
 ERROR_NOT_CONNECTED = "org.bluez.Error.NotConnected"
 
 
+def _fixed(name: str, signature: str, value: Any) -> Any:
+    """A read-only property that BlueZ reports and the fake never changes (Paired: false)."""
+
+    def get(self: ServiceInterface) -> Any:
+        return value
+
+    return _read_only(get, name, signature)
+
+
+def _mirror(name: str, signature: str, attribute: str) -> Any:
+    """A read-only property that shows one attribute of the object (Connected: `connected`)."""
+
+    def get(self: ServiceInterface) -> Any:
+        return getattr(self, attribute)
+
+    return _read_only(get, name, signature)
+
+
+def _read_only(get: Callable[[ServiceInterface], Any], name: str, signature: str) -> Any:
+    """dbus-fast reads the signature from the getter's return annotation, and calls the
+    getter through the attribute named like it: the name must be the class attribute's."""
+    get.__name__ = name
+    get.__annotations__["return"] = signature
+    return dbus_property(access=PropertyAccess.READ)(get)
+
+
 def device_path(adapter: str, address: str) -> str:
     """BlueZ's object path of a device: /org/bluez/hci0/dev_AA_BB_CC_DD_EE_FF."""
     return f"/org/bluez/{adapter}/dev_{address.replace(':', '_')}"
@@ -28,15 +54,23 @@ def device_path(adapter: str, address: str) -> str:
 
 class Adapter(ServiceInterface):
     """org.bluez.Adapter1. Discovery is per client (D-Bus sender), as in bluetoothd: a second
-    StartDiscovery from the same client is InProgress, a StopDiscovery without one fails."""
+    StartDiscovery from the same client is InProgress, a StopDiscovery without one fails.
+    `stall` is awaited before StartDiscovery answers: the fake's hook for a hanging bluetoothd."""
 
-    def __init__(self, name: str, address: str, caller: Callable[[], str]) -> None:
+    def __init__(
+        self,
+        name: str,
+        address: str,
+        caller: Callable[[], str],
+        stall: Callable[[str], Awaitable[None]],
+    ) -> None:
         super().__init__("org.bluez.Adapter1")  # sets `name`, the interface's name
         self.adapter = name
         self.address = address
         self.powered = True
         self.sessions: set[str] = set()
         self._caller = caller
+        self._stall = stall
 
     @property
     def discovering(self) -> bool:
@@ -74,8 +108,10 @@ class Adapter(ServiceInterface):
             raise DBusError(ERROR_NOT_READY, "Resource Not Ready")
 
     @method()
-    def StartDiscovery(self) -> None:
-        self.start(self._caller())
+    async def StartDiscovery(self) -> None:
+        client = self._caller()  # before awaiting: the next call changes it
+        await self._stall("StartDiscovery")
+        self.start(client)
 
     @method()
     def StopDiscovery(self) -> None:
@@ -85,21 +121,13 @@ class Adapter(ServiceInterface):
     def RemoveDevice(self, device: "o") -> None:
         raise DBusError("org.bluez.Error.DoesNotExist", "Does Not Exist")
 
-    @dbus_property(access=PropertyAccess.READ)
-    def Address(self) -> "s":
-        return self.address
-
-    @dbus_property(access=PropertyAccess.READ)
-    def AddressType(self) -> "s":
-        return "public"
-
-    @dbus_property(access=PropertyAccess.READ)
-    def Name(self) -> "s":
-        return "fake-bluez"
-
-    @dbus_property(access=PropertyAccess.READ)
-    def Alias(self) -> "s":
-        return "fake-bluez"
+    Address = _mirror("Address", "s", "address")
+    AddressType = _fixed("AddressType", "s", "public")
+    Name = _fixed("Name", "s", "fake-bluez")
+    Alias = _fixed("Alias", "s", "fake-bluez")
+    Discovering = _mirror("Discovering", "b", "discovering")
+    Roles = _fixed("Roles", "as", ["central", "peripheral"])
+    UUIDs = _fixed("UUIDs", "as", [])
 
     @dbus_property()
     def Powered(self) -> "b":
@@ -108,18 +136,6 @@ class Adapter(ServiceInterface):
     @Powered.setter
     def Powered(self, value: "b") -> None:
         self.set_powered(value)
-
-    @dbus_property(access=PropertyAccess.READ)
-    def Discovering(self) -> "b":
-        return self.discovering
-
-    @dbus_property(access=PropertyAccess.READ)
-    def Roles(self) -> "as":
-        return ["central", "peripheral"]
-
-    @dbus_property(access=PropertyAccess.READ)
-    def UUIDs(self) -> "as":
-        return []
 
 
 class MonitorManager(ServiceInterface):
@@ -141,13 +157,8 @@ class MonitorManager(ServiceInterface):
     def UnregisterMonitor(self, application: "o") -> None:
         self._adapter.stop(f"{self._caller()}:{application}")
 
-    @dbus_property(access=PropertyAccess.READ)
-    def SupportedMonitorTypes(self) -> "as":
-        return ["or_patterns"]
-
-    @dbus_property(access=PropertyAccess.READ)
-    def SupportedFeatures(self) -> "as":
-        return []
+    SupportedMonitorTypes = _fixed("SupportedMonitorTypes", "as", ["or_patterns"])
+    SupportedFeatures = _fixed("SupportedFeatures", "as", [])
 
 
 class Device(ServiceInterface):
@@ -211,13 +222,16 @@ class Device(ServiceInterface):
     def Pair(self) -> None:
         raise DBusError("org.bluez.Error.NotSupported", "Pairing is not simulated")
 
-    @dbus_property(access=PropertyAccess.READ)
-    def Address(self) -> "s":
-        return self.address
-
-    @dbus_property(access=PropertyAccess.READ)
-    def AddressType(self) -> "s":
-        return "public"
+    Address = _mirror("Address", "s", "address")
+    AddressType = _fixed("AddressType", "s", "public")
+    Paired = _fixed("Paired", "b", False)
+    Bonded = _fixed("Bonded", "b", False)
+    Trusted = _fixed("Trusted", "b", False)
+    Blocked = _fixed("Blocked", "b", False)
+    LegacyPairing = _fixed("LegacyPairing", "b", False)
+    Connected = _mirror("Connected", "b", "connected")
+    ServicesResolved = _mirror("ServicesResolved", "b", "services_resolved")
+    RSSI = _mirror("RSSI", "n", "rssi")
 
     @dbus_property(access=PropertyAccess.READ)
     def Name(self) -> "s":
@@ -230,38 +244,6 @@ class Device(ServiceInterface):
     @dbus_property(access=PropertyAccess.READ)
     def Adapter(self) -> "o":
         return f"/org/bluez/{self.adapter}"
-
-    @dbus_property(access=PropertyAccess.READ)
-    def Paired(self) -> "b":
-        return False
-
-    @dbus_property(access=PropertyAccess.READ)
-    def Bonded(self) -> "b":
-        return False
-
-    @dbus_property(access=PropertyAccess.READ)
-    def Trusted(self) -> "b":
-        return False
-
-    @dbus_property(access=PropertyAccess.READ)
-    def Blocked(self) -> "b":
-        return False
-
-    @dbus_property(access=PropertyAccess.READ)
-    def LegacyPairing(self) -> "b":
-        return False
-
-    @dbus_property(access=PropertyAccess.READ)
-    def Connected(self) -> "b":
-        return self.connected
-
-    @dbus_property(access=PropertyAccess.READ)
-    def ServicesResolved(self) -> "b":
-        return self.services_resolved
-
-    @dbus_property(access=PropertyAccess.READ)
-    def RSSI(self) -> "n":
-        return self.rssi
 
     @dbus_property(access=PropertyAccess.READ)
     def UUIDs(self) -> "as":
@@ -285,29 +267,24 @@ class GattService(ServiceInterface):
         self.device = device
         self.uuid = uuid
 
-    @dbus_property(access=PropertyAccess.READ)
-    def UUID(self) -> "s":
-        return self.uuid
-
-    @dbus_property(access=PropertyAccess.READ)
-    def Device(self) -> "o":
-        return self.device
-
-    @dbus_property(access=PropertyAccess.READ)
-    def Primary(self) -> "b":
-        return True
-
-    @dbus_property(access=PropertyAccess.READ)
-    def Includes(self) -> "ao":
-        return []
+    UUID = _mirror("UUID", "s", "uuid")
+    Device = _mirror("Device", "o", "device")
+    Primary = _fixed("Primary", "b", True)
+    Includes = _fixed("Includes", "ao", [])
 
 
 class GattCharacteristic(ServiceInterface):
     """org.bluez.GattCharacteristic1 at <service>/charXXXX; notifications are StartNotify +
-    PropertiesChanged(Value), bleak's default (AcquireNotify is not simulated)."""
+    PropertiesChanged(Value), bleak's default (AcquireNotify is not simulated). `stall` is
+    awaited before StartNotify answers: the fake's hook for a hanging bluetoothd."""
 
     def __init__(
-        self, service: GattService, handle: int, uuid: str, read: Callable[[], bytes]
+        self,
+        service: GattService,
+        handle: int,
+        uuid: str,
+        read: Callable[[], bytes],
+        stall: Callable[[str], Awaitable[None]],
     ) -> None:
         super().__init__("org.bluez.GattCharacteristic1")
         self.path = f"{service.path}/char{handle:04x}"
@@ -316,6 +293,7 @@ class GattCharacteristic(ServiceInterface):
         self.value = b""
         self.notifying = False
         self._read = read
+        self._stall = stall
 
     def notify(self, value: bytes) -> None:
         self.value = value
@@ -328,7 +306,8 @@ class GattCharacteristic(ServiceInterface):
         return self.value
 
     @method()
-    def StartNotify(self) -> None:
+    async def StartNotify(self) -> None:
+        await self._stall("StartNotify")
         if not self.notifying:
             self.notifying = True
             self.emit_properties_changed({"Notifying": True})
@@ -339,26 +318,9 @@ class GattCharacteristic(ServiceInterface):
             self.notifying = False
             self.emit_properties_changed({"Notifying": False})
 
-    @dbus_property(access=PropertyAccess.READ)
-    def UUID(self) -> "s":
-        return self.uuid
-
-    @dbus_property(access=PropertyAccess.READ)
-    def Service(self) -> "o":
-        return self.service
-
-    @dbus_property(access=PropertyAccess.READ)
-    def Value(self) -> "ay":
-        return self.value
-
-    @dbus_property(access=PropertyAccess.READ)
-    def Notifying(self) -> "b":
-        return self.notifying
-
-    @dbus_property(access=PropertyAccess.READ)
-    def Flags(self) -> "as":
-        return ["read", "notify"]
-
-    @dbus_property(access=PropertyAccess.READ)
-    def MTU(self) -> "q":
-        return 247
+    UUID = _mirror("UUID", "s", "uuid")
+    Service = _mirror("Service", "o", "service")
+    Value = _mirror("Value", "ay", "value")
+    Notifying = _mirror("Notifying", "b", "notifying")
+    Flags = _fixed("Flags", "as", ["read", "notify"])
+    MTU = _fixed("MTU", "q", 247)
