@@ -1,9 +1,10 @@
 """One connectable GATT device: connect, read at an interval, take notifications, reconnect.
 
 Each device runs in its own task, so a device that is out of range, refuses, or hangs in
-a connect (bounded by `connect_timeout_s`) delays nobody else. It connects with the
-`BLEDevice` the adapter's scanner reported (a connect by address string would start a
-second discovery, which BlueZ refuses while the scanner runs).
+a call delays nobody else; every GATT call (connect, StartNotify, read) has the device's
+`connect_timeout_s` as its deadline. It connects with the `BLEDevice` the adapter's
+scanner reported (a connect by address string would start a second discovery, which
+BlueZ refuses while the scanner runs).
 """
 
 from __future__ import annotations
@@ -11,7 +12,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TypeVar
 
 import structlog
 from bleak import BleakClient
@@ -30,6 +32,7 @@ from gateway.model import Reading, Value, utc_from_epoch
 log = structlog.get_logger("drivers.ble")
 
 Emit = Callable[[Sequence[Reading]], None]
+T = TypeVar("T")
 
 _STABLE_S = 60.0
 
@@ -91,14 +94,17 @@ class GattPoller:
             disconnected_callback=lambda _client: lost.set(),
             timeout=self.device.connect_timeout_s,
         )
-        async with asyncio.timeout(self.device.connect_timeout_s):
-            await client.connect()
+        await self._answer("connect", client.connect())
         try:
             self._stats.bump("gatt_connects")
             self._log.info("GATT device connected", address=self.device.address)
             for characteristic in self.device.characteristics:
                 if characteristic.notify:
-                    await client.start_notify(characteristic.uuid, self._on_notify(characteristic))
+                    notified = self._on_notify(characteristic)
+                    await self._answer(
+                        f"StartNotify {characteristic.uuid}",
+                        client.start_notify(characteristic.uuid, notified),
+                    )
             readable = [c for c in self.device.characteristics if c.read]
             while not lost.is_set():
                 if readable:
@@ -114,12 +120,24 @@ class GattPoller:
                     async with asyncio.timeout(10.0):
                         await client.disconnect()
 
+    async def _answer(self, what: str, call: Awaitable[T]) -> T:
+        """`call` with `connect_timeout_s` as its deadline: BlueZ may never answer one (a
+        hanging bluetoothd, a device that went silent mid-call). A timeout is counted
+        (`gatt_timeouts`) and ends the session, and `run` reconnects with backoff."""
+        limit = self.device.connect_timeout_s
+        try:
+            async with asyncio.timeout(limit):
+                return await call
+        except TimeoutError:
+            self._stats.bump("gatt_timeouts")
+            raise TimeoutError(f"{what} got no answer within {limit:g} s") from None
+
     async def _read(self, client: BleakClient, characteristics: list[Characteristic]) -> None:
         values: dict[str, Value] = {}
         units: dict[str, str] = {}
         for characteristic in characteristics:
-            async with asyncio.timeout(self.device.connect_timeout_s):
-                data = bytes(await client.read_gatt_char(characteristic.uuid))
+            call = client.read_gatt_char(characteristic.uuid)
+            data = bytes(await self._answer(f"read {characteristic.uuid}", call))
             value = self._decode(characteristic, data)
             if value is not None:
                 fmt = characteristic.format

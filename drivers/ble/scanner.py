@@ -36,6 +36,9 @@ OnAdvert = Callable[[BLEDevice, Any], None]
 
 _adapters_in_use: set[str] = set()
 
+_START_TIMEOUT_S = 10.0
+"""Deadline of a scan start; what BlueZ has not answered by then it is not going to."""
+
 
 class AdapterBusy(GatewayError):
     """Another driver of this gateway already scans on the adapter."""
@@ -90,10 +93,9 @@ class AdapterScanner:
                 scanning_mode=self.config.scanning,
                 bluez=_bluez_args(self.config),
             )
-            try:
-                await scanner.start()
-            except Exception as exc:  # BleakError, D-Bus errors: adapter missing, off, busy
-                self._failed(f"cannot start scanning on {self.config.adapter}: {exc}")
+            problem = await self._start(scanner)
+            if problem is not None:
+                self._failed(problem)
                 await asyncio.sleep(backoff.next_delay())
                 continue
             backoff.reset()
@@ -112,6 +114,25 @@ class AdapterScanner:
                 f"no advertisement on {self.config.adapter} for {self.config.watchdog_s:g} s; "
                 "recreating the scanner"
             )
+
+    async def _start(self, scanner: BleakScanner) -> str | None:
+        """Start scanning; None, or why it did not start (the caller retries with backoff).
+
+        BlueZ answers StartDiscovery in milliseconds; a bluetoothd that hangs never does,
+        so the start has a deadline, and a timeout is counted (`scan_start_timeouts`).
+        """
+        try:
+            async with asyncio.timeout(_START_TIMEOUT_S):
+                await scanner.start()
+        except TimeoutError:
+            self.stats.bump("scan_start_timeouts")
+            return (
+                f"starting the scan on {self.config.adapter} got no answer from BlueZ "
+                f"within {_START_TIMEOUT_S:g} s"
+            )
+        except Exception as exc:  # BleakError, D-Bus errors: adapter missing, off, busy
+            return f"cannot start scanning on {self.config.adapter}: {exc}"
+        return None
 
     async def _watch(self) -> None:
         """Return when the scanner has been silent for `watchdog_s` while devices are expected."""

@@ -1,4 +1,5 @@
-"""A BLE site for end-to-end tests: private D-Bus + fake BlueZ + gateway process + RabbitMQ.
+"""A BLE site for end-to-end tests: private D-Bus + fake BlueZ + gateway process + RabbitMQ;
+and `fake_radio`, the fake BlueZ alone for bleak in the test's own process.
 
 The fake BlueZ runs in the test's event loop, so the gateway process (bleak, unmodified)
 talks to it over a real dbus-daemon while the test flips faults. Blocking calls on the
@@ -10,8 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import re
+import time
 from collections import Counter
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -59,6 +61,28 @@ class BleSite:
 
 def _epoch(ts: str) -> float:
     return datetime.fromisoformat(ts.replace("Z", "+00:00")).timestamp()
+
+
+@asynccontextmanager
+async def fake_radio(
+    monkeypatch: pytest.MonkeyPatch, devices: Iterable[SimDevice]
+) -> AsyncIterator[FakeBlueZ]:
+    """bleak in this process, against a fake BlueZ on a private bus: for tests of one part
+    of the driver (the scanner, a GATT poller) that need no gateway process or broker."""
+    with PrivateBus() as bus:
+        for name, value in bus.env.items():
+            monkeypatch.setenv(name, value)
+        async with FakeBlueZ(bus.address, devices) as bluez:
+            yield bluez
+
+
+async def until(what: str, condition: Callable[[], bool], within_s: float = 20.0) -> None:
+    """Wait until `condition()` holds; a deadline, not a timing claim."""
+    deadline = time.monotonic() + within_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not reached in {within_s} s: {what}")
+        await asyncio.sleep(0.05)
 
 
 @asynccontextmanager

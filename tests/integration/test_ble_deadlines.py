@@ -1,0 +1,79 @@
+"""Every BLE D-Bus call has a deadline: a bluetoothd that never answers is timed out, counted
+and retried with backoff, and data flows again once it answers."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+from ble_harness import fake_radio, until
+from edge_gateway_sim.bluez import devices
+
+from drivers.base import DriverStats
+from drivers.ble.config import BleDriverConfig
+from drivers.ble.gatt_client import GattPoller
+from drivers.ble.scanner import AdapterScanner
+from gateway.model import Reading
+
+BTHOME = "A4:C1:38:00:00:01"
+ENV = "EE:00:00:00:00:01"
+
+
+async def test_a_scan_start_without_an_answer_times_out_and_is_retried(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("drivers.ble.scanner._START_TIMEOUT_S", 0.5)
+    config = BleDriverConfig(type="ble", name="radio", devices=[{"address": BTHOME}])
+    stats = DriverStats(type="ble")
+    heard: list[str] = []
+    scanner = AdapterScanner(config, stats, lambda device, _data: heard.append(device.address))
+    async with fake_radio(monkeypatch, [devices.bthome(BTHOME)]) as bluez:
+        bluez.stalled.add("StartDiscovery")
+        async with asyncio.TaskGroup() as tasks:
+            scanning = tasks.create_task(scanner.run())
+            await until(
+                "2 start timeouts", lambda: stats.counters.get("scan_start_timeouts", 0) >= 2
+            )
+            assert not heard
+            bluez.stalled.clear()  # bluetoothd answers again
+            await until("an advertisement", lambda: BTHOME in heard)
+            scanning.cancel()
+    assert stats.last_error == "starting the scan on hci0 got no answer from BlueZ within 0.5 s"
+    assert stats.state == "scanning"
+
+
+async def test_a_start_notify_without_an_answer_times_out_and_the_device_is_reconnected(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    gatt: dict[str, Any] = {
+        "address": ENV,
+        "name": "env",
+        "connect_timeout_s": 2,
+        "reconnect_min_s": 0.2,
+        "reconnect_max_s": 0.5,
+        "characteristics": [{"uuid": "2a6e", "notify": True, "read": False}],
+    }
+    config = BleDriverConfig(type="ble", name="radio", gatt=[gatt])
+    stats = DriverStats(type="ble")
+    readings: list[Reading] = []
+    scanner = AdapterScanner(config, stats, lambda _device, _data: None)
+    poller = GattPoller(config.gatt[0], "radio", scanner, stats, readings.extend)
+    async with fake_radio(monkeypatch, [devices.environmental(ENV, "env")]) as bluez:
+        bluez.stalled.add("StartNotify")
+        async with asyncio.TaskGroup() as tasks:
+            running = [tasks.create_task(scanner.run()), tasks.create_task(poller.run())]
+            await until(
+                "a timeout, then a reconnect",
+                lambda: stats.counters.get("gatt_timeouts", 0) >= 1 and bluez.connects >= 2,
+            )
+            assert not readings
+            bluez.stalled.clear()
+            await until("a notification", lambda: any("temperature" in r.values for r in readings))
+            for task in running:
+                task.cancel()
+    assert stats.counters["gatt_failures"] >= 1
+    assert stats.last_error is not None
+    assert "StartNotify 00002a6e-0000-1000-8000-00805f9b34fb got no answer within 2 s" in (
+        stats.last_error
+    )
