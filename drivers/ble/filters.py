@@ -24,7 +24,8 @@ from gateway.model import Reading, Value, utc_from_epoch
 log = structlog.get_logger("drivers.ble")
 
 _MAX_DEVICES = 4096
-"""Devices whose last packet is remembered; bounded, since private addresses keep changing."""
+"""Devices whose last packet is remembered (the least recently heard is forgotten first);
+bounded, since private addresses keep changing."""
 
 
 @dataclass(frozen=True, slots=True)

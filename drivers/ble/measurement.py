@@ -24,8 +24,8 @@ class Measurement:
     Ruuvi measurement sequence; pvvx/ATC measurement counter): advertisements that repeat
     one measurement share it, so the driver drops a packet whose id equals the device's
     previous one. None when the format carries no counter.
-    `encryption_counter` is the 32-bit counter of a decrypted BTHome packet, for a receiver
-    that refuses a counter that did not increase (replay protection, bthome.io/encryption).
+    `encryption_counter` is the 32-bit counter of a decrypted BTHome packet: the driver
+    refuses one that did not increase (replay protection, bthome.io/encryption).
     """
 
     format: str  # "bthome" | "ruuvi" | "pvvx" | "atc"
