@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import jsonschema
+from edge_gateway_sim.brokers import MosquittoBroker, RabbitMQNode
 from edge_gateway_sim.consumer import ReadingCollector
 from edge_gateway_sim.gateway_process import GatewayProcess
-from edge_gateway_sim.mqtt_sensors import FleetConfig, MqttSensorFleet
+from edge_gateway_sim.mqtt_sensors import FleetConfig, FleetStats, MqttSensorFleet
+from tcp_proxy import TcpProxy
 
 from gateway.status import read_status
 
@@ -45,9 +50,57 @@ class Site:
     def status(self) -> dict[str, Any]:
         return read_status(self.state_dir)
 
+    @asynccontextmanager
+    async def streaming(
+        self, sensors: int, rate: float, duration: float
+    ) -> AsyncIterator[tuple[ReadingCollector, MqttSensorFleet]]:
+        """The consumer listening, the gateway started, then sensors publishing for `duration`
+        seconds in the background: the opening of each test that breaks something mid-stream."""
+        async with self.collector() as collector:
+            self.gateway.start()
+            fleet = self.fleet(sensors=sensors, rate=rate)
+            fleet.start(duration=duration)
+            yield collector, fleet
+
 
 def report(name: str, received: Any, extra: str = "") -> None:
     print(
         f"\n[{name}] unique={received.unique} messages={received.messages} "
         f"duplicates={received.duplicates} {extra}"
     )
+
+
+@asynccontextmanager
+async def proxied_site(
+    make_site: Callable[..., Site], rabbit: RabbitMQNode, mosquitto: MosquittoBroker, **extra: str
+) -> AsyncIterator[tuple[Site, TcpProxy]]:
+    """A site whose gateway reaches `rabbit` through a TCP proxy that the test can mute or cut;
+    the consumer (`site.collector()`) connects to `rabbit` directly."""
+    async with TcpProxy(rabbit.port) as proxy:
+        url = f"amqp://guest:guest@127.0.0.1:{proxy.port}/"
+        yield make_site(rabbit, mosquitto, gateway_url=url, **extra), proxy
+
+
+async def delivered(
+    fleet: MqttSensorFleet, collector: ReadingCollector, within_s: float = 30
+) -> tuple[FleetStats, int]:
+    """Wait for a started fleet to finish, then for the consumer to hold as many unique
+    readings as it sent; return what it sent and how many."""
+    sent = await asyncio.to_thread(fleet.wait, within_s)
+    total = sum(sent.last_seq.values())
+    await collector.wait_until(lambda got: got.unique >= total, timeout=within_s)
+    return sent, total
+
+
+def write_gateway_yaml(
+    tmp_path: Path, amqp_url: str, exchange: str, drivers: str, rest: str = ""
+) -> Path:
+    """`tmp_path/gateway.yaml` for a gateway `gw` whose site and exchange are both `exchange`,
+    with its state under `tmp_path`; `drivers` is the YAML of the list's items."""
+    config = tmp_path / "gateway.yaml"
+    config.write_text(
+        f"gateway: {{id: gw, site: {exchange}, state_dir: {tmp_path / 'state'}}}\n"
+        f'amqp: {{url: "{amqp_url}", exchange: {exchange}}}\n'
+        f"drivers:\n{drivers}{rest}"
+    )
+    return config

@@ -12,26 +12,24 @@ import paho.mqtt.client as mqtt
 from edge_gateway_sim.brokers import MosquittoBroker, RabbitMQNode
 from edge_gateway_sim.consumer import ReadingCollector
 from edge_gateway_sim.gateway_process import GatewayProcess
-from harness import validate_message
+from harness import validate_message, write_gateway_yaml
 
 from gateway.status import read_status
 
 
 def _config(tmp_path: Path, rabbit: RabbitMQNode, port: int, exchange: str, driver: str) -> Path:
-    config = tmp_path / "gateway.yaml"
-    config.write_text(
+    return write_gateway_yaml(
+        tmp_path,
+        rabbit.url,
+        exchange,
         f"""\
-gateway: {{id: gw, site: {exchange}, state_dir: {tmp_path / "state"}}}
-amqp: {{url: "{rabbit.url}", exchange: {exchange}}}
-drivers:
   - type: mqtt
     name: field
     port: {port}
     client_id: gw-{exchange}
 {driver}
-"""
+""",
     )
-    return config
 
 
 def _publish(port: int, messages: list[tuple[str, bytes]], **auth: str) -> None:

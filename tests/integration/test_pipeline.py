@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from edge_gateway_sim.brokers import MosquittoBroker, RabbitMQNode
-from harness import Site, report
+from harness import Site, delivered, report
 
 
 async def test_ten_thousand_readings_arrive_once_each_and_match_the_schema(
@@ -41,10 +41,7 @@ async def test_rabbitmq_down_for_20_seconds_loses_nothing(
     make_site: Any, rabbitmq_node: RabbitMQNode, mosquitto: MosquittoBroker
 ) -> None:
     site = make_site(rabbitmq_node, mosquitto, extra_amqp="retry_max_s: 2")
-    async with site.collector() as collector:
-        site.gateway.start()
-        fleet = site.fleet(sensors=5, rate=100)
-        fleet.start(duration=32)
+    async with site.streaming(sensors=5, rate=100, duration=32) as (collector, fleet):
         await asyncio.sleep(4)
         await asyncio.to_thread(rabbitmq_node.stop)
         await asyncio.sleep(20)
@@ -52,12 +49,10 @@ async def test_rabbitmq_down_for_20_seconds_loses_nothing(
         assert during["gateway"]["publisher"]["connected_url"] is None
         assert during["buffer"]["depth"] > 1_000  # 20 s at 100/s waited on disk
         await asyncio.to_thread(rabbitmq_node.start)
-        sent = await asyncio.to_thread(fleet.wait, 60)
-        assert sent.dropped == 0
-        total = sum(sent.last_seq.values())
-        await collector.wait_until(lambda got: got.unique >= total, timeout=90)
+        sent, total = await delivered(fleet, collector, within_s=90)
     got = collector.received
     report("rabbitmq-outage", got, f"sent={total}")
+    assert sent.dropped == 0
     assert got.invalid == []
     assert got.missing(sent.last_seq) == {}
     assert site.gateway.terminate() == 0
@@ -73,18 +68,13 @@ async def test_gateway_killed_with_sigkill_and_restarted_loses_nothing(
 
 
 async def _kill_and_restart_twice(site: Site) -> None:
-    async with site.collector() as collector:
-        site.gateway.start()
-        fleet = site.fleet(sensors=10, rate=300)
-        fleet.start(duration=10)
+    async with site.streaming(sensors=10, rate=300, duration=10) as (collector, fleet):
         for _ in range(2):
             await asyncio.sleep(3)
             await asyncio.to_thread(site.gateway.kill)
             await asyncio.sleep(1)
             await asyncio.to_thread(site.gateway.start)
-        sent = await asyncio.to_thread(fleet.wait, 60)
-        total = sum(sent.last_seq.values())
-        await collector.wait_until(lambda got: got.unique >= total, timeout=60)
+        sent, total = await delivered(fleet, collector, within_s=60)
     got = collector.received
     report("sigkill", got, f"sent={total}")
     assert sent.acked == sent.published

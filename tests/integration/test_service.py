@@ -19,16 +19,16 @@ import sqlite3
 import subprocess
 import sys
 import time
-from contextlib import closing
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, closing, contextmanager
 from pathlib import Path
 from typing import Any
 
 from edge_gateway_sim.brokers import MosquittoBroker, RabbitMQNode, free_port
 from edge_gateway_sim.consumer import ReadingCollector
 from edge_gateway_sim.mqtt_sensors import FleetConfig, MqttSensorFleet
-from harness import Site, report, validate_message
+from harness import Site, delivered, proxied_site, report, validate_message
 from notify_listener import NotifyListener
-from tcp_proxy import TcpProxy
 
 WATCHDOG_S = 1.5  # a stall is declared after this long; the gateway checks every 0.5 s
 
@@ -89,36 +89,54 @@ async def test_ready_status_pings_and_stopping_reach_the_notify_socket(
     assert collector.received.missing(sent.last_seq) == {}
 
 
+async def watch_a_stall(
+    site: Site, stall: Callable[[], AbstractContextManager[None]], stalled_within_s: float
+) -> str:
+    """Stream readings; hold `stall` until systemd hears STALLED (within `stalled_within_s`,
+    or fail); return that STATUS.
+
+    What every stall must show: no ping while it lasts, pings again once it is over,
+    and no reading missing at the consumer.
+    """
+    with NotifyListener() as systemd:
+        site.gateway.env = systemd.env(watchdog_s=WATCHDOG_S)
+        async with site.streaming(sensors=4, rate=100, duration=10) as (collector, fleet):
+            await asyncio.to_thread(systemd.wait_for, is_ping, 5)
+            with stall():
+                began = time.monotonic()
+                stalled = await asyncio.to_thread(
+                    systemd.wait_for,
+                    lambda f: "STALLED" in f.get("STATUS", ""),
+                    stalled_within_s,
+                    began,
+                )
+            released = time.monotonic()
+            resumed = await asyncio.to_thread(systemd.wait_for, is_ping, 10, released)
+            sent, total = await delivered(fleet, collector)
+        pings_while_stalled = [n for n in systemd.since(stalled.at, "WATCHDOG") if n.at < released]
+    report("stall", collector.received, f"sent={total} status={stalled.fields['STATUS']!r}")
+    assert pings_while_stalled == []
+    assert resumed.at > released
+    assert collector.received.missing(sent.last_seq) == {}
+    return stalled.fields["STATUS"]
+
+
 async def test_watchdog_pings_stop_while_the_buffer_writer_is_stalled(
     make_site: Any, rabbitmq: RabbitMQNode, mosquitto: MosquittoBroker
 ) -> None:
     site = make_site(rabbitmq, mosquitto)
-    with NotifyListener() as systemd:
-        site.gateway.env = systemd.env(watchdog_s=WATCHDOG_S)
-        async with site.collector() as collector:
-            site.gateway.start()
-            fleet = site.fleet(sensors=4, rate=100)
-            fleet.start(duration=10)
-            await asyncio.to_thread(systemd.wait_for, is_ping, 5)
-            with closing(sqlite3.connect(site.state_dir / "buffer.db", timeout=10)) as other:
-                other.isolation_level = None
-                other.execute("BEGIN IMMEDIATE")  # the writer's next commit waits for this
-                locked = time.monotonic()
-                stalled = await asyncio.to_thread(
-                    systemd.wait_for, lambda f: "STALLED" in f.get("STATUS", ""), 3.4, locked
-                )
-                other.execute("ROLLBACK")  # before SQLite's 5 s busy timeout fails the writer
-                released = time.monotonic()
-            resumed = await asyncio.to_thread(systemd.wait_for, is_ping, 5, released)
-            sent = await asyncio.to_thread(fleet.wait, 30)
-            total = sum(sent.last_seq.values())
-            await collector.wait_until(lambda got: got.unique >= total, timeout=30)
-        pings_while_stalled = [n for n in systemd.since(stalled.at, "WATCHDOG") if n.at < released]
-    report("writer-stall", collector.received, f"sent={total}")
-    assert "buffer writer stalled" in stalled.fields["STATUS"]
-    assert pings_while_stalled == []
-    assert resumed.at > released
-    assert collector.received.missing(sent.last_seq) == {}
+
+    @contextmanager
+    def writer_locked() -> Iterator[None]:
+        """What an operator's `sqlite3` shell in a transaction does to the buffer's writer."""
+        with closing(sqlite3.connect(site.state_dir / "buffer.db", timeout=10)) as other:
+            other.isolation_level = None
+            other.execute("BEGIN IMMEDIATE")  # the writer's next commit waits for this
+            yield
+            other.execute("ROLLBACK")  # before SQLite's 5 s busy timeout fails the writer
+
+    # 3.4 s: STALLED must come before SQLite's 5 s busy timeout fails the waiting writer
+    assert "buffer writer stalled" in await watch_a_stall(site, writer_locked, 3.4)
     assert log_events(
         site, "pipeline stalled: not pinging the watchdog, systemd will restart the gateway"
     )
@@ -128,42 +146,22 @@ async def test_watchdog_pings_stop_while_the_buffer_writer_is_stalled(
 async def test_watchdog_pings_stop_while_confirms_are_overdue_and_resume_after(
     make_site: Any, rabbitmq: RabbitMQNode, mosquitto: MosquittoBroker
 ) -> None:
-    async with TcpProxy(rabbitmq.port) as proxy:
-        # timeout_s above the watchdog period: the publisher itself would wait 30 s for a
-        # confirm; the watchdog calls it stalled after 1.5 s (and the gateway warns at start).
-        site = make_site(
-            rabbitmq,
-            mosquitto,
-            gateway_url=f"amqp://guest:guest@127.0.0.1:{proxy.port}/",
-            extra_amqp="timeout_s: 30\nretry_max_s: 1",
-        )
-        with NotifyListener() as systemd:
-            site.gateway.env = systemd.env(watchdog_s=WATCHDOG_S)
-            async with site.collector() as collector:
-                site.gateway.start()
-                fleet = site.fleet(sensors=4, rate=100)
-                fleet.start(duration=10)
-                await asyncio.to_thread(systemd.wait_for, is_ping, 5)
-                proxy.swallow_replies = True
-                swallowing = time.monotonic()
-                stalled = await asyncio.to_thread(
-                    systemd.wait_for, lambda f: "STALLED" in f.get("STATUS", ""), 5, swallowing
-                )
-                proxy.swallow_replies = False
-                proxy.cut()  # the connection has lost bytes: it must be a new one
-                recovered = time.monotonic()
-                resumed = await asyncio.to_thread(systemd.wait_for, is_ping, 10, recovered)
-                sent = await asyncio.to_thread(fleet.wait, 30)
-                total = sum(sent.last_seq.values())
-                await collector.wait_until(lambda got: got.unique >= total, timeout=30)
-            pings_while_stalled = [
-                n for n in systemd.since(stalled.at, "WATCHDOG") if n.at < recovered
-            ]
-    report("publisher-stall", collector.received, f"sent={total}")
-    assert "publisher stalled" in stalled.fields["STATUS"]
-    assert pings_while_stalled == []
-    assert resumed.at > recovered
-    assert collector.received.missing(sent.last_seq) == {}
+    # timeout_s above the watchdog period: the publisher itself would wait 30 s for a
+    # confirm; the watchdog calls it stalled after 1.5 s (and the gateway warns at start).
+    extra_amqp = "timeout_s: 30\nretry_max_s: 1"
+    async with proxied_site(make_site, rabbitmq, mosquitto, extra_amqp=extra_amqp) as (
+        site,
+        proxy,
+    ):
+
+        @contextmanager
+        def confirms_swallowed() -> Iterator[None]:
+            proxy.swallow_replies = True
+            yield
+            proxy.swallow_replies = False
+            proxy.cut()  # the connection has lost bytes: it must be a new one
+
+        assert "publisher stalled" in await watch_a_stall(site, confirms_swallowed, 5)
     assert log_events(
         site, "amqp.timeout_s is not below the watchdog period: a slow confirm may cause a restart"
     )
@@ -174,18 +172,13 @@ async def test_sigterm_with_confirms_missing_exits_0_and_loses_nothing(
     make_site: Any, rabbitmq: RabbitMQNode, mosquitto: MosquittoBroker
 ) -> None:
     """Readings published but unconfirmed at SIGTERM stay buffered and go after the restart."""
-    async with TcpProxy(rabbitmq.port) as proxy:
-        site = make_site(
-            rabbitmq,
-            mosquitto,
-            gateway_url=f"amqp://guest:guest@127.0.0.1:{proxy.port}/",
-            extra_amqp="shutdown_grace_s: 2\nretry_max_s: 1",
-        )
-        async with site.collector() as collector:
-            site.gateway.start()
-            # 100/s: while the gateway is down Mosquitto queues at most 1,000 messages for it
-            fleet = site.fleet(sensors=5, rate=100)
-            fleet.start(duration=6)
+    extra_amqp = "shutdown_grace_s: 2\nretry_max_s: 1"
+    async with proxied_site(make_site, rabbitmq, mosquitto, extra_amqp=extra_amqp) as (
+        site,
+        proxy,
+    ):
+        # 100/s: while the gateway is down Mosquitto queues at most 1,000 messages for it
+        async with site.streaming(sensors=5, rate=100, duration=6) as (collector, fleet):
             await asyncio.sleep(1.5)
             proxy.swallow_replies = True  # what is published from now on stays unconfirmed
             await asyncio.sleep(1)
@@ -195,9 +188,7 @@ async def test_sigterm_with_confirms_missing_exits_0_and_loses_nothing(
             proxy.swallow_replies = False
             proxy.cut()
             await asyncio.to_thread(site.gateway.start)
-            sent = await asyncio.to_thread(fleet.wait, 30)
-            total = sum(sent.last_seq.values())
-            await collector.wait_until(lambda got: got.unique >= total, timeout=30)
+            sent, total = await delivered(fleet, collector)
     report("sigterm-unconfirmed", collector.received, f"sent={total} stopped_in={stopped_in:.2f}s")
     missing = log_events(site, "confirms still missing at shutdown; those readings stay buffered")
     assert missing and missing[0]["in_flight"] > 0
@@ -302,9 +293,7 @@ async def test_reload_of_an_invalid_file_keeps_the_running_configuration(
             rejected_at = await asyncio.to_thread(reload, site, systemd, broken)
             amqp_changed = good.replace("amqp:\n", "amqp:\n  max_in_flight: 8\n", 1)
             await asyncio.to_thread(reload, site, systemd, amqp_changed)
-            sent = await asyncio.to_thread(fleet.wait, 30)
-            total = sum(sent.last_seq.values())
-            await collector.wait_until(lambda got: got.unique >= total, timeout=30)
+            sent, total = await delivered(fleet, collector)
             pings_after = systemd.since(rejected_at, "WATCHDOG")
     report("reload-invalid", collector.received, f"sent={total}")
     rejected = log_events(

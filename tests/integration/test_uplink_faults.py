@@ -13,8 +13,7 @@ from typing import Any
 
 import aio_pika
 from edge_gateway_sim.brokers import MosquittoBroker, RabbitMQNode, free_port
-from harness import report
-from tcp_proxy import TcpProxy
+from harness import delivered, proxied_site, report
 
 
 async def test_nacked_messages_are_retried_until_the_broker_takes_them(
@@ -67,17 +66,12 @@ async def test_broker_memory_alarm_pauses_publishing_until_it_clears(
 async def test_lost_confirms_and_a_cut_uplink_cost_duplicates_not_readings(
     make_site: Any, rabbitmq: RabbitMQNode, mosquitto: MosquittoBroker
 ) -> None:
-    async with TcpProxy(rabbitmq.port) as proxy:
-        site = make_site(
-            rabbitmq,
-            mosquitto,
-            gateway_url=f"amqp://guest:guest@127.0.0.1:{proxy.port}/",
-            extra_amqp="timeout_s: 2\nretry_max_s: 1",
-        )
-        async with site.collector() as collector:
-            site.gateway.start()
-            fleet = site.fleet(sensors=5, rate=200)
-            fleet.start(duration=12)
+    extra_amqp = "timeout_s: 2\nretry_max_s: 1"
+    async with proxied_site(make_site, rabbitmq, mosquitto, extra_amqp=extra_amqp) as (
+        site,
+        proxy,
+    ):
+        async with site.streaming(sensors=5, rate=200, duration=12) as (collector, fleet):
             await asyncio.sleep(3)
             proxy.swallow_replies = True  # the broker's confirms never reach the gateway
             await asyncio.sleep(4)
@@ -85,9 +79,7 @@ async def test_lost_confirms_and_a_cut_uplink_cost_duplicates_not_readings(
             proxy.cut()  # and the connections that were left hanging drop
             await asyncio.sleep(3)
             proxy.cut()
-            sent = await asyncio.to_thread(fleet.wait, 30)
-            total = sum(sent.last_seq.values())
-            await collector.wait_until(lambda got: got.unique >= total, timeout=60)
+            sent, total = await delivered(fleet, collector, within_s=60)
     report("lost-confirms", collector.received, f"sent={total}")
     assert collector.received.missing(sent.last_seq) == {}
     assert collector.received.duplicates > 0  # what was confirmed but unheard went twice
@@ -118,18 +110,13 @@ async def test_sigterm_mid_stream_exits_0_and_the_restart_delivers_the_rest(
     make_site: Any, rabbitmq: RabbitMQNode, mosquitto: MosquittoBroker
 ) -> None:
     site = make_site(rabbitmq, mosquitto)
-    async with site.collector() as collector:
-        site.gateway.start()
-        fleet = site.fleet(sensors=5, rate=300)
-        fleet.start(duration=5)
+    async with site.streaming(sensors=5, rate=300, duration=5) as (collector, fleet):
         await asyncio.sleep(1.5)
         started = time.monotonic()
         assert await asyncio.to_thread(site.gateway.terminate) == 0
         stopped_in = time.monotonic() - started
         await asyncio.to_thread(site.gateway.start)
-        sent = await asyncio.to_thread(fleet.wait, 30)
-        total = sum(sent.last_seq.values())
-        await collector.wait_until(lambda got: got.unique >= total, timeout=30)
+        sent, total = await delivered(fleet, collector)
     report("sigterm", collector.received, f"sent={total} stopped_in={stopped_in:.2f}s")
     assert stopped_in < 6  # amqp.shutdown_grace_s is 5 s, and little was in flight
     assert collector.received.missing(sent.last_seq) == {}
