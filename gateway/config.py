@@ -36,7 +36,8 @@ ROUTING_KEY_FIELDS = frozenset({"gateway", "site", "device", "source"})
 UNIT_STOP_TIMEOUT_S = 30.0
 """`TimeoutStopSec=` of systemd/edge-gateway.service: systemd SIGKILLs a longer stop."""
 BLE_STOP_S = 15.0
-"""The longest BLE drivers take to stop: ending a scan (5 s), then a GATT disconnect (10 s)."""
+"""The longest BLE drivers may take to stop: ending a scan (up to 5 s) and a GATT disconnect
+(up to 10 s), counted as if one came after the other (drivers/ble/scanner.py, gatt_client.py)."""
 LAST_COMMIT_S = 5.0
 """Left at the end of a stop for the buffer's last commit and the exit, on a slow SD card."""
 
