@@ -25,10 +25,18 @@ class Sink(Protocol):
 
 
 class Driver(Protocol):
-    """One transport instance. `run()` works until cancelled; raising means "restart me"."""
+    """One transport instance. `run()` works until cancelled; raising means "restart me".
+
+    `outbox` holds what the driver read but the buffer has not yet taken, so that the
+    supervisor can hand it on when it stops the driver; None for a driver whose source
+    keeps unaccepted data itself (MQTT: the broker redelivers what was not acknowledged).
+    """
 
     name: str
     stats: DriverStats
+
+    @property
+    def outbox(self) -> Outbox | None: ...
 
     async def run(self) -> None: ...
 
@@ -96,3 +104,69 @@ async def put_until_accepted(
                 retry_in_s=round(delay, 2),
             )
             await asyncio.sleep(delay)
+
+
+class Outbox:
+    """Readings a driver read but the buffer has not yet taken; bounded, in arrival order.
+
+    A device cannot be asked to send again, so these must outlive the task that delivers
+    them: a batch leaves the outbox only once `put` has returned. A cancel during a put
+    (a reload, a stop, a restart after a failure) leaves it here, to be put again by the
+    next `deliver` or handed on with `take()`: at worst a duplicate, never a loss.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._held: list[Reading] = []
+        self._arrived = asyncio.Event()
+        self._taken = asyncio.Event()
+
+    def __len__(self) -> int:
+        return len(self._held)
+
+    def add(self, readings: Sequence[Reading]) -> bool:
+        """Hold `readings` for delivery, all or none: False when they would pass `limit`.
+
+        The caller counts what was refused (its overflow); nothing is dropped silently.
+        """
+        if len(self._held) + len(readings) > self.limit:
+            return False
+        if readings:
+            self._held.extend(readings)
+            self._arrived.set()
+        return True
+
+    def take(self) -> list[Reading]:
+        """Everything held, leaving the outbox empty; for a driver whose task has ended."""
+        held, self._held = self._held, []
+        self._taken.set()
+        return held
+
+    async def wait_for_room(self) -> None:
+        """Return once the outbox is below its limit: a driver that can pause, pauses."""
+        while len(self._held) >= self.limit:
+            self._taken.clear()
+            await self._taken.wait()
+
+    async def deliver(
+        self,
+        sink: Sink,
+        driver: str,
+        stats: DriverStats,
+        log: RateLimitedLog,
+        holding: str = "holding them",
+    ) -> None:
+        """Put what is held into `sink`, oldest first, for ever; wait out refusals.
+
+        Readings added during a put go in the next one, so a slow disk means fewer,
+        larger commits. `stats` counts what was accepted and each refusal.
+        """
+        while True:
+            while not self._held:
+                self._arrived.clear()
+                await self._arrived.wait()
+            batch = self._held[:]
+            await put_until_accepted(sink, batch, driver, stats, log, holding)
+            del self._held[: len(batch)]
+            self._taken.set()
+            stats.read(len(batch))

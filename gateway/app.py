@@ -19,12 +19,12 @@ from gateway.buffer import Buffer
 from gateway.clock import system_clock_synchronized
 from gateway.config import GatewayConfig
 from gateway.errors import ConfigError
-from gateway.intake import Intake
 from gateway.metrics import GatewayCollector, metrics_endpoint
 from gateway.notify import Notifier
 from gateway.publisher import Publisher
 from gateway.service import ServiceReporter
 from gateway.status import BUFFER_FILE, StatusWriter
+from gateway.supervisor import DriverSupervisor
 
 log = structlog.get_logger("gateway.app")
 
@@ -59,14 +59,14 @@ async def run_gateway(
         reporter = ServiceReporter(notifier, buffer, publisher)
         _check_timeouts(config, reporter)
         async with asyncio.TaskGroup() as tasks:
-            intake = Intake(tasks, config.gateway.id, buffer)
+            supervisor = DriverSupervisor(tasks, config.gateway.id, buffer)
+            supervisor.start(config.drivers)  # first: a driver that cannot be built stops it all
             status = StatusWriter(
-                config.gateway.state_dir, buffer, publisher, lambda: intake.drivers
+                config.gateway.state_dir, buffer, publisher, lambda: supervisor.drivers
             )
-            collector = GatewayCollector(buffer, publisher, lambda: intake.drivers)
+            collector = GatewayCollector(buffer, publisher, lambda: list(supervisor.drivers))
             with metrics_endpoint(config.metrics, collector):
                 publishing = tasks.create_task(publisher.run())
-                intake.start(config.drivers)
                 reporting = tasks.create_task(status.run())
                 watching = tasks.create_task(_watch_storage(buffer))
                 log.info(
@@ -81,21 +81,24 @@ async def run_gateway(
                 while await _next_request(stop, reload) == "reload":
                     assert load is not None, "a reload needs a way to load the configuration"
                     notifier.reloading()
-                    config = await _reload(config, load, intake)
+                    config = await _reload(config, load, supervisor)
                     notifier.ready(reporter.status_line())
                 notifier.stopping()
-                await _stop_intake_then_publisher(intake, publisher, publishing, config)
+                await _stop_intake_then_publisher(supervisor, publisher, publishing, config)
                 for task in (watching, reporting, pinging):
                     task.cancel()
     log.info("gateway stopped", buffered=buffer.depth)
 
 
 async def _stop_intake_then_publisher(
-    intake: Intake, publisher: Publisher, publishing: asyncio.Task[None], config: GatewayConfig
+    supervisor: DriverSupervisor,
+    publisher: Publisher,
+    publishing: asyncio.Task[None],
+    config: GatewayConfig,
 ) -> None:
     """No new intake first; then in-flight publishes get `shutdown_grace_s` to be confirmed."""
     log.info("stopping: drivers first, then in-flight publishes")
-    await intake.stop()
+    await supervisor.stop()
     publisher.stop()
     try:
         await asyncio.wait_for(asyncio.shield(publishing), config.amqp.shutdown_grace_s)
@@ -123,11 +126,15 @@ async def _next_request(stop: asyncio.Event, reload: asyncio.Event) -> str:
 
 
 async def _reload(
-    running: GatewayConfig, load: Callable[[], GatewayConfig], intake: Intake
+    running: GatewayConfig, load: Callable[[], GatewayConfig], supervisor: DriverSupervisor
 ) -> GatewayConfig:
-    """Apply a new configuration's drivers; return what now runs. A bad file changes nothing."""
+    """Apply a new configuration's drivers; return what now runs.
+
+    A bad file, or a driver that cannot be built from it, changes nothing.
+    """
     try:
         new = await asyncio.to_thread(load)
+        changes = await supervisor.apply(new.drivers)
     except ConfigError as exc:
         log.error(
             "configuration rejected on reload; the running configuration stays in force",
@@ -135,7 +142,6 @@ async def _reload(
             hint="fix the file (`edge-gateway check --config FILE`), then reload again",
         )
         return running
-    changes = await intake.apply(new.drivers)
     pending = [s for s in RESTART_SECTIONS if getattr(new, s) != getattr(running, s)]
     log.info(
         "configuration reloaded",

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import random
+import time
+
+HEALTHY_RUN_S = 60.0
+"""A run this long was a success that ended: the next failure starts the backoff afresh."""
 
 
 class Backoff:
@@ -20,3 +24,13 @@ class Backoff:
 
     def reset(self) -> None:
         self.failures = 0
+
+    def delay_after(self, started: float, healthy_s: float = HEALTHY_RUN_S) -> float:
+        """The delay before retrying what started at `started` (`time.monotonic()`) and ended.
+
+        A run longer than `healthy_s` resets the backoff; one that fails at once (a
+        flapping device, a crashing driver) is retried ever more slowly instead.
+        """
+        if time.monotonic() - started > healthy_s:
+            self.reset()
+        return self.next_delay()

@@ -12,7 +12,7 @@ import json
 import os
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -38,7 +38,7 @@ class StatusWriter:
         state_dir: Path,
         buffer: Buffer,
         publisher: Publisher,
-        drivers: Callable[[], list[Driver]],
+        drivers: Callable[[], Sequence[Driver]],
     ) -> None:
         """`drivers` gives the drivers running now: a reload may replace some."""
         self.path = state_dir / STATUS_FILE

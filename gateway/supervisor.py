@@ -2,7 +2,13 @@
 
 On a reload only the drivers whose configuration changed are restarted (driver
 configurations are frozen pydantic models: equal by value); the others keep their
-connections, their sessions and their counters.
+connections, their sessions and their counters. All new drivers are built before any
+old one stops, so a configuration a driver cannot be built from changes nothing.
+
+What a stopped driver still held for the buffer (its `outbox`) is not dropped: a
+driver restarted under the same name takes it over; a driver stopped for good (removed
+on reload, or at shutdown) gets one last try at the buffer, and what that does not take
+is logged as lost, with its count.
 """
 
 from __future__ import annotations
@@ -18,10 +24,9 @@ from drivers import create_driver
 from drivers.base import Driver, Sink
 from gateway.backoff import Backoff
 from gateway.config import DriverConfig
+from gateway.errors import BufferFull, ConfigError, StorageError
 
-log = structlog.get_logger("gateway.intake")
-
-_HEALTHY_RUN_S = 60.0
+log = structlog.get_logger("gateway.supervisor")
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,7 +46,7 @@ class Changes:
     kept: list[str]
 
 
-class Intake:
+class DriverSupervisor:
     """Drivers running as tasks of the gateway's TaskGroup; `stop()` cancels them all."""
 
     def __init__(self, tasks: asyncio.TaskGroup, gateway_id: str, sink: Sink) -> None:
@@ -49,17 +54,25 @@ class Intake:
         self._gateway_id = gateway_id
         self._sink = sink
         self._running: dict[str, _Running] = {}
+        self._drivers: tuple[Driver, ...] = ()
 
     @property
-    def drivers(self) -> list[Driver]:
-        return [running.driver for running in self._running.values()]
+    def drivers(self) -> tuple[Driver, ...]:
+        """The drivers now, as one immutable tuple: read from other threads (metrics)."""
+        return self._drivers
 
     def start(self, configs: Sequence[DriverConfig]) -> None:
-        for config in configs:
-            self._start(config)
+        """Start the drivers of `configs`; `ConfigError`, and none started, if one cannot be."""
+        built = [self._build(config) for config in configs]
+        for config, driver in zip(configs, built, strict=True):
+            self._start(config, driver)
+        self._published()
 
     async def apply(self, configs: Sequence[DriverConfig]) -> Changes:
-        """Make the running drivers those of `configs`, restarting only what changed."""
+        """Make the running drivers those of `configs`, restarting only what changed.
+
+        `ConfigError`, with nothing changed, if a new driver cannot be built.
+        """
         wanted = {config.name: config for config in configs}
         gone = [name for name in self._running if name not in wanted]
         changed = [
@@ -68,20 +81,70 @@ class Intake:
             if name in self._running and self._running[name].config != config
         ]
         new = [name for name in wanted if name not in self._running]
-        await _cancel([self._running.pop(name).task for name in gone + changed])
+        built = {name: self._build(wanted[name]) for name in changed + new}
+        old = {name: self._running.pop(name) for name in gone + changed}
+        await _cancel([running.task for running in old.values()])
+        for name in changed:
+            self._hand_over(old[name].driver, built[name])
         for name in changed + new:
-            self._start(wanted[name])
+            self._start(wanted[name], built[name])
+        self._published()
+        for name in changed:  # what the new driver had no room for
+            await self._last_put(old[name].driver)
+        for name in gone:
+            await self._last_put(old[name].driver)
         kept = [name for name in wanted if name not in changed and name not in new]
         return Changes(started=new, restarted=changed, stopped=gone, kept=kept)
 
     async def stop(self) -> None:
-        """Stop every driver; they stay listed, so that the last status still shows them."""
+        """Stop every driver and put what they held; they stay listed, for the last status."""
         await _cancel([running.task for running in self._running.values()])
+        for running in self._running.values():
+            await self._last_put(running.driver)
 
-    def _start(self, config: DriverConfig) -> None:
-        driver = create_driver(config, self._gateway_id, self._sink)
+    def _build(self, config: DriverConfig) -> Driver:
+        try:
+            return create_driver(config, self._gateway_id, self._sink)
+        except Exception as exc:  # whatever a constructor raises, the configuration is at fault
+            raise ConfigError(
+                f"drivers: {config.name}: cannot be set up: {type(exc).__name__}: {exc}"
+            ) from exc
+
+    def _start(self, config: DriverConfig, driver: Driver) -> None:
         task = self._tasks.create_task(supervise(driver), name=f"driver {config.name}")
         self._running[config.name] = _Running(config, driver, task)
+
+    def _published(self) -> None:
+        self._drivers = tuple(running.driver for running in self._running.values())
+
+    @staticmethod
+    def _hand_over(old: Driver, new: Driver) -> None:
+        """Give the replacement what the old driver held, if it has room (else it stays)."""
+        if old.outbox is None or not len(old.outbox) or new.outbox is None:
+            return
+        held = old.outbox.take()
+        if new.outbox.add(held):
+            log.info("readings handed to the restarted driver", driver=new.name, readings=len(held))
+        else:
+            old.outbox.add(held)
+
+    async def _last_put(self, driver: Driver) -> None:
+        """One try to put what a stopped driver held; if refused, say how much is lost."""
+        if driver.outbox is None or not len(driver.outbox):
+            return
+        held = driver.outbox.take()
+        try:
+            await self._sink.put(held)
+        except (BufferFull, StorageError) as exc:
+            log.error(
+                "readings a stopped driver held were lost: the buffer refused them",
+                driver=driver.name,
+                lost=len(held),
+                error=str(exc),
+                hint="see the buffer's state in `edge-gateway status` (full disk, max_bytes)",
+            )
+        else:
+            driver.stats.read(len(held))
 
 
 async def _cancel(tasks: list[asyncio.Task[None]]) -> None:
@@ -101,9 +164,7 @@ async def supervise(driver: Driver) -> None:
         except Exception as exc:  # a driver's bug must not take the gateway down
             problem = f"{type(exc).__name__}: {exc}"
             log.exception("driver failed", driver=driver.name)
-        if time.monotonic() - started > _HEALTHY_RUN_S:
-            backoff.reset()
-        delay = backoff.next_delay()
+        delay = backoff.delay_after(started)
         driver.stats.failed(problem)
         driver.stats.state = "restarting"
         log.warning("restarting driver", driver=driver.name, retry_in_s=round(delay, 2))

@@ -3,9 +3,10 @@
 bleak's callbacks (advertisements, notifications) only record what arrived; decoding and
 putting happen in the driver's own task, so a decoder exception is counted and logged
 here rather than swallowed by bleak's callback wrapper. A device cannot be asked to send
-again, so readings the buffer refuses are held and retried, never dropped; while they
-wait, at most `_INBOX_LIMIT` advertisements (and GATT readings) queue up, and the excess is
-counted and logged.
+again, so readings the buffer refuses are held in the driver's `outbox` and retried; the
+outbox outlives the driver's task (a restart, a reload, a stop: see `Outbox`). While they
+wait, at most `_INBOX_LIMIT` readings (and as many advertisements not yet decoded) queue
+up; the excess is counted (`inbox_overflow`) and logged.
 """
 
 from __future__ import annotations
@@ -18,9 +19,9 @@ from typing import Any
 import structlog
 from bleak.backends.device import BLEDevice
 
-from drivers.base import DriverStats, Sink, put_until_accepted
+from drivers.base import DriverStats, Outbox, Sink
 from drivers.ble.config import BleDriverConfig
-from drivers.ble.filters import AdvertFilter, Heard, bump, from_bleak
+from drivers.ble.filters import AdvertFilter, Heard, from_bleak
 from drivers.ble.gatt_client import GattPoller
 from drivers.ble.scanner import AdapterScanner
 from gateway.logs import RateLimitedLog
@@ -38,14 +39,15 @@ class BleSource:
         self.name = config.name
         self.config = config
         self.stats = DriverStats(type="ble")
+        self.outbox = Outbox(_INBOX_LIMIT)
         self._sink = sink
         self._heard: list[Heard] = []
-        self._readings: list[Reading] = []
         self._arrived = asyncio.Event()
         self._rate_limited = RateLimitedLog(log)
 
     async def run(self) -> None:
-        self._heard, self._readings = [], []
+        # What waits in `_heard` and `outbox` outlives a restart (a failing scanner or GATT
+        # poller): it was received, and it is still put.
         intake = AdvertFilter(self.config, self.stats)
         scanner = AdapterScanner(self.config, self.stats, self._on_advert)
         try:
@@ -54,27 +56,27 @@ class BleSource:
                 for device in self.config.gatt:
                     poller = GattPoller(device, self.name, scanner, self.stats, self._emit)
                     tasks.create_task(poller.run())
-                await self._deliver(intake)
+                tasks.create_task(
+                    self.outbox.deliver(self._sink, self.name, self.stats, self._rate_limited)
+                )
+                await self._decode_forever(intake)
         finally:
             self.stats.state = "stopped"
 
     def _on_advert(self, device: BLEDevice, data: Any) -> None:
-        if self._full(len(self._heard)):
+        if len(self._heard) >= _INBOX_LIMIT:
+            self._overflow(len(self._heard))
             return
         self._heard.append(from_bleak(device.address, data, time.time()))
         self._arrived.set()
 
     def _emit(self, readings: Sequence[Reading]) -> None:
-        if self._full(len(self._readings)):
-            return
-        self._readings.extend(readings)
-        self._arrived.set()
+        if not self.outbox.add(readings):
+            self._overflow(len(self.outbox))
 
-    def _full(self, waiting: int) -> bool:
+    def _overflow(self, waiting: int) -> None:
         """Memory stays bounded while the buffer refuses readings: the excess is counted."""
-        if waiting < _INBOX_LIMIT:
-            return False
-        bump(self.stats, "inbox_overflow")
+        self.stats.bump("inbox_overflow")
         self._rate_limited.warning(
             "inbox-overflow",
             "BLE data arrives faster than the buffer takes it; dropping the newest",
@@ -82,21 +84,19 @@ class BleSource:
             waiting=waiting,
             hint="see the buffer's state in `edge-gateway status` (full disk, max_bytes)",
         )
-        return True
 
-    async def _deliver(self, intake: AdvertFilter) -> None:
-        """Decode what arrived since the last turn and put it into the buffer in one call."""
-        while True:
-            await self._arrived.wait()
-            self._arrived.clear()
-            heard, self._heard = self._heard, []
-            readings, self._readings = self._readings, []
-            for one in heard:
-                reading = intake.reading(one)
-                if reading is not None:
-                    readings.append(reading)
-            if readings:
-                await put_until_accepted(
-                    self._sink, readings, self.name, self.stats, self._rate_limited
-                )
-                self.stats.read(len(readings))
+    async def _decode_forever(self, intake: AdvertFilter) -> None:
+        """Decode advertisements as they arrive, into the outbox; the rest too when cancelled."""
+        try:
+            while True:
+                await self._arrived.wait()
+                self._arrived.clear()
+                self._decode(intake)
+        finally:
+            self._decode(intake)
+
+    def _decode(self, intake: AdvertFilter) -> None:
+        heard, self._heard = self._heard, []
+        readings = [r for r in map(intake.reading, heard) if r is not None]
+        if not self.outbox.add(readings):
+            self._overflow(len(self.outbox))

@@ -74,6 +74,9 @@ class _Message:
 class MqttSource:
     """A `type: mqtt` driver instance."""
 
+    outbox = None
+    """Nothing to hand on when stopped: the broker redelivers what was not acknowledged."""
+
     def __init__(self, config: MqttDriverConfig, gateway_id: str, sink: Sink) -> None:
         self.name = config.name
         self.config = config

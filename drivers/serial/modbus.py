@@ -8,8 +8,10 @@ to `max_backoff_s`) until it answers again; the units that answer keep their sch
 One pymodbus `AsyncModbusSerialClient` per bus, created per plug-in: the port is found
 with `wait_for_port` (absent at start-up or unplugged: logged once, retried with
 backoff), and when pymodbus reports the line lost the client is dropped and the search
-starts over. Readings go to the buffer through a small queue; while the buffer refuses
-them they are held and polling pauses (nothing is dropped).
+starts over. Readings go to the buffer through the driver's `outbox`, small; while the
+buffer refuses them they are held and polling pauses (nothing is dropped). The outbox
+outlives the driver's task: readings polled before a failure, a reload or a stop are
+still put (see `Outbox`).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from pymodbus.client import AsyncModbusSerialClient
 from pymodbus.exceptions import ModbusException
 from pymodbus.pdu import ModbusPDU
 
-from drivers.base import DriverStats, Sink, put_until_accepted
+from drivers.base import DriverStats, Outbox, Sink
 from drivers.serial.modbus_config import ModbusRtuConfig, ModbusUnit
 from drivers.serial.modbus_frames import RxTrace, classify_reply
 from drivers.serial.modbus_registers import Block, decode_block, plan_blocks
@@ -48,7 +50,7 @@ _READS = {
     "holding": (3, "read_holding_registers"),
     "input": (4, "read_input_registers"),
 }
-_OUTBOX = 64  # polls' worth of readings waiting for the buffer before polling pauses
+_OUTBOX = 64  # readings (one per poll) waiting for the buffer before polling pauses
 
 Read = Callable[..., Awaitable[ModbusPDU]]
 
@@ -68,15 +70,22 @@ class ModbusSource:
         self._units = [UnitSchedule(unit, plan_blocks(unit.registers)) for unit in config.units]
         self._trace = RxTrace()
         self._last_request = (0, 0, 0)  # unit id, function, count: what a late answer answers
-        self._outbox: asyncio.Queue[list[Reading]] = asyncio.Queue(_OUTBOX)
+        self.outbox = Outbox(_OUTBOX)
         self._log = log.bind(driver=self.name)
         self._rate_limited = RateLimitedLog(self._log)
 
     async def run(self) -> None:
-        # The outbox outlives a restart: readings polled before a failure are still put.
         try:
             async with asyncio.TaskGroup() as tasks:
-                tasks.create_task(self._deliver())
+                tasks.create_task(
+                    self.outbox.deliver(
+                        self._sink,
+                        self.name,
+                        self.stats,
+                        self._rate_limited,
+                        "holding them, polling paused",
+                    )
+                )
                 await self._keep_port()
         finally:
             self.stats.state = "stopped"
@@ -200,7 +209,9 @@ class ModbusSource:
         if unit.answered(time.monotonic()):
             self._log.info("Modbus unit answers again", unit=unit.config.unit_id)
         if values:
-            await self._outbox.put([self._reading(unit.config, values)])
+            reading = self._reading(unit.config, values)
+            await self.outbox.wait_for_room()
+            self.outbox.add([reading])
 
     async def _read(
         self, client: AsyncModbusSerialClient, unit: UnitSchedule, block: Block, lost: asyncio.Event
@@ -315,22 +326,6 @@ class ModbusSource:
             units=units,
             tags=unit.tags,
         )
-
-    async def _deliver(self) -> None:
-        """Put polled readings into the buffer, together when several wait; hold them on refusal."""
-        while True:
-            readings = await self._outbox.get()
-            while not self._outbox.empty():
-                readings += self._outbox.get_nowait()
-            await put_until_accepted(
-                self._sink,
-                readings,
-                self.name,
-                self.stats,
-                self._rate_limited,
-                "holding them, polling paused",
-            )
-            self.stats.read(len(readings))
 
     def _unit_ids(self) -> list[int]:
         return [unit.config.unit_id for unit in self._units]

@@ -5,9 +5,9 @@ The port loop waits for the device (`wait_for_port`), opens it, writes the
 query command if there is one, and reads, frames and decodes until the device
 goes away; then it waits again. The putter hands decoded readings to the buffer
 in batches. A serial device cannot be asked to send again, so readings decoded
-before an unplug or while the buffer refuses them are held (up to
-`_MAX_PENDING`) and retried; beyond that the newest are dropped and counted
-(`overflow`).
+before an unplug or while the buffer refuses them are held in the driver's
+`outbox` (up to `_MAX_PENDING`; it outlives the driver's task, see `Outbox`) and
+retried; beyond that the newest are dropped and counted (`overflow`).
 
 Bad input never costs a good line: each line is decoded on its own, and every
 failure is counted (`stats.malformed`, `stats.oversized` for overlong lines, and
@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import structlog
 
-from drivers.base import DriverStats, Sink, put_until_accepted
+from drivers.base import DriverStats, Outbox, Sink
 from drivers.serial.framing import LineFramer, Overlong
 from drivers.serial.lines import decode_line
 from drivers.serial.lines_config import SerialLinesConfig
@@ -93,8 +93,7 @@ class SerialLineSource:
         self.stats = DriverStats(type="serial")
         self._sink = sink
         self._protocol = _protocol(config)
-        self._pending: list[Reading] = []
-        self._arrived = asyncio.Event()
+        self.outbox = Outbox(_MAX_PENDING)
         self._last_byte = time.monotonic()
         self._log = log.bind(driver=self.name)
         self._rate_limited = RateLimitedLog(self._log)
@@ -102,7 +101,9 @@ class SerialLineSource:
     async def run(self) -> None:
         try:
             async with asyncio.TaskGroup() as tasks:
-                tasks.create_task(self._put_forever())
+                tasks.create_task(
+                    self.outbox.deliver(self._sink, self.name, self.stats, self._rate_limited)
+                )
                 await self._port_forever()
         finally:
             self.stats.state = "stopped"
@@ -197,26 +198,11 @@ class SerialLineSource:
                 readings.append(reading)
         if not readings:
             return
-        kept = readings[: max(0, _MAX_PENDING - len(self._pending))]
-        if len(kept) < len(readings):
-            dropped = len(readings) - len(kept)
-            self.stats.bump("overflow", dropped)
+        if not self.outbox.add(readings):
+            self.stats.bump("overflow", len(readings))
             self._warn("overflow", "too many readings wait for the buffer; dropped", b"")
-        self._pending.extend(kept)
-        self._arrived.set()
 
     def _warn(self, kind: str, problem: str, sample: bytes) -> None:
         self._rate_limited.warning(
             kind, "bad serial input; skipped", kind=kind, problem=problem, sample=sample.hex(" ")
         )
-
-    # -- the buffer -------------------------------------------------------------------------
-
-    async def _put_forever(self) -> None:
-        """Put what was decoded, in arrival order; hold and retry while the buffer refuses."""
-        while True:
-            await self._arrived.wait()
-            self._arrived.clear()
-            batch, self._pending = self._pending, []
-            await put_until_accepted(self._sink, batch, self.name, self.stats, self._rate_limited)
-            self.stats.read(len(batch))

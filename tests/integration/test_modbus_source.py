@@ -66,12 +66,15 @@ class ListSink:
 
     def __init__(self, refuse: int = 0) -> None:
         self.readings: list[Reading] = []
+        self.refused: list[Reading] = []
         self.refuse = refuse
         self.arrived = asyncio.Event()
 
     async def put(self, readings: Sequence[Reading]) -> None:
         if self.refuse:
             self.refuse -= 1
+            self.refused.extend(readings)
+            self.arrived.set()
             raise BufferFull("buffer full (test)")
         self.readings.extend(readings)
         self.arrived.set()
@@ -242,6 +245,23 @@ async def test_readings_the_buffer_refuses_are_held_and_put_again(tmp_path: Path
     assert first.values["energy"] == 1000 + 1  # the first poll (its coil read came first)
     assert first.ts.timestamp() - started < 1.0
     assert source.stats.last_error == "buffer full (test)"
+
+
+async def test_readings_held_when_the_driver_is_cancelled_are_put_by_its_next_run(
+    tmp_path: Path,
+) -> None:
+    """A reload or a supervisor restart cancels the driver mid-put: its outbox keeps them."""
+    link = tmp_path / "meter"
+    sink = ListSink(refuse=1_000_000)
+    async with meter_bus(tmp_path, units=[1]):
+        source = ModbusSource(bus_config(link, [1]), "gw", sink)
+        async with running(source):
+            await sink.wait_for(lambda: len(sink.refused) >= 2)
+        held = list(sink.refused)
+        sink.refuse = 0
+        async with running(source):
+            await sink.wait_for(lambda: source.stats.state == "polling" and len(sink.readings) > 1)
+        assert all(reading in sink.readings for reading in held)
 
 
 async def test_a_refused_read_is_counted_and_the_rest_of_the_reading_kept(tmp_path: Path) -> None:

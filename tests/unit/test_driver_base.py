@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
-from drivers.base import DriverStats
+import asyncio
+from collections.abc import Sequence
+
+import pytest
+import structlog
+
+from drivers.base import DriverStats, Outbox
+from gateway.errors import BufferFull
+from gateway.logs import RateLimitedLog
+from gateway.model import Reading, utc_from_epoch
 
 
 def test_bump_adds_to_a_named_counter_starting_at_zero() -> None:
@@ -11,3 +20,68 @@ def test_bump_adds_to_a_named_counter_starting_at_zero() -> None:
     stats.bump("partial")
     stats.bump("overflow", 5)
     assert stats.counters == {"partial": 2, "overflow": 5}
+
+
+def _readings(*seqs: int) -> list[Reading]:
+    return [
+        Reading(device="d", ts=utc_from_epoch(1.7e9), values={"seq": s}, source="t") for s in seqs
+    ]
+
+
+class _Refusing:
+    """A sink that refuses, as a full buffer does, while `refuse` is set; keeps what it took."""
+
+    def __init__(self) -> None:
+        self.refuse = True
+        self.refused = asyncio.Event()
+        self.taken: list[Reading] = []
+        self.took = asyncio.Event()
+
+    async def put(self, readings: Sequence[Reading]) -> None:
+        if self.refuse:
+            self.refused.set()
+            raise BufferFull("buffer full (test)")
+        self.taken.extend(readings)
+        self.took.set()
+
+
+async def _deliver(outbox: Outbox, sink: _Refusing, stats: DriverStats) -> None:
+    await outbox.deliver(sink, "t", stats, RateLimitedLog(structlog.get_logger("test")))
+
+
+async def test_a_delivery_cancelled_while_the_buffer_refuses_keeps_the_batch() -> None:
+    outbox, sink, stats = Outbox(10), _Refusing(), DriverStats("serial")
+    assert outbox.add(_readings(1, 2))
+    task = asyncio.create_task(_deliver(outbox, sink, stats))
+    await sink.refused.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert outbox.take() == _readings(1, 2)
+    assert len(outbox) == 0
+
+
+async def test_the_next_delivery_puts_what_a_cancelled_one_held_in_order() -> None:
+    outbox, sink, stats = Outbox(10), _Refusing(), DriverStats("serial")
+    outbox.add(_readings(1))
+    async with asyncio.TaskGroup() as tasks:
+        task = tasks.create_task(_deliver(outbox, sink, stats))
+        await sink.refused.wait()
+        task.cancel()
+    outbox.add(_readings(2))
+    sink.refuse = False
+    async with asyncio.TaskGroup() as tasks:
+        task = tasks.create_task(_deliver(outbox, sink, stats))
+        async with asyncio.timeout(5):
+            await sink.took.wait()
+        task.cancel()
+    assert sink.taken == _readings(1, 2)
+    assert stats.readings == 2
+
+
+def test_an_outbox_refuses_what_would_pass_its_limit_whole() -> None:
+    outbox = Outbox(3)
+    assert outbox.add(_readings(1, 2))
+    assert not outbox.add(_readings(3, 4))
+    assert outbox.add(_readings(3))
+    assert outbox.take() == _readings(1, 2, 3)
