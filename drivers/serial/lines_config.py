@@ -86,4 +86,12 @@ class SerialLinesConfig(SerialPortConfig):
             raise ValueError("format regex needs a pattern with named groups")
         if self.poll_interval_s is not None and self.command is None:
             raise ValueError("poll_interval_s needs a command to send")
+        for key, text in (("delimiter", self.delimiter), ("command", self.command)):
+            try:  # the driver sends and frames bytes: say here, not at start, if it cannot
+                (text or "").encode(self.encoding)
+            except UnicodeEncodeError:
+                raise ValueError(
+                    f"{key} {text!r} cannot be written in encoding {self.encoding!r}; "
+                    "use characters that encoding has, or another encoding (e.g. utf-8)"
+                ) from None
         return self
