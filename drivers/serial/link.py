@@ -22,18 +22,11 @@ from contextlib import contextmanager
 
 import serial
 
-from drivers.serial.port_config import SerialPortConfig
+from drivers.serial.port_config import PARITY, SerialPortConfig
 from drivers.serial.ports import describe_open_error
 from gateway.errors import GatewayError
 
 _READ_SIZE = 4096
-_PARITY = {
-    "none": serial.PARITY_NONE,
-    "even": serial.PARITY_EVEN,
-    "odd": serial.PARITY_ODD,
-    "mark": serial.PARITY_MARK,
-    "space": serial.PARITY_SPACE,
-}
 
 
 class PortGone(GatewayError):
@@ -105,7 +98,7 @@ def open_link(path: str, config: SerialPortConfig) -> Iterator[SerialLink]:
     port.port = path
     port.baudrate = config.baudrate
     port.bytesize = config.bytesize
-    port.parity = _PARITY[config.parity]
+    port.parity = PARITY[config.parity]
     port.stopbits = config.stopbits
     port.exclusive = config.exclusive
     try:

@@ -34,6 +34,7 @@ from drivers.serial.modbus_config import ModbusRtuConfig, ModbusUnit
 from drivers.serial.modbus_frames import RxTrace, classify_reply
 from drivers.serial.modbus_registers import Block, decode_block, plan_blocks
 from drivers.serial.modbus_schedule import UnitSchedule
+from drivers.serial.port_config import PARITY
 from drivers.serial.ports import describe_open_error, wait_for_port
 from gateway.backoff import Backoff
 from gateway.errors import DecodeError
@@ -42,7 +43,6 @@ from gateway.model import Reading, Value, utc_from_epoch
 
 log = structlog.get_logger("drivers.serial.modbus")
 
-_PARITY = {"none": "N", "even": "E", "odd": "O", "mark": "M", "space": "S"}
 # kind -> (function code, the pymodbus client method that sends it)
 _READS = {
     "coil": (1, "read_coils"),
@@ -105,7 +105,7 @@ class ModbusSource:
                 path,
                 baudrate=self.config.baudrate,
                 bytesize=self.config.bytesize,
-                parity=_PARITY[self.config.parity],
+                parity=PARITY[self.config.parity],
                 stopbits=self.config.stopbits,  # type: ignore[arg-type]  # 1.5 is pyserial's
                 name=self.name,
                 reconnect_delay=0,  # reconnecting is ours: through wait_for_port

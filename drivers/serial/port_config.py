@@ -13,6 +13,9 @@ from pydantic import Field, field_validator, model_validator
 
 from gateway.config_types import StrictModel
 
+PARITY = {"none": "N", "even": "E", "odd": "O", "mark": "M", "space": "S"}
+"""`parity` as pyserial (and so pymodbus) spells it: serial.PARITY_NONE is "N", and so on."""
+
 
 class UsbMatch(StrictModel):
     """Pick the port by what the USB adapter says about itself, whatever its ttyUSB number."""

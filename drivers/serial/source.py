@@ -40,8 +40,6 @@ from gateway.model import Reading
 log = structlog.get_logger("drivers.serial")
 
 _MAX_PENDING = 10_000
-_HEALTHY_S = 60.0  # open this long: the next failure starts the backoff afresh (a flapping
-# device, open and gone again at once, is retried ever more slowly instead)
 
 LineDecoder = Callable[[bytes, float], Reading | None]
 """(line without its delimiter, received at (epoch s)) -> a reading, None (ignored), DecodeError."""
@@ -127,9 +125,7 @@ class SerialLineSource:
                 self.stats.bump("disconnects")
                 self.stats.failed(str(exc))
                 self._log.warning("serial device gone; waiting for it to come back", error=str(exc))
-                if time.monotonic() - opened > _HEALTHY_S:
-                    backoff.reset()
-            await asyncio.sleep(backoff.next_delay())
+            await asyncio.sleep(backoff.delay_after(opened))
 
     async def _session(self, link: SerialLink) -> None:
         """Read one open port until it goes away (`PortGone`) or the driver is cancelled."""

@@ -8,13 +8,14 @@ from pathlib import Path
 from textwrap import dedent
 
 import pytest
+import serial
 import yaml
 from example_config import EXAMPLE, example_with
 from serial.tools.list_ports_common import ListPortInfo
 
 from drivers.serial.lines_config import SerialLinesConfig
 from drivers.serial.nmea_config import SerialNmeaConfig
-from drivers.serial.port_config import UsbMatch
+from drivers.serial.port_config import PARITY, SerialPortConfig, UsbMatch
 from drivers.serial.ports import describe_open_error, usb_matches
 from gateway.cli import main
 from gateway.config import GatewayConfig, load_config
@@ -89,6 +90,18 @@ def test_lines_and_nmea_items_load_into_their_own_models(tmp_path: Path) -> None
             "pattern: 'a+'}",
             "FILE:3: drivers[0].pattern: the pattern has no named groups, e.g. "
             "T=(?P<temperature>[-.0-9]+)",
+        ),
+        (
+            "- {type: serial, name: a, protocol: lines, port: /dev/x, format: json, "
+            "delimiter: '€', encoding: ascii}",
+            "FILE:3: drivers[0]: delimiter '€' cannot be written in encoding 'ascii'; use "
+            "characters that encoding has, or another encoding (e.g. utf-8)",
+        ),
+        (
+            "- {type: serial, name: a, protocol: lines, port: /dev/x, format: json, "
+            "command: 'READ °C', encoding: ascii}",
+            "FILE:3: drivers[0]: command 'READ °C' cannot be written in encoding 'ascii'; use "
+            "characters that encoding has, or another encoding (e.g. utf-8)",
         ),
         (
             "- {type: serial, name: a, protocol: nmea, port: /dev/x, stopbits: 3}",
@@ -166,3 +179,13 @@ def test_a_usb_match_picks_ports_by_vendor_product_and_serial_number(
     match: dict[str, str], port: ListPortInfo, expected: bool
 ) -> None:
     assert usb_matches(UsbMatch(**match), port) is expected
+
+
+def test_one_parity_table_speaks_pyserials_constants_for_every_configurable_parity() -> None:
+    """The line driver (pyserial) and the Modbus driver (pymodbus) share it."""
+    names = SerialPortConfig.model_fields["parity"].annotation.__args__  # type: ignore[union-attr]
+    assert set(PARITY) == set(names)
+    assert [PARITY[n] for n in ("none", "even", "odd", "mark", "space")] == [
+        serial.PARITY_NONE, serial.PARITY_EVEN, serial.PARITY_ODD,
+        serial.PARITY_MARK, serial.PARITY_SPACE,
+    ]  # fmt: skip
