@@ -193,3 +193,16 @@ def test_the_gateway_exits_with_a_configuration_error_when_a_driver_cannot_be_bu
         "  - {type: serial, protocol: lines, name: thermo, format: json, port: /dev/null}\n"
     )
     assert main(["run", "--config", str(config)]) == EXIT_CONFIG
+
+
+async def test_the_drivers_other_threads_read_are_one_tuple_replaced_whole_on_reload(
+    tmp_path: Path,
+) -> None:
+    """The metrics endpoint reads them from prometheus-client's thread while a reload runs."""
+    with pty() as (_, port):
+        async with supervised(tmp_path, lines_config(port)) as (supervisor, _):
+            before = supervisor.drivers
+            assert isinstance(before, tuple)
+            await supervisor.apply([lines_config(port, stall_timeout_s=60)])
+            assert len(before) == 1 and before[0].stats.state == "stopped"
+            assert supervisor.drivers is not before and len(supervisor.drivers) == 1
