@@ -204,5 +204,6 @@ async def test_the_drivers_other_threads_read_are_one_tuple_replaced_whole_on_re
             before = supervisor.drivers
             assert isinstance(before, tuple)
             await supervisor.apply([lines_config(port, stall_timeout_s=60)])
-            assert len(before) == 1 and before[0].stats.state == "stopped"
-            assert supervisor.drivers is not before and len(supervisor.drivers) == 1
+            (old,) = before  # unchanged by the reload
+            (new,) = supervisor.drivers
+            assert new is not old
