@@ -34,8 +34,6 @@ log = structlog.get_logger("drivers.ble")
 Emit = Callable[[Sequence[Reading]], None]
 T = TypeVar("T")
 
-_STABLE_S = 60.0
-
 
 class GattPoller:
     """Keeps one GATT device connected and turns its values into readings for `emit`."""
@@ -69,9 +67,7 @@ class GattPoller:
                 if isinstance(exc, BleakDeviceNotFoundError):
                     self._scanner.forget(self.device.address)
                 problem = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-            if time.monotonic() - started > _STABLE_S:
-                backoff.reset()
-            delay = backoff.next_delay()
+            delay = backoff.delay_after(started)
             self._stats.bump("gatt_failures")
             self._stats.failed(f"GATT device {self._name}: {problem}")
             self._rate_limited.warning(
