@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
@@ -170,3 +170,26 @@ class Outbox:
             del self._held[: len(batch)]
             self._taken.set()
             stats.read(len(batch))
+
+
+async def run_delivering(
+    read: Callable[[], Awaitable[None]],
+    outbox: Outbox,
+    sink: Sink,
+    driver: str,
+    stats: DriverStats,
+    log: RateLimitedLog,
+    holding: str = "holding them",
+) -> None:
+    """A driver's `run()`: `read` (the device loop) with `outbox.deliver` beside it.
+
+    One TaskGroup owns both, so a failure of either stops the other and is raised (the
+    supervisor restarts the driver; the outbox keeps what was not put). The state shows
+    "stopped" once it ends, however it ends.
+    """
+    try:
+        async with asyncio.TaskGroup() as tasks:
+            tasks.create_task(outbox.deliver(sink, driver, stats, log, holding))
+            await read()
+    finally:
+        stats.state = "stopped"

@@ -19,7 +19,7 @@ from typing import Any
 import structlog
 from bleak.backends.device import BLEDevice
 
-from drivers.base import DriverStats, Outbox, Sink
+from drivers.base import DriverStats, Outbox, Sink, run_delivering
 from drivers.ble.config import BleDriverConfig
 from drivers.ble.filters import AdvertFilter, Heard, from_bleak
 from drivers.ble.gatt_client import GattPoller
@@ -48,20 +48,20 @@ class BleSource:
     async def run(self) -> None:
         # What waits in `_heard` and `outbox` outlives a restart (a failing scanner or GATT
         # poller): it was received, and it is still put.
+        await run_delivering(
+            self._listen, self.outbox, self._sink, self.name, self.stats, self._rate_limited
+        )
+
+    async def _listen(self) -> None:
+        """The adapter's scanner and GATT pollers, and decoding what they deliver."""
         intake = AdvertFilter(self.config, self.stats)
         scanner = AdapterScanner(self.config, self.stats, self._on_advert)
-        try:
-            async with asyncio.TaskGroup() as tasks:
-                tasks.create_task(scanner.run())
-                for device in self.config.gatt:
-                    poller = GattPoller(device, self.name, scanner, self.stats, self._emit)
-                    tasks.create_task(poller.run())
-                tasks.create_task(
-                    self.outbox.deliver(self._sink, self.name, self.stats, self._rate_limited)
-                )
-                await self._decode_forever(intake)
-        finally:
-            self.stats.state = "stopped"
+        async with asyncio.TaskGroup() as tasks:
+            tasks.create_task(scanner.run())
+            for device in self.config.gatt:
+                poller = GattPoller(device, self.name, scanner, self.stats, self._emit)
+                tasks.create_task(poller.run())
+            await self._decode_forever(intake)
 
     def _on_advert(self, device: BLEDevice, data: Any) -> None:
         if len(self._heard) >= _INBOX_LIMIT:

@@ -29,7 +29,7 @@ from pymodbus.client import AsyncModbusSerialClient
 from pymodbus.exceptions import ModbusException
 from pymodbus.pdu import ModbusPDU
 
-from drivers.base import DriverStats, Outbox, Sink
+from drivers.base import DriverStats, Outbox, Sink, run_delivering
 from drivers.serial.modbus_config import ModbusRtuConfig, ModbusUnit
 from drivers.serial.modbus_frames import RxTrace, classify_reply
 from drivers.serial.modbus_registers import Block, decode_block, plan_blocks
@@ -75,20 +75,15 @@ class ModbusSource:
         self._rate_limited = RateLimitedLog(self._log)
 
     async def run(self) -> None:
-        try:
-            async with asyncio.TaskGroup() as tasks:
-                tasks.create_task(
-                    self.outbox.deliver(
-                        self._sink,
-                        self.name,
-                        self.stats,
-                        self._rate_limited,
-                        "holding them, polling paused",
-                    )
-                )
-                await self._keep_port()
-        finally:
-            self.stats.state = "stopped"
+        await run_delivering(
+            self._keep_port,
+            self.outbox,
+            self._sink,
+            self.name,
+            self.stats,
+            self._rate_limited,
+            "holding them, polling paused",
+        )
 
     async def _keep_port(self) -> None:
         """Find the port, poll until it goes away, start over; for ever."""

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import structlog
 
-from drivers.base import DriverStats, Outbox, Sink
+from drivers.base import DriverStats, Outbox, Sink, run_delivering
 from drivers.serial.framing import LineFramer, Overlong
 from drivers.serial.lines import decode_line
 from drivers.serial.lines_config import SerialLinesConfig
@@ -97,14 +97,9 @@ class SerialLineSource:
         self._rate_limited = RateLimitedLog(self._log)
 
     async def run(self) -> None:
-        try:
-            async with asyncio.TaskGroup() as tasks:
-                tasks.create_task(
-                    self.outbox.deliver(self._sink, self.name, self.stats, self._rate_limited)
-                )
-                await self._port_forever()
-        finally:
-            self.stats.state = "stopped"
+        await run_delivering(
+            self._port_forever, self.outbox, self._sink, self.name, self.stats, self._rate_limited
+        )
 
     # -- the port ---------------------------------------------------------------------------
 

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import pytest
 import structlog
 
-from drivers.base import DriverStats, Outbox
+from drivers.base import DriverStats, Outbox, run_delivering
 from gateway.errors import BufferFull
 from gateway.logs import RateLimitedLog
 from gateway.model import Reading, utc_from_epoch
@@ -85,3 +85,19 @@ def test_an_outbox_refuses_what_would_pass_its_limit_whole() -> None:
     assert not outbox.add(_readings(3, 4))
     assert outbox.add(_readings(3))
     assert outbox.take() == _readings(1, 2, 3)
+
+
+async def test_a_driver_run_delivers_beside_its_read_loop_and_ends_stopped() -> None:
+    outbox, sink, stats = Outbox(10), _Refusing(), DriverStats("serial")
+    sink.refuse = False
+
+    async def read() -> None:
+        outbox.add(_readings(1))
+        await sink.took.wait()
+        raise OSError("device gone")
+
+    log = RateLimitedLog(structlog.get_logger("test"))
+    with pytest.raises(ExceptionGroup):
+        await run_delivering(read, outbox, sink, "t", stats, log)
+    assert sink.taken == _readings(1)
+    assert stats.state == "stopped"
