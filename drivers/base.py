@@ -1,4 +1,4 @@
-"""What every driver shares: where its readings go and how it reports its health."""
+"""What every driver shares: where its readings go, how it holds them until then, its health."""
 
 from __future__ import annotations
 
