@@ -131,7 +131,9 @@ class ModbusSource:
     async def _connect(self, client: AsyncModbusSerialClient, path: str) -> bool:
         """Open the port; on failure log why, in words a user can act on."""
         try:
-            if await client.connect():
+            connected = await client.connect()
+            _raise_a_swallowed_cancel()
+            if connected:
                 return True
         except termios.error as exc:  # pyserial opened it, the line settings were refused
             c = self.config
@@ -324,3 +326,15 @@ class ModbusSource:
 
     def _unit_ids(self) -> list[int]:
         return [unit.config.unit_id for unit in self._units]
+
+
+def _raise_a_swallowed_cancel() -> None:
+    """Raise the cancel that pymodbus's connect may have swallowed.
+
+    It opens the port inside `asyncio.wait_for`, which on Python 3.11 returns the result
+    and drops a cancel that arrives as the open completes (CPython gh-86296). The driver
+    would then poll on, and the reload or stop that cancelled it would wait for ever.
+    """
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError

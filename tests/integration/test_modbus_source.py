@@ -326,3 +326,16 @@ async def test_a_driver_cancelled_mid_request_stops_at_once(tmp_path: Path) -> N
             with pytest.raises(asyncio.CancelledError):
                 await task
     assert source.stats.state == "stopped"
+
+
+async def test_a_driver_cancelled_as_it_connects_stops(tmp_path: Path) -> None:
+    """pymodbus opens the port in asyncio.wait_for, which can drop that cancel (Python 3.11)."""
+    async with meter_bus(tmp_path, units=[1]):
+        source = ModbusSource(bus_config(tmp_path / "meter", [1]), "gw", ListSink())
+        for _ in range(5):
+            task = asyncio.create_task(source.run())
+            await asyncio.sleep(0)
+            task.cancel()
+            async with asyncio.timeout(5):
+                await asyncio.gather(task, return_exceptions=True)
+            assert task.cancelled()
