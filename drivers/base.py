@@ -115,8 +115,23 @@ class Outbox:
     next `deliver` or handed on with `take()`: at worst a duplicate, never a loss.
     """
 
-    def __init__(self, limit: int) -> None:
+    def __init__(
+        self,
+        limit: int,
+        sink: Sink,
+        driver: str,
+        stats: DriverStats,
+        log: RateLimitedLog,
+        holding: str = "holding them",
+    ) -> None:
+        """`stats` counts what `sink` accepted and each refusal; `holding` says in the log
+        what the driver does while the sink refuses."""
         self.limit = limit
+        self._sink = sink
+        self._driver = driver
+        self._stats = stats
+        self._log = log
+        self._holding = holding
         self._held: list[Reading] = []
         self._arrived = asyncio.Event()
         self._taken = asyncio.Event()
@@ -148,48 +163,34 @@ class Outbox:
             self._taken.clear()
             await self._taken.wait()
 
-    async def deliver(
-        self,
-        sink: Sink,
-        driver: str,
-        stats: DriverStats,
-        log: RateLimitedLog,
-        holding: str = "holding them",
-    ) -> None:
-        """Put what is held into `sink`, oldest first, for ever; wait out refusals.
+    async def deliver_while(self, read: Callable[[], Awaitable[None]]) -> None:
+        """A driver's `run()`: `read` (its device loop) with `deliver` beside it.
+
+        One TaskGroup owns both, so a failure of either stops the other and is raised (the
+        supervisor restarts the driver; the outbox keeps what was not put). The driver's
+        state shows "stopped" once it ends, however it ends.
+        """
+        try:
+            async with asyncio.TaskGroup() as tasks:
+                tasks.create_task(self.deliver())
+                await read()
+        finally:
+            self._stats.state = "stopped"
+
+    async def deliver(self) -> None:
+        """Put what is held into the sink, oldest first, for ever; wait out refusals.
 
         Readings added during a put go in the next one, so a slow disk means fewer,
-        larger commits. `stats` counts what was accepted and each refusal.
+        larger commits.
         """
         while True:
             while not self._held:
                 self._arrived.clear()
                 await self._arrived.wait()
             batch = self._held[:]
-            await put_until_accepted(sink, batch, driver, stats, log, holding)
+            await put_until_accepted(
+                self._sink, batch, self._driver, self._stats, self._log, self._holding
+            )
             del self._held[: len(batch)]
             self._taken.set()
-            stats.read(len(batch))
-
-
-async def run_delivering(
-    read: Callable[[], Awaitable[None]],
-    outbox: Outbox,
-    sink: Sink,
-    driver: str,
-    stats: DriverStats,
-    log: RateLimitedLog,
-    holding: str = "holding them",
-) -> None:
-    """A driver's `run()`: `read` (the device loop) with `outbox.deliver` beside it.
-
-    One TaskGroup owns both, so a failure of either stops the other and is raised (the
-    supervisor restarts the driver; the outbox keeps what was not put). The state shows
-    "stopped" once it ends, however it ends.
-    """
-    try:
-        async with asyncio.TaskGroup() as tasks:
-            tasks.create_task(outbox.deliver(sink, driver, stats, log, holding))
-            await read()
-    finally:
-        stats.state = "stopped"
+            self._stats.read(len(batch))

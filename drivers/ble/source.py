@@ -19,7 +19,7 @@ from typing import Any
 import structlog
 from bleak.backends.device import BLEDevice
 
-from drivers.base import DriverStats, Outbox, Sink, run_delivering
+from drivers.base import DriverStats, Outbox, Sink
 from drivers.ble.config import BleDriverConfig
 from drivers.ble.filters import AdvertFilter, Heard, from_bleak
 from drivers.ble.gatt_client import GattPoller
@@ -39,18 +39,15 @@ class BleSource:
         self.name = config.name
         self.config = config
         self.stats = DriverStats(type="ble")
-        self.outbox = Outbox(_INBOX_LIMIT)
-        self._sink = sink
         self._heard: list[Heard] = []
         self._arrived = asyncio.Event()
         self._rate_limited = RateLimitedLog(log)
+        self.outbox = Outbox(_INBOX_LIMIT, sink, self.name, self.stats, self._rate_limited)
 
     async def run(self) -> None:
         # What waits in `_heard` and `outbox` outlives a restart (a failing scanner or GATT
         # poller): it was received, and it is still put.
-        await run_delivering(
-            self._listen, self.outbox, self._sink, self.name, self.stats, self._rate_limited
-        )
+        await self.outbox.deliver_while(self._listen)
 
     async def _listen(self) -> None:
         """The adapter's scanner and GATT pollers, and decoding what they deliver."""

@@ -29,7 +29,7 @@ from pymodbus.client import AsyncModbusSerialClient
 from pymodbus.exceptions import ModbusException
 from pymodbus.pdu import ModbusPDU
 
-from drivers.base import DriverStats, Outbox, Sink, run_delivering
+from drivers.base import DriverStats, Outbox, Sink
 from drivers.serial.modbus_config import ModbusRtuConfig, ModbusUnit
 from drivers.serial.modbus_frames import RxTrace, classify_reply
 from drivers.serial.modbus_registers import Block, decode_block, plan_blocks
@@ -66,24 +66,17 @@ class ModbusSource:
         self.name = config.name
         self.config = config
         self.stats = DriverStats(type="serial")
-        self._sink = sink
         self._units = [UnitSchedule(unit, plan_blocks(unit.registers)) for unit in config.units]
         self._trace = RxTrace()
         self._last_request = (0, 0, 0)  # unit id, function, count: what a late answer answers
-        self.outbox = Outbox(_OUTBOX)
         self._log = log.bind(driver=self.name)
         self._rate_limited = RateLimitedLog(self._log)
+        self.outbox = Outbox(
+            _OUTBOX, sink, self.name, self.stats, self._rate_limited, "holding them, polling paused"
+        )
 
     async def run(self) -> None:
-        await run_delivering(
-            self._keep_port,
-            self.outbox,
-            self._sink,
-            self.name,
-            self.stats,
-            self._rate_limited,
-            "holding them, polling paused",
-        )
+        await self.outbox.deliver_while(self._keep_port)
 
     async def _keep_port(self) -> None:
         """Find the port, poll until it goes away, start over; for ever."""

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import structlog
 
-from drivers.base import DriverStats, Outbox, Sink, run_delivering
+from drivers.base import DriverStats, Outbox, Sink
 from drivers.serial.framing import LineFramer, Overlong
 from drivers.serial.lines import decode_line
 from drivers.serial.lines_config import SerialLinesConfig
@@ -89,17 +89,14 @@ class SerialLineSource:
         self.name = config.name
         self.config = config
         self.stats = DriverStats(type="serial")
-        self._sink = sink
         self._protocol = _protocol(config)
-        self.outbox = Outbox(_MAX_PENDING)
         self._last_byte = time.monotonic()
         self._log = log.bind(driver=self.name)
         self._rate_limited = RateLimitedLog(self._log)
+        self.outbox = Outbox(_MAX_PENDING, sink, self.name, self.stats, self._rate_limited)
 
     async def run(self) -> None:
-        await run_delivering(
-            self._port_forever, self.outbox, self._sink, self.name, self.stats, self._rate_limited
-        )
+        await self.outbox.deliver_while(self._port_forever)
 
     # -- the port ---------------------------------------------------------------------------
 

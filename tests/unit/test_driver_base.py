@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import pytest
 import structlog
 
-from drivers.base import DriverStats, Outbox, run_delivering
+from drivers.base import DriverStats, Outbox
 from gateway.errors import BufferFull
 from gateway.logs import RateLimitedLog
 from gateway.model import Reading, utc_from_epoch
@@ -45,14 +45,16 @@ class _Refusing:
         self.took.set()
 
 
-async def _deliver(outbox: Outbox, sink: _Refusing, stats: DriverStats) -> None:
-    await outbox.deliver(sink, "t", stats, RateLimitedLog(structlog.get_logger("test")))
+def _outbox(limit: int = 10) -> tuple[Outbox, _Refusing, DriverStats]:
+    sink, stats = _Refusing(), DriverStats("serial")
+    log = RateLimitedLog(structlog.get_logger("test"))
+    return Outbox(limit, sink, "t", stats, log), sink, stats
 
 
 async def test_a_delivery_cancelled_while_the_buffer_refuses_keeps_the_batch() -> None:
-    outbox, sink, stats = Outbox(10), _Refusing(), DriverStats("serial")
+    outbox, sink, _ = _outbox()
     assert outbox.add(_readings(1, 2))
-    task = asyncio.create_task(_deliver(outbox, sink, stats))
+    task = asyncio.create_task(outbox.deliver())
     await sink.refused.wait()
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
@@ -62,16 +64,16 @@ async def test_a_delivery_cancelled_while_the_buffer_refuses_keeps_the_batch() -
 
 
 async def test_the_next_delivery_puts_what_a_cancelled_one_held_in_order() -> None:
-    outbox, sink, stats = Outbox(10), _Refusing(), DriverStats("serial")
+    outbox, sink, stats = _outbox()
     outbox.add(_readings(1))
     async with asyncio.TaskGroup() as tasks:
-        task = tasks.create_task(_deliver(outbox, sink, stats))
+        task = tasks.create_task(outbox.deliver())
         await sink.refused.wait()
         task.cancel()
     outbox.add(_readings(2))
     sink.refuse = False
     async with asyncio.TaskGroup() as tasks:
-        task = tasks.create_task(_deliver(outbox, sink, stats))
+        task = tasks.create_task(outbox.deliver())
         async with asyncio.timeout(5):
             await sink.took.wait()
         task.cancel()
@@ -80,7 +82,7 @@ async def test_the_next_delivery_puts_what_a_cancelled_one_held_in_order() -> No
 
 
 def test_an_outbox_refuses_what_would_pass_its_limit_whole() -> None:
-    outbox = Outbox(3)
+    outbox, _, _ = _outbox(limit=3)
     assert outbox.add(_readings(1, 2))
     assert not outbox.add(_readings(3, 4))
     assert outbox.add(_readings(3))
@@ -88,7 +90,7 @@ def test_an_outbox_refuses_what_would_pass_its_limit_whole() -> None:
 
 
 async def test_a_driver_run_delivers_beside_its_read_loop_and_ends_stopped() -> None:
-    outbox, sink, stats = Outbox(10), _Refusing(), DriverStats("serial")
+    outbox, sink, stats = _outbox()
     sink.refuse = False
 
     async def read() -> None:
@@ -96,8 +98,7 @@ async def test_a_driver_run_delivers_beside_its_read_loop_and_ends_stopped() -> 
         await sink.took.wait()
         raise OSError("device gone")
 
-    log = RateLimitedLog(structlog.get_logger("test"))
     with pytest.raises(ExceptionGroup):
-        await run_delivering(read, outbox, sink, "t", stats, log)
+        await outbox.deliver_while(read)
     assert sink.taken == _readings(1)
     assert stats.state == "stopped"
