@@ -547,7 +547,6 @@ async def ramp_phase(
     rate = start or plan.ramp_start
     factor = factor or plan.ramp_factor
     start_readings = got.readings
-    status0 = sut.status()
     steps: list[dict[str, Any]] = []
     published = 0.0
     failures = 0
