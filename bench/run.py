@@ -184,14 +184,6 @@ class Sut:
             return None
         return int(live["buffer"]["commits"]), float(live["updated"])
 
-    def status(self) -> dict[str, Any] | None:
-        if self.state_dir is None:
-            return None
-        try:
-            return dict(json.loads((self.state_dir / "status.json").read_text()))
-        except (OSError, ValueError):
-            return None
-
 
 def start_gateway(
     base: Path, amqp_url: str, mqtt_port: int, extra_mqtt: str = "", name: str = "gateway"
