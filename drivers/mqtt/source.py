@@ -44,7 +44,7 @@ from gateway.tls import client_ssl_context
 log = structlog.get_logger("drivers.mqtt")
 
 _MAX_TOPIC_CACHE = 10_000
-_PUTS_IN_FLIGHT = 64
+_PUTS_IN_FLIGHT = 8
 _INTAKE_PER_TURN = 500
 """Messages decoded and put per turn of the event loop: publishing must get its turns too."""
 _PAUSE_READING_AT = 4_000
