@@ -23,6 +23,9 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import MQTTErrorCode
 
+_PACKETS_PER_TURN = 256
+"""Packets parsed per turn of the event loop: about as many as one 16 KiB read holds."""
+
 
 class LoopClient(mqtt.Client):
     _chunk = b""
@@ -83,49 +86,76 @@ class LoopClient(mqtt.Client):
         return self._pos < len(self._chunk) or bool(pending and pending())
 
 
-def attach_to_loop(client: LoopClient, loop: asyncio.AbstractEventLoop) -> None:
-    """Let the event loop drive paho's socket: read when readable, write when queued.
+class LoopBinding:
+    """Lets the event loop drive paho's socket: read when readable, write when queued.
 
-    paho calls these from the executor thread during connect, and from the loop
-    otherwise; `in_loop` makes each change on the loop thread.
+    Reading can be paused: a source whose intake is behind leaves messages in the
+    socket (and, beyond it, with the MQTT broker) instead of parsing them only to
+    hold them in memory. paho calls the socket callbacks from the executor thread
+    during connect, and from the loop otherwise; `_in_loop` makes each change on the
+    loop thread.
     """
 
-    def in_loop(change: Callable[..., object], *args: Any) -> None:
-        if threading.get_ident() == loop_thread:
+    def __init__(self, client: LoopClient, loop: asyncio.AbstractEventLoop) -> None:
+        self._client = client
+        self._loop = loop
+        self._thread = threading.get_ident()
+        self._paused = False
+        client.on_socket_open = self._on_open
+        client.on_socket_close = self._on_close
+        client.on_socket_register_write = self._on_want_write
+        client.on_socket_unregister_write = self._on_wrote
+
+    def pause_reading(self) -> None:
+        if not self._paused:
+            self._paused = True
+            sock = self._client.socket()
+            if sock is not None:
+                self._loop.remove_reader(sock)
+
+    def resume_reading(self) -> None:
+        if self._paused:
+            self._paused = False
+            sock = self._client.socket()
+            if sock is not None:
+                self._loop.add_reader(sock, self._read)
+                self._loop.call_soon(self._read)  # what was read before the pause
+
+    def detach(self) -> None:
+        sock = self._client.socket()
+        if sock is not None:
+            self._loop.remove_reader(sock)
+            self._loop.remove_writer(sock)
+
+    def _read(self) -> None:
+        # paho parses one packet per call. Parse at most a turn's worth, then let the other
+        # tasks (decode, put, ack, publish) have theirs. "All that was read" is no bound: a
+        # packet that straddles two reads makes paho read again, so in a flood the buffer
+        # never empties and this would run for ever, starving everything else.
+        for _ in range(_PACKETS_PER_TURN):
+            if self._paused:
+                return
+            self._client.loop_read()
+            if not self._client.has_unread():
+                return  # the socket fires again when more arrives
+        self._loop.call_soon(self._read)  # bytes already read wait here, where epoll cannot see
+
+    def _in_loop(self, change: Callable[..., object], *args: Any) -> None:
+        if threading.get_ident() == self._thread:
             change(*args)
         else:
-            loop.call_soon_threadsafe(change, *args)
+            self._loop.call_soon_threadsafe(change, *args)
 
-    def read() -> None:
-        # paho parses one packet per call: parse all that one recv() brought, then let the
-        # other tasks (decode, put, ack, publish) have their turn; the socket fires again
-        # while it holds more. The work per turn stays bounded, also in a flood.
-        client.loop_read()
-        while client.has_unread():
-            client.loop_read()
+    def _on_open(self, _client: mqtt.Client, _userdata: Any, sock: Any) -> None:
+        if not self._paused:
+            self._in_loop(self._loop.add_reader, sock, self._read)
 
-    def on_open(_client: mqtt.Client, _userdata: Any, sock: Any) -> None:
-        in_loop(loop.add_reader, sock, read)
+    def _on_close(self, _client: mqtt.Client, _userdata: Any, sock: Any) -> None:
+        self._in_loop(self._loop.remove_reader, sock)
+        self._in_loop(self._loop.remove_writer, sock)
 
-    def on_close(_client: mqtt.Client, _userdata: Any, sock: Any) -> None:
-        in_loop(loop.remove_reader, sock)
-        in_loop(loop.remove_writer, sock)
+    def _on_want_write(self, client: mqtt.Client, _userdata: Any, sock: Any) -> None:
+        self._in_loop(self._loop.add_writer, sock, client.loop_write)
 
-    def on_want_write(client: mqtt.Client, _userdata: Any, sock: Any) -> None:
-        in_loop(loop.add_writer, sock, client.loop_write)
-
-    def on_wrote(_client: mqtt.Client, _userdata: Any, sock: Any) -> None:
-        in_loop(loop.remove_writer, sock)
-
-    loop_thread = threading.get_ident()
-    client.on_socket_open = on_open
-    client.on_socket_close = on_close
-    client.on_socket_register_write = on_want_write
-    client.on_socket_unregister_write = on_wrote
-
-
-def detach_from_loop(client: mqtt.Client, loop: asyncio.AbstractEventLoop) -> None:
-    sock = client.socket()
-    if sock is not None:
-        loop.remove_reader(sock)
-        loop.remove_writer(sock)
+    def _on_wrote(self, _client: mqtt.Client, _userdata: Any, sock: Any) -> None:
+        self._in_loop(self._loop.remove_writer, sock)

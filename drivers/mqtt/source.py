@@ -32,7 +32,7 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 from drivers.base import DriverStats, Sink, put_until_accepted
 from drivers.mqtt.config import MqttDriverConfig, Subscription
 from drivers.mqtt.decode import decode
-from drivers.mqtt.paho_loop import LoopClient, attach_to_loop, detach_from_loop
+from drivers.mqtt.paho_loop import LoopBinding, LoopClient
 from drivers.mqtt.topics import DeviceTemplate, topic_matches
 from gateway.backoff import Backoff
 from gateway.config_types import read_secret
@@ -44,7 +44,13 @@ from gateway.tls import client_ssl_context
 log = structlog.get_logger("drivers.mqtt")
 
 _MAX_TOPIC_CACHE = 10_000
-_PUTS_IN_FLIGHT = 64
+_PUTS_IN_FLIGHT = 8
+_INTAKE_PER_TURN = 500
+"""Messages decoded and put per turn of the event loop: publishing must get its turns too."""
+_PAUSE_READING_AT = 4_000
+"""Messages waiting for intake at which the socket is left alone: the rest waits in the
+socket and with the broker (QoS 1), or is dropped there (QoS 0), instead of in our memory."""
+_RESUME_READING_BELOW = 2_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,10 +93,8 @@ class MqttSource:
         self._topic_cache: dict[str, int | None] = {}
         self._session = 0
         self._inbox: list[_Message] = []
-        self._inbox_limit = max(10_000, config.receive_maximum)
         self._arrived = asyncio.Event()
         self._in_order: asyncio.Queue[_Batch] = asyncio.Queue(_PUTS_IN_FLIGHT)
-        self._qos0_overflow = 0
         self._lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._connected_since = 0.0
         self._connect_args: dict[str, Any] = {}
@@ -102,7 +106,7 @@ class MqttSource:
         self._inbox = []  # a restart begins afresh: unacknowledged messages come again
         self._in_order = asyncio.Queue(_PUTS_IN_FLIGHT)
         client = self._client()
-        attach_to_loop(client, loop)
+        self._binding = LoopBinding(client, loop)
         try:
             async with asyncio.TaskGroup() as tasks:
                 tasks.create_task(self._keep_connected(client, loop))
@@ -114,7 +118,7 @@ class MqttSource:
             if client.is_connected():
                 client.disconnect()
                 client.loop_write()  # send DISCONNECT now; the session stays on the broker
-            detach_from_loop(client, loop)
+            self._binding.detach()
             sock = client.socket()
             if sock is not None:
                 sock.close()
@@ -166,12 +170,18 @@ class MqttSource:
         while True:
             await self._arrived.wait()
             self._arrived.clear()
-            messages, self._inbox = self._inbox, []
+            messages = self._inbox[:_INTAKE_PER_TURN]
+            del self._inbox[:_INTAKE_PER_TURN]
+            if self._inbox:
+                self._arrived.set()  # the rest on the next turn
+            if len(self._inbox) < _RESUME_READING_BELOW:
+                self._binding.resume_reading()
             if not messages:
                 continue
             readings = [reading for message in messages for reading in self._decode(message)]
             put = tasks.create_task(self._put(readings))
             await self._in_order.put(_Batch(put, messages, readings))  # bounded: back-pressure
+            await asyncio.sleep(0)  # a slice per turn: reading, acks and publishing get theirs
 
     async def _put(self, readings: list[Reading]) -> GatewayError | None:
         """Put into the buffer; a refusal is returned, for `_acknowledge` to retry in order."""
@@ -190,8 +200,6 @@ class MqttSource:
             for message in batch.messages:
                 if message.qos and message.session == self._session:
                     client.ack(message.mid, message.qos)
-            if self._qos0_overflow:
-                self.stats.counters["qos0_overflow"] = self._qos0_overflow
 
     def _client(self) -> LoopClient:
         v5 = self.config.protocol == "5"
@@ -228,9 +236,6 @@ class MqttSource:
         return client
 
     def _on_message(self, _client: mqtt.Client, _userdata: Any, message: mqtt.MQTTMessage) -> None:
-        if message.qos == 0 and len(self._inbox) >= self._inbox_limit:
-            self._qos0_overflow += 1  # QoS 0 has no flow control; QoS 1 is bounded by the broker
-            return
         try:
             topic = message.topic
         except UnicodeDecodeError:  # MQTT requires UTF-8 topics; count it, then ack it
@@ -241,6 +246,8 @@ class MqttSource:
             )
         )
         self._arrived.set()
+        if len(self._inbox) >= _PAUSE_READING_AT:
+            self._binding.pause_reading()
 
     def _on_connect(
         self, client: mqtt.Client, _userdata: Any, flags: Any, reason: Any, _props: Any
