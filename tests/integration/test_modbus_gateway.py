@@ -17,7 +17,7 @@ from typing import Any
 from edge_gateway_sim.brokers import RabbitMQNode
 from edge_gateway_sim.consumer import ReadingCollector
 from edge_gateway_sim.gateway_process import GatewayProcess
-from harness import validate_message
+from harness import validate_message, write_gateway_yaml
 from test_modbus_source import REGISTERS
 
 from gateway.status import read_status
@@ -38,22 +38,15 @@ def _gateway_config(tmp_path: Path, rabbit: RabbitMQNode, exchange: str, units: 
 """
         for i in units
     )
-    config = tmp_path / "gateway.yaml"
-    config.write_text(
-        f"""\
-gateway: {{id: gw, site: {exchange}, state_dir: {tmp_path / "state"}}}
-amqp: {{url: "{rabbit.url}", exchange: {exchange}}}
-drivers:
+    driver = f"""\
   - type: serial
     protocol: modbus-rtu
     name: rs485
     port: {tmp_path / "dev" / "meter"}
     baudrate: 19200
     units:
-{unit_items}logging: {{format: json}}
-"""
-    )
-    return config
+{unit_items}"""
+    return write_gateway_yaml(tmp_path, rabbit.url, exchange, driver, "logging: {format: json}\n")
 
 
 @contextmanager

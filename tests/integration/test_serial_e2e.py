@@ -17,7 +17,7 @@ from edge_gateway_sim.consumer import ReadingCollector
 from edge_gateway_sim.gateway_process import GatewayProcess
 from edge_gateway_sim.serial_sim.scenario import parse_scenario
 from edge_gateway_sim.serial_sim.sim import SerialSim
-from harness import validate_message
+from harness import validate_message, write_gateway_yaml
 
 from gateway.status import format_status, read_status
 
@@ -59,16 +59,8 @@ def _config(tmp_path: Path, rabbit: RabbitMQNode, exchange: str, *names: str) ->
     port: {dev / "gps"}
 """,
     }
-    config = tmp_path / "gateway.yaml"
-    config.write_text(
-        f"""\
-gateway: {{id: gw, site: {exchange}, state_dir: {tmp_path / "state"}}}
-amqp: {{url: "{rabbit.url}", exchange: {exchange}}}
-drivers:
-{"".join(drivers[name] for name in names or drivers)}logging: {{format: json}}
-"""
-    )
-    return config
+    chosen = "".join(drivers[name] for name in names or drivers)
+    return write_gateway_yaml(tmp_path, rabbit.url, exchange, chosen, "logging: {format: json}\n")
 
 
 def _seqs_from(collector: ReadingCollector, device: str, first: int) -> list[int]:
