@@ -11,9 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import re
-import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -74,15 +73,6 @@ async def fake_radio(
             monkeypatch.setenv(name, value)
         async with FakeBlueZ(bus.address, devices) as bluez:
             yield bluez
-
-
-async def until(what: str, condition: Callable[[], bool], within_s: float = 20.0) -> None:
-    """Wait until `condition()` holds; a deadline, not a timing claim."""
-    deadline = time.monotonic() + within_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not reached in {within_s} s: {what}")
-        await asyncio.sleep(0.05)
 
 
 @asynccontextmanager

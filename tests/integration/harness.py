@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -104,3 +105,12 @@ def write_gateway_yaml(
         f"drivers:\n{drivers}{rest}"
     )
     return config
+
+
+async def until(what: str, condition: Callable[[], bool], within_s: float = 20.0) -> None:
+    """Wait until `condition()` holds; a deadline, not a timing claim."""
+    deadline = time.monotonic() + within_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not reached in {within_s} s: {what}")
+        await asyncio.sleep(0.05)

@@ -7,8 +7,9 @@ import asyncio
 from typing import Any
 
 import pytest
-from ble_harness import fake_radio, until
+from ble_harness import fake_radio
 from edge_gateway_sim.bluez import devices
+from harness import until
 
 from drivers.base import DriverStats
 from drivers.ble.config import BleDriverConfig

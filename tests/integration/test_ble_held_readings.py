@@ -11,8 +11,9 @@ import asyncio
 from collections.abc import Sequence
 
 import pytest
-from ble_harness import fake_radio, until
+from ble_harness import fake_radio
 from edge_gateway_sim.bluez import devices
+from harness import until
 
 from drivers.ble.config import BleDriverConfig
 from drivers.ble.source import BleSource
