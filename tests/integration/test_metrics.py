@@ -33,7 +33,13 @@ async def test_metrics_endpoint_on_loopback_shows_buffer_uplink_and_drivers(
         site.gateway.start()
         sent = await asyncio.to_thread(site.fleet(sensors=2, rate=200).run, 300)
         await collector.wait_until(lambda got: got.unique >= 300, timeout=30)
+        # The consumer may see a message before the gateway has its confirm: wait for that.
         text = await asyncio.to_thread(scrape, port)
+        for _ in range(100):
+            if value(text, "edge_gateway_uplink_published_readings_total") >= 300:
+                break
+            await asyncio.sleep(0.1)
+            text = await asyncio.to_thread(scrape, port)
     report("metrics", collector.received)
     assert collector.received.missing(sent.last_seq) == {}
     assert value(text, "edge_gateway_buffer_accepted_readings_total") == 300
