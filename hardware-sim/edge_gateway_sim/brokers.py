@@ -25,8 +25,8 @@ import subprocess
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from types import TracebackType
-from typing import Self
+
+from edge_gateway_sim.lifetime import Managed, stop_process
 
 __all__ = ["BrokerError", "MosquittoBroker", "RabbitMQNode", "free_port"]
 
@@ -76,18 +76,6 @@ def _tail(path: Path, lines: int) -> str:
     return "\n".join(text.splitlines()[-lines:])
 
 
-def _stop_process(proc: subprocess.Popen[bytes] | None, timeout: float) -> None:
-    """SIGTERM, then SIGKILL if `proc` is still alive after `timeout` seconds; always reaps."""
-    if proc is None or proc.poll() is not None:
-        return
-    proc.terminate()
-    try:
-        proc.wait(timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-
-
 def _signal_pid(pid: int, sig: signal.Signals) -> None:
     try:
         os.kill(pid, sig)
@@ -113,32 +101,6 @@ def _spawn(
             env=env,
             start_new_session=True,
         )
-
-
-class _Broker:
-    """Context-manager plumbing shared by both brokers."""
-
-    def start(self) -> None:
-        raise NotImplementedError
-
-    def close(self) -> None:
-        raise NotImplementedError
-
-    def __enter__(self) -> Self:
-        try:
-            self.start()
-        except BaseException:
-            self.close()
-            raise
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 # --------------------------------------------------------------------------------------------
@@ -190,7 +152,7 @@ def _slim_rabbitmq_home(bin_dir: Path, target: Path) -> Path | None:
     return target
 
 
-class RabbitMQNode(_Broker):
+class RabbitMQNode(Managed):
     """A private RabbitMQ node: its own Erlang cookie, epmd, ports and data directory.
 
     `stop()`, `kill()` and `start()` again keep the ports, the node name and the data, so durable
@@ -329,7 +291,7 @@ class RabbitMQNode(_Broker):
             pass  # stop() has killed it
         finally:
             self._kill_node()
-            _stop_process(self._epmd, timeout=5.0)
+            stop_process(self._epmd, timeout=5.0)
             self._epmd = None
 
     def log_tail(self, lines: int = 40) -> str:
@@ -407,7 +369,7 @@ class RabbitMQNode(_Broker):
         deadline = time.monotonic() + 10
         while not _port_open(self._epmd_port):
             if self._epmd.poll() is not None or time.monotonic() > deadline:
-                _stop_process(self._epmd, timeout=1.0)
+                stop_process(self._epmd, timeout=1.0)
                 self._epmd = None
                 out = _tail(self.base_dir / "epmd.out", 10)
                 raise BrokerError(f"epmd did not start on port {self._epmd_port}:\n{out}")
@@ -460,7 +422,7 @@ def _can_traverse(path: Path, user: pwd.struct_passwd) -> bool:
     return True
 
 
-class MosquittoBroker(_Broker):
+class MosquittoBroker(Managed):
     """A private Mosquitto broker with persistence in its own directory.
 
     Started as root, mosquitto drops to the `mosquitto` user: its data and log directories are
@@ -522,7 +484,7 @@ class MosquittoBroker(_Broker):
 
     def stop(self, timeout: float = 10.0) -> None:
         """SIGTERM: mosquitto saves its persistence file and exits."""
-        _stop_process(self._proc, timeout)
+        stop_process(self._proc, timeout)
 
     def kill(self) -> None:
         """SIGKILL: whatever was queued since the last autosave is lost."""

@@ -16,7 +16,8 @@ import signal
 import subprocess
 import tempfile
 from pathlib import Path
-from types import TracebackType
+
+from edge_gateway_sim.lifetime import Managed, stop_process
 
 _REAL_SYSTEM_BUS = "/run/dbus/system_bus_socket"
 _PR_SET_PDEATHSIG = 1
@@ -53,7 +54,7 @@ def _die_with_parent() -> None:
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
-class PrivateBus:
+class PrivateBus(Managed):
     """`with PrivateBus() as bus:` runs a dbus-daemon until the block ends (also on errors)."""
 
     def __init__(self, directory: Path | None = None) -> None:
@@ -99,32 +100,10 @@ class PrivateBus:
             code = self.process.wait()
             raise RuntimeError(f"dbus-daemon exited with status {code} at start-up")
 
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(5)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+    def close(self) -> None:
+        stop_process(self.process, timeout=5)
         if self.process is not None and self.process.stdout is not None:
             self.process.stdout.close()
         self.process = None
         if self._own_directory:
             shutil.rmtree(self.directory, ignore_errors=True)
-
-    def __enter__(self) -> PrivateBus:
-        try:
-            self.start()
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.stop()
