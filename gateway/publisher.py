@@ -309,9 +309,8 @@ class Publisher:
             },
         )
         try:
-            result = await asyncio.wait_for(
-                exchange.publish(message, batch.routing_key, mandatory=True),
-                self.config.timeout_s,
+            result = await exchange.publish(
+                message, batch.routing_key, mandatory=True, timeout=self.config.timeout_s
             )
         except aiormq.exceptions.DeliveryError as exc:
             self.counters.nacked += 1

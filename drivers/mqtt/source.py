@@ -222,7 +222,7 @@ class MqttSource:
         client.on_disconnect = self._on_disconnect
         client.on_subscribe = self._on_subscribe
 
-        client.on_message = self._on_message
+        client.on_arrival = self._on_arrival
         properties = None
         if v5:
             properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
@@ -235,16 +235,12 @@ class MqttSource:
         }
         return client
 
-    def _on_message(self, _client: mqtt.Client, _userdata: Any, message: mqtt.MQTTMessage) -> None:
+    def _on_arrival(self, raw_topic: bytes, payload: bytes, qos: int, mid: int) -> None:
         try:
-            topic = message.topic
+            topic = raw_topic.decode()
         except UnicodeDecodeError:  # MQTT requires UTF-8 topics; count it, then ack it
             topic = _INVALID_TOPIC
-        self._inbox.append(
-            _Message(
-                topic, bytes(message.payload), message.qos, message.mid, time.time(), self._session
-            )
-        )
+        self._inbox.append(_Message(topic, payload, qos, mid, time.time(), self._session))
         self._arrived.set()
         if len(self._inbox) >= _PAUSE_READING_AT:
             self._binding.pause_reading()
