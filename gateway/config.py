@@ -75,7 +75,7 @@ class AmqpSection(StrictModel):
     exchange: str = "edge-gateway"
     exchange_type: Literal["topic", "direct", "fanout", "headers"] = "topic"
     declare_exchange: bool = True
-    routing_key: str = "{site}.{device}"
+    routing_key: str = "{site}"
     batch: BatchSection = BatchSection()
     max_in_flight: Annotated[int, Field(ge=1, le=10_000)] = 64
     timeout_s: Seconds = 10.0

@@ -86,7 +86,9 @@ async def _kill_and_restart_twice(site: Site) -> None:
 async def test_unroutable_readings_stay_buffered_until_a_queue_is_bound(
     make_site: Any, rabbitmq: RabbitMQNode, mosquitto: MosquittoBroker
 ) -> None:
-    site = make_site(rabbitmq, mosquitto, extra_amqp="retry_max_s: 1")
+    site = make_site(
+        rabbitmq, mosquitto, extra_amqp='retry_max_s: 1\nrouting_key: "{site}.{device}"'
+    )
     only_first = f"{site.name}.sim-0001"
     async with site.collector("first", binding=only_first) as first:
         site.gateway.start()

@@ -69,7 +69,7 @@ def test_minimal_file_loads_with_the_documented_defaults(tmp_path: Path) -> None
             "exchange": "edge-gateway",
             "exchange_type": "topic",
             "declare_exchange": True,
-            "routing_key": "{site}.{device}",
+            "routing_key": "{site}",
             "batch": {"max_readings": 100, "max_bytes": 256 * 1024, "linger_ms": 0.0},
             "max_in_flight": 64,
             "timeout_s": 10.0,
