@@ -58,7 +58,7 @@ def format_ts(ts: datetime) -> str:
     """RFC 3339 in UTC with microseconds and a `Z`, the message format's timestamp."""
     if ts.tzinfo is not UTC:
         ts = ts.astimezone(UTC)
-    return ts.replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
+    return ts.isoformat(timespec="microseconds")[:-6] + "Z"  # "+00:00" -> "Z"
 
 
 def utc_from_epoch(seconds: float) -> datetime:

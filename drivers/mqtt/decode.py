@@ -166,7 +166,11 @@ DECODERS: dict[str, Decoder] = {
 
 def _load_json(payload: bytes) -> Any:
     try:
-        return json.loads(payload)
+        try:
+            text = payload.decode()  # what MQTT carries is UTF-8, nearly always
+        except UnicodeDecodeError:
+            return json.loads(payload)  # UTF-16 or -32, recognised by json itself
+        return json.loads(text)
     except (UnicodeDecodeError, ValueError) as exc:
         raise DecodeError(f"not valid JSON ({exc})", payload) from None
     except RecursionError:

@@ -191,15 +191,13 @@ class MqttSource:
             return exc
         return None
 
-    async def _acknowledge(self, client: mqtt.Client) -> None:
+    async def _acknowledge(self, client: LoopClient) -> None:
         while True:
             batch = await self._in_order.get()
             if await batch.put is not None:
                 await self._accept(batch.readings)
             self.stats.read(len(batch.readings))
-            for message in batch.messages:
-                if message.qos and message.session == self._session:
-                    client.ack(message.mid, message.qos)
+            client.ack_all(m.mid for m in batch.messages if m.qos and m.session == self._session)
 
     def _client(self) -> LoopClient:
         v5 = self.config.protocol == "5"

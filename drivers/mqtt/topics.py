@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from gateway.errors import DecodeError
 
+_MAX_KNOWN = 10_000
+
 
 def topic_matches(topic_filter: str, topic: str) -> bool:
     """MQTT filter matching (`+` one level, `#` the rest), as the broker does it."""
@@ -25,10 +27,21 @@ class DeviceTemplate:
     def __init__(self, template: str | None) -> None:
         self.template = template
         self._levels = template.split("/") if template else []
+        self._known: dict[str, str] = {}
+        """Topics seen before and their devices: a sensor publishes on the same topic for ever."""
 
     def device(self, topic: str) -> str:
         if not self._levels:
             return topic
+        device = self._known.get(topic)
+        if device is None:
+            device = self._parse(topic)
+            if len(self._known) >= _MAX_KNOWN:
+                self._known.clear()
+            self._known[topic] = device
+        return device
+
+    def _parse(self, topic: str) -> str:
         levels = topic.split("/")
         if len(levels) != len(self._levels):
             raise DecodeError(f"topic {topic!r} does not fit the device template {self.template!r}")

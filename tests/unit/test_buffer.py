@@ -51,11 +51,10 @@ def reading(i: int, *, pad_bytes: int = 0, device: str | None = None) -> Reading
     )
 
 
-async def fetch_all(buffer: Buffer) -> list[StoredReading]:
-    """Every reading on disk, oldest first, as the publisher would page through them."""
+async def fetch_all(buffer: Buffer, after: int = 0, page: int = 500) -> list[StoredReading]:
+    """Every reading after `after`, oldest first, as the publisher would page through them."""
     out: list[StoredReading] = []
-    after = 0
-    while chunks := await buffer.fetch(after, 500):
+    while chunks := await buffer.fetch(after, page):
         for chunk in chunks:
             out.extend(r for r in chunk.readings if r.seq > after)
         after = chunks[-1].readings[-1].seq
@@ -254,6 +253,38 @@ async def test_drop_oldest_drops_the_oldest_and_counts_them(db: Path) -> None:
     assert len(stored) == 120 - dropped == depth
     assert [s.body for s in stored] == [r.to_json() for r in puts[dropped:]]  # the newest
     assert [s.seq for s in stored] == list(range(dropped + 1, 121))
+
+
+async def test_the_latest_commits_come_from_memory_and_older_ones_from_disk(
+    db: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A publisher that keeps up reads nothing from disk; one that is behind reads the disk
+    until it reaches what memory holds. Either way it gets every reading once, in order."""
+    monkeypatch.setattr(gateway.buffer, "_RECENT_READINGS", 10)
+    disk_reads = 0
+    async with Buffer(db, max_bytes=10**8, commit_interval=0) as buf:
+        read_disk = buf._fetch
+
+        def counting(after_seq: int, max_readings: int) -> list[Chunk]:
+            nonlocal disk_reads
+            disk_reads += 1
+            return read_disk(after_seq, max_readings)
+
+        monkeypatch.setattr(buf, "_fetch", counting)
+        kept_up: list[StoredReading] = []
+        for i in range(0, 30, 3):
+            await buf.put([reading(i), reading(i + 1), reading(i + 2)])
+            chunks = await buf.fetch(kept_up[-1].seq if kept_up else 0, 100)
+            kept_up.extend(r for chunk in chunks for r in chunk.readings)
+        assert disk_reads == 0
+        assert [r.seq for r in kept_up] == list(range(1, 31))
+
+        for i in range(30, 60, 3):  # nobody fetches: memory keeps the last 10 or so
+            await buf.put([reading(i), reading(i + 1), reading(i + 2)])
+        behind = await fetch_all(buf, after=30, page=4)
+        assert disk_reads > 0
+    assert [r.seq for r in behind] == list(range(31, 61))
+    assert [r.body for r in behind] == [reading(i).to_json() for i in range(30, 60)]
 
 
 async def test_acks_survive_a_rejected_put(db: Path, monkeypatch: pytest.MonkeyPatch) -> None:
