@@ -74,6 +74,9 @@ class Plan:
     one routing key, so at a fixed rate more devices mean fewer readings per AMQP message."""
     more_sensors: int = 100
     """Full run: the gateway's 1,000/s phase again with this many devices (0: skip)."""
+    per_device_routing: bool = True
+    """Full run: the 1,000/s phase with a gateway whose routing key names the device, so that
+    each message holds one device's readings (the default `{site}` puts a commit in one)."""
     matrix: bool = True
     limits_probe: bool = True
 
@@ -89,6 +92,7 @@ QUICK = Plan(
     ramp_steps=5,
     drain_max=20.0,
     more_sensors=0,
+    per_device_routing=False,
     matrix=False,
     limits_probe=False,
 )
@@ -186,7 +190,12 @@ class Sut:
 
 
 def start_gateway(
-    base: Path, amqp_url: str, mqtt_port: int, extra_mqtt: str = "", name: str = "gateway"
+    base: Path,
+    amqp_url: str,
+    mqtt_port: int,
+    extra_mqtt: str = "",
+    name: str = "gateway",
+    extra_amqp: str = "",
 ) -> Sut:
     state = base / f"{name}-state"
     config = base / f"{name}.yaml"
@@ -199,6 +208,7 @@ def start_gateway(
             site=SITE,
             prefix=PREFIX,
             extra_mqtt=f"client_id: bench-{name}\n{extra_mqtt}",
+            extra_amqp=extra_amqp,
         )
     )
     process = GatewayProcess(config, base / f"{name}.log")
@@ -639,6 +649,10 @@ async def measure_system(kind: str, base: Path, plan: Plan) -> dict:
                 result["memory_kib"] = procfs.memory_kib(sut.pid)
             finally:
                 await asyncio.to_thread(stop_sut, sut)
+            if kind == "gateway" and plan.per_device_routing:
+                result["latency_per_device"] = await per_device_phase(
+                    base, node.url, collector, mosquitto.port, plan
+                )
             if kind == "gateway" and plan.matrix:
                 rate = 1.5 * result["qos1"]["delivered_per_s"]
                 say(f"settings: offering {rate:,.0f}/s at QoS 1 with other settings")
@@ -649,6 +663,27 @@ async def measure_system(kind: str, base: Path, plan: Plan) -> dict:
         await asyncio.to_thread(mosquitto.close)
         await asyncio.to_thread(node.close)
     return result
+
+
+async def per_device_phase(
+    base: Path, amqp_url: str, collector: ReadingCollector, mqtt_port: int, plan: Plan
+) -> dict[str, Any]:
+    say(f"gateway: {LATENCY_RATE} readings/s with routing key {{site}}.{{device}}")
+    sut = await asyncio.to_thread(
+        start_gateway,
+        base,
+        amqp_url,
+        mqtt_port,
+        name="gateway-per-device",
+        extra_amqp='routing_key: "{site}.{device}"',
+    )
+    OURS.add(sut.pid)
+    try:
+        return await latency_phase(
+            sut, collector, mqtt_port, replace(plan, latency_window=10.0), strace=False
+        )
+    finally:
+        await asyncio.to_thread(stop_sut, sut)
 
 
 MATRIX: tuple[tuple[str, tuple[str, ...], str], ...] = (
@@ -864,14 +899,18 @@ def render(result: dict) -> str:
                 f"{_f(lat['net_bytes_written_per_reading'])} net of cancelled), payload "
                 f"{lat['payload_bytes']:.1f} B/reading"
             )
-        more = system.get("latency_more_sensors")
-        if more:
-            out.append(
-                f"{kind} at 1,000/s, {more['sensors']} sensors: "
-                f"{_f(more['readings_per_message'])} readings per AMQP message, p50 "
-                f"{_f(more['latency_p50_ms'])} ms, p99 {_f(more['latency_p99_ms'])} ms, CPU "
-                f"{_f(more['cpu_ms_per_1000'])} ms per 1,000 readings; {_load(more['load'])}"
-            )
+        for key, label in (
+            ("latency_more_sensors", "{sensors} sensors"),
+            ("latency_per_device", "{sensors} sensors, routing key {{site}}.{{device}}"),
+        ):
+            more = system.get(key)
+            if more:
+                out.append(
+                    f"{kind} at 1,000/s, {label.format(sensors=more['sensors'])}: "
+                    f"{_f(more['readings_per_message'])} readings per AMQP message, p50 "
+                    f"{_f(more['latency_p50_ms'])} ms, p99 {_f(more['latency_p99_ms'])} ms, CPU "
+                    f"{_f(more['cpu_ms_per_1000'])} ms per 1,000 readings; {_load(more['load'])}"
+                )
         for qos in (1, 0):
             ramp = system.get(f"qos{qos}")
             if not ramp:

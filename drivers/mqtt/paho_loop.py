@@ -17,7 +17,8 @@ properties (the gateway asks for none: no topic aliases). paho still reads every
 packet, and a PUBLISH that straddles two reads.
 
 It overrides paho's private `_sock_recv`, `_sock_send`, `_packet_write`, `_handle_publish`
-and `_sock_close`, and uses `_in_packet`, `_msgtime_mutex` and `_loop_rc_handle`; the tests
+and `_sock_close`, and uses `_in_packet`, `_msgtime_mutex`, `_loop_rc_handle` and
+`_call_socket_register_write`; the tests
 in tests/integration/test_mqtt_publish_packets.py fail should paho change them.
 """
 
@@ -102,11 +103,15 @@ class LoopClient(mqtt.Client):
         self.on_arrival(topic, bytes(packet[end:stop]), qos, mid)
 
     def ack_all(self, mids: Iterable[int]) -> None:
-        """PUBACK these QoS 1 messages in one write (paho's `ack` queues a packet for each)."""
+        """PUBACK these QoS 1 messages (paho's `ack` queues a packet for each).
+
+        They are sent when the socket is next writable, with every other ack of this turn
+        of the event loop (one commit settles several puts): one `send()` for them all.
+        """
         if self._sock is None:
             return  # the connection is gone: the broker sends them again
         self._unsent += b"".join([b"\x40\x02" + mid.to_bytes(2) for mid in mids])
-        self._flush()  # on EAGAIN paho asks for writable; `loop_write` sends the rest
+        self._call_socket_register_write()
 
     def _sock_recv(self, bufsize: int) -> bytes:
         if self._pos >= len(self._chunk):
