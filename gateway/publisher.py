@@ -47,6 +47,9 @@ CONNECTION_ERRORS = (
     TimeoutError,
 )
 MAX_ROUTING_KEY = 255
+FETCH_READINGS = 2_000
+"""Readings taken from the buffer at once, at most: enough for 20 full messages, and little
+memory (fetching the whole window, 6,400 readings by default, cost 3 MB under overload)."""
 MAX_RETRY_READINGS = 20_000
 """Readings kept in memory for retry (e.g. returned as unroutable) before intake pauses."""
 T = TypeVar("T")
@@ -405,7 +408,7 @@ class Publisher:
         Cancellation-safe: fetched readings live in `self._pending` from the moment
         the cursor passes them, so an interrupted fill loses nothing.
         """
-        budget = self.config.max_in_flight * self.config.batch.max_readings
+        budget = min(self.config.max_in_flight * self.config.batch.max_readings, FETCH_READINGS)
         if self._retry_readings >= MAX_RETRY_READINGS:
             budget = 0  # memory stays bounded; the rest waits on disk
         await self._fetch(budget - len(self._pending))

@@ -53,13 +53,17 @@ class LoopClient(mqtt.Client):
         paho reads a packet in three or more steps (type, length, body) and keeps its state
         in a dict; a PUBLISH that one read brought whole needs none of that.
         """
+        if self.on_arrival is None or self._in_packet["command"] or self._sock is None:
+            return super().loop_read(max_packets)  # paho is inside a packet: let it finish
+        if self._pos >= len(self._chunk):
+            try:
+                self._chunk, self._pos = super()._sock_recv(16384), 0
+            except BlockingIOError:
+                return MQTTErrorCode.MQTT_ERR_SUCCESS  # nothing yet
+            except OSError:
+                return super().loop_read(max_packets)  # paho reads again and reports it
         chunk, start = self._chunk, self._pos
-        if (
-            self.on_arrival is None
-            or self._in_packet["command"]  # paho is inside a packet: let it finish
-            or start >= len(chunk)
-            or chunk[start] & 0xF4 != 0x30  # not a PUBLISH with QoS 0 or 1
-        ):
+        if start >= len(chunk) or chunk[start] & 0xF4 != 0x30:  # closed; not QoS 0/1 PUBLISH
             return super().loop_read(max_packets)
         try:
             length = _remaining_length(chunk, start + 1)

@@ -44,13 +44,13 @@ from gateway.tls import client_ssl_context
 log = structlog.get_logger("drivers.mqtt")
 
 _MAX_TOPIC_CACHE = 10_000
-_PUTS_IN_FLIGHT = 8
-_INTAKE_PER_TURN = 500
+_PUTS_IN_FLIGHT = 4
+_INTAKE_PER_TURN = 250
 """Messages decoded and put per turn of the event loop: publishing must get its turns too."""
-_PAUSE_READING_AT = 4_000
+_PAUSE_READING_AT = 2_000
 """Messages waiting for intake at which the socket is left alone: the rest waits in the
 socket and with the broker (QoS 1), or is dropped there (QoS 0), instead of in our memory."""
-_RESUME_READING_BELOW = 2_000
+_RESUME_READING_BELOW = 1_000
 
 
 @dataclass(frozen=True, slots=True)
