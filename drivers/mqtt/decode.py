@@ -178,6 +178,8 @@ def _load_json(payload: bytes) -> Any:
 
 
 def _lookup(doc: dict[str, Any], path: str | None) -> Any:
+    if path and "." not in path:
+        return doc.get(path)
     node: Any = doc
     for part in (path or "").split("."):
         if not isinstance(node, dict) or part not in node:
