@@ -44,7 +44,10 @@ from gateway.tls import client_ssl_context
 log = structlog.get_logger("drivers.mqtt")
 
 _MAX_TOPIC_CACHE = 10_000
-_PUTS_IN_FLIGHT = 4
+_MESSAGES_IN_FLIGHT = 2_000
+"""Messages whose put has not finished, at most; intake waits beyond (back-pressure while the
+buffer is slow or refuses). Counted in messages, not puts: at 1,000/s intake makes several
+small puts per commit interval, and a bound of 4 puts delayed some readings by a commit."""
 _INTAKE_PER_TURN = 250
 """Messages decoded and put per turn of the event loop: publishing must get its turns too."""
 _PAUSE_READING_AT = 2_000
@@ -94,7 +97,10 @@ class MqttSource:
         self._session = 0
         self._inbox: list[_Message] = []
         self._arrived = asyncio.Event()
-        self._in_order: asyncio.Queue[_Batch] = asyncio.Queue(_PUTS_IN_FLIGHT)
+        self._in_order: asyncio.Queue[_Batch] = asyncio.Queue()
+        self._unsettled = 0
+        """Messages in `_in_order`: bounded by `_MESSAGES_IN_FLIGHT`."""
+        self._room = asyncio.Event()
         self._lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._connected_since = 0.0
         self._connect_args: dict[str, Any] = {}
@@ -104,7 +110,9 @@ class MqttSource:
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
         self._inbox = []  # a restart begins afresh: unacknowledged messages come again
-        self._in_order = asyncio.Queue(_PUTS_IN_FLIGHT)
+        self._in_order = asyncio.Queue()
+        self._unsettled = 0
+        self._room.set()
         client = self._client()
         self._binding = LoopBinding(client, loop)
         try:
@@ -180,7 +188,11 @@ class MqttSource:
                 continue
             readings = [reading for message in messages for reading in self._decode(message)]
             put = tasks.create_task(self._put(readings))
-            await self._in_order.put(_Batch(put, messages, readings))  # bounded: back-pressure
+            self._in_order.put_nowait(_Batch(put, messages, readings))
+            self._unsettled += len(messages)
+            if self._unsettled >= _MESSAGES_IN_FLIGHT:
+                self._room.clear()
+                await self._room.wait()  # back-pressure: `_acknowledge` makes room
             await asyncio.sleep(0)  # a slice per turn: reading, acks and publishing get theirs
 
     async def _put(self, readings: list[Reading]) -> GatewayError | None:
@@ -198,6 +210,9 @@ class MqttSource:
                 await self._accept(batch.readings)
             self.stats.read(len(batch.readings))
             client.ack_all(m.mid for m in batch.messages if m.qos and m.session == self._session)
+            self._unsettled -= len(batch.messages)
+            if self._unsettled < _MESSAGES_IN_FLIGHT:
+                self._room.set()
 
     def _client(self) -> LoopClient:
         v5 = self.config.protocol == "5"
