@@ -18,8 +18,8 @@ packet, and a PUBLISH that straddles two reads.
 
 It overrides paho's private `_sock_recv`, `_sock_send`, `_packet_write`, `_handle_publish`
 and `_sock_close`, and uses `_in_packet`, `_msgtime_mutex`, `_loop_rc_handle` and
-`_call_socket_register_write`; the tests
-in tests/integration/test_mqtt_publish_packets.py fail should paho change them.
+`_call_socket_register_write`; tests/integration/test_mqtt_publish_packets.py fails should
+paho change them.
 """
 
 from __future__ import annotations
