@@ -1,11 +1,14 @@
-"""MQTT's variable byte integer, as `LoopClient` reads it (the spec's table, section 1.5.5)."""
+"""How `LoopClient` reads a PUBLISH: MQTT's variable byte integer (the spec's table, section
+1.5.5) and the fields of the packet's body, whole or cut short."""
 
 from __future__ import annotations
 
+import paho.mqtt.client as mqtt
 import pytest
+from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.exception import MalformedPacket
 
-from drivers.mqtt.paho_loop import _remaining_length
+from drivers.mqtt.paho_loop import LoopClient, _remaining_length
 
 
 @pytest.mark.parametrize(
@@ -34,3 +37,44 @@ def test_a_cut_integer_is_not_there_yet() -> None:
 def test_a_fifth_byte_is_malformed() -> None:
     with pytest.raises(MalformedPacket):
         _remaining_length(b"\x30\x80\x80\x80\x80\x01", 1)
+
+
+def _client(protocol: int) -> tuple[LoopClient, list[tuple[bytes, bytes, int, int]]]:
+    client = LoopClient(CallbackAPIVersion.VERSION2, protocol=protocol)
+    got: list[tuple[bytes, bytes, int, int]] = []
+    client.on_arrival = lambda *message: got.append(message)
+    return client, got
+
+
+def _publish_body(topic: bytes, payload: bytes, mid: int | None, properties: bytes | None) -> bytes:
+    body = len(topic).to_bytes(2) + topic
+    if mid is not None:
+        body += mid.to_bytes(2)
+    if properties is not None:
+        body += bytes([len(properties)]) + properties
+    return body + payload
+
+
+@pytest.mark.parametrize("protocol", [mqtt.MQTTv5, mqtt.MQTTv311])
+def test_a_publish_body_is_split_into_its_fields(protocol: int) -> None:
+    client, got = _client(protocol)
+    properties = b"\x03\x00\x10application/json" if protocol == mqtt.MQTTv5 else None
+    body = _publish_body(b"a/b", b'{"n":1}', 7, properties)
+    client._deliver(0x32, b"xx" + body + b"next", 2, 2 + len(body))  # QoS 1, inside a chunk
+    assert got == [(b"a/b", b'{"n":1}', 1, 7)]
+
+
+@pytest.mark.parametrize(
+    ("body", "why"),
+    [
+        (b"\x00\x09a/b", "topic longer than the packet"),
+        (b"\x00\x03a/b\x00", "packet id cut short"),
+        (b"\x00\x03a/b\x00\x07", "no properties length"),
+        (b"\x00\x03a/b\x00\x07\x05ab", "properties longer than the packet"),
+    ],
+)
+def test_a_short_publish_is_malformed(body: bytes, why: str) -> None:
+    client, got = _client(mqtt.MQTTv5)
+    with pytest.raises(MalformedPacket):
+        client._deliver(0x32, body + b"bytes of the next packet", 0, len(body))
+    assert got == [], why
