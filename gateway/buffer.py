@@ -134,13 +134,16 @@ def encode_chunk(entries: Sequence[tuple[str, str, bytes]]) -> bytes:
 def decode_chunk(first_seq: int, accepted: float, data: bytes) -> Chunk:
     header, *bodies = zlib.decompress(data).split(b"\n")
     keys = json.loads(header)
+    entries = [(device, source, body) for (device, source), body in zip(keys, bodies, strict=True)]
+    return chunk_of(first_seq, accepted, entries)
+
+
+def chunk_of(first_seq: int, accepted: float, entries: Sequence[tuple[str, str, bytes]]) -> Chunk:
+    """The chunk whose readings are `entries` (device, source, body), numbered from `first_seq`."""
     return Chunk(
         first_seq,
         accepted,
-        [
-            StoredReading(first_seq + i, device, source, body)
-            for i, ((device, source), body) in enumerate(zip(keys, bodies, strict=True))
-        ],
+        [StoredReading(first_seq + i, *entry) for i, entry in enumerate(entries)],
     )
 
 
@@ -519,13 +522,7 @@ class Buffer:
                 )
         if isinstance(error, BufferFull):
             self.counters.rejected += len(entries)
-        chunk = None
-        if added:
-            readings = [
-                StoredReading(first_seq + i, device, source, body)
-                for i, (device, source, body) in enumerate(entries)
-            ]
-            chunk = Chunk(first_seq, accepted, readings)
+        chunk = chunk_of(first_seq, accepted, entries) if added else None
         assert self._loop is not None
         self._loop.call_soon_threadsafe(self._settle, puts, error, chunk, dropped_through)
 

@@ -57,7 +57,7 @@ class LoopClient(mqtt.Client):
             return super().loop_read(max_packets)  # paho is inside a packet: let it finish
         if self._pos >= len(self._chunk):
             try:
-                self._chunk, self._pos = super()._sock_recv(16384), 0
+                self._refill()
             except BlockingIOError:
                 return MQTTErrorCode.MQTT_ERR_SUCCESS  # nothing yet
             except OSError:
@@ -117,9 +117,13 @@ class LoopClient(mqtt.Client):
         self._unsent += b"".join([b"\x40\x02" + mid.to_bytes(2) for mid in mids])
         self._call_socket_register_write()
 
+    def _refill(self) -> None:
+        """Read up to 16 KiB from the socket; BlockingIOError if nothing has arrived."""
+        self._chunk, self._pos = super()._sock_recv(16384), 0
+
     def _sock_recv(self, bufsize: int) -> bytes:
         if self._pos >= len(self._chunk):
-            self._chunk, self._pos = super()._sock_recv(16384), 0  # BlockingIOError if none
+            self._refill()
         data = self._chunk[self._pos : self._pos + bufsize]
         self._pos += len(data)
         return data
