@@ -7,6 +7,7 @@ twice" without trusting the gateway's own counters.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from collections.abc import Callable
@@ -15,7 +16,7 @@ from datetime import datetime
 from typing import Any
 
 import aio_pika
-from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
+from aio_pika.abc import AbstractConnection, AbstractIncomingMessage
 
 
 @dataclass(slots=True)
@@ -53,8 +54,10 @@ class Received:
 class ReadingCollector:
     """Binds a durable queue to the gateway's exchange and counts what arrives.
 
-    The queue is durable and the connection robust, so a broker restart in a
-    fault test loses nothing on this side either.
+    The queue is durable, so a broker restart in a fault test loses nothing on
+    this side either, and the collector subscribes again itself after a lost
+    connection: aio-pika's robust connection once came back in CI without its
+    consumer, and the test then waited for readings that sat in the queue.
     """
 
     def __init__(
@@ -76,24 +79,50 @@ class ReadingCollector:
         self.measure_latency = measure_latency
         self.keep_readings = keep_readings
         self.received = Received()
-        self._connection: AbstractRobustConnection | None = None
+        self._connection: AbstractConnection | None = None
+        self._lost = asyncio.Event()
+        self._resubscriber: asyncio.Task[None] | None = None
         self._changed = asyncio.Event()
 
     async def __aenter__(self) -> ReadingCollector:
-        self._connection = await aio_pika.connect_robust(self.url, timeout=10)
-        channel = await self._connection.channel()
-        await channel.set_qos(prefetch_count=1000)
-        exchange = await channel.declare_exchange(
-            self.exchange, aio_pika.ExchangeType.TOPIC, durable=True
-        )
-        queue = await channel.declare_queue(self.queue_name, durable=True)
-        await queue.bind(exchange, self.binding)
-        await queue.consume(self._on_message)
+        await self._subscribe()
+        self._resubscriber = asyncio.create_task(self._resubscribe())
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
+        if self._resubscriber is not None:
+            self._resubscriber.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._resubscriber
         if self._connection is not None:
             await self._connection.close()
+
+    async def _subscribe(self) -> None:
+        connection = await aio_pika.connect(self.url, timeout=10)
+        try:
+            channel = await connection.channel()
+            await channel.set_qos(prefetch_count=1000)
+            exchange = await channel.declare_exchange(
+                self.exchange, aio_pika.ExchangeType.TOPIC, durable=True
+            )
+            queue = await channel.declare_queue(self.queue_name, durable=True)
+            await queue.bind(exchange, self.binding)
+            await queue.consume(self._on_message)
+        except BaseException:
+            await connection.close()
+            raise
+        self._lost.clear()
+        connection.close_callbacks.add(lambda *_: self._lost.set())
+        self._connection = connection
+
+    async def _resubscribe(self) -> None:
+        """Subscribe again, every half second until it works, after the connection is lost."""
+        while True:
+            await self._lost.wait()
+            try:
+                await self._subscribe()
+            except (OSError, TimeoutError, aio_pika.exceptions.AMQPError):
+                await asyncio.sleep(0.5)
 
     async def _on_message(self, message: AbstractIncomingMessage) -> None:
         now = time.time()
