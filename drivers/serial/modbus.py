@@ -102,14 +102,12 @@ class ModbusSource:
                 trace_packet=self._trace.packet,
                 trace_connect=on_connect,
             )
+            opened = time.monotonic()
             try:
-                if not await self._connect(client, path):
-                    await asyncio.sleep(backoff.next_delay())
-                    continue
-                backoff.reset()
-                self.stats.state = "polling"
-                self._log.info("polling Modbus units", port=path, units=self._unit_ids())
-                await self._poll(client, lost)
+                if await self._connect(client, path):
+                    self.stats.state = "polling"
+                    self._log.info("polling Modbus units", port=path, units=self._unit_ids())
+                    await self._poll(client, lost)
             except _PortLost:
                 self.stats.state = "device lost"
                 self.stats.failed(f"{path} went away")
@@ -120,6 +118,7 @@ class ModbusSource:
                 )
             finally:
                 client.close()
+            await asyncio.sleep(backoff.delay_after(opened))
 
     async def _connect(self, client: AsyncModbusSerialClient, path: str) -> bool:
         """Open the port; on failure log why, in words a user can act on."""

@@ -212,6 +212,32 @@ async def test_unplugged_meter_is_logged_once_and_resumes_when_plugged_back(
     assert events.count("polling Modbus units") == 2
 
 
+async def test_a_port_lost_each_time_it_opens_is_retried_ever_more_slowly(tmp_path: Path) -> None:
+    """A flapping adapter (a loose USB cable) must not be reopened in a tight loop."""
+    link = tmp_path / "meter"
+    source = ModbusSource(bus_config(link, [1]), "gw", ListSink())
+    opens = 0
+
+    async def pull_the_cable_whenever_it_polls(device: SimDevice, logs: list[Any]) -> None:
+        nonlocal opens
+        while True:
+            await asyncio.sleep(0.005)
+            sessions = sum(entry["event"] == "polling Modbus units" for entry in logs)
+            if sessions > opens:
+                opens = sessions
+                device.unplug()
+                device.plug()
+
+    with capture_logs() as logs:
+        async with meter_bus(tmp_path, units=[1]) as (device, _), running(source):
+            flapper = asyncio.create_task(pull_the_cable_whenever_it_polls(device, logs))
+            await asyncio.sleep(4.0)
+            flapper.cancel()
+    # Backoff from 0.5 s doubling, jitter 0.5..1: pauses of at least 0.25, 0.5, 1 and 2 s
+    # leave room for at most 4 sessions in 4 s; reopening at once made ~600 of them.
+    assert 2 <= opens <= 4
+
+
 async def test_line_noise_is_counted_per_kind_and_costs_no_good_reading(tmp_path: Path) -> None:
     link = tmp_path / "meter"
     sink = ListSink()
