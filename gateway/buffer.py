@@ -56,10 +56,11 @@ _COMPRESS_LEVEL = 1
 _CACHE_KIB = 256
 """SQLite's page cache per connection (its default is 2 MiB). Chunks are written once and
 read once, in order: a cache saves little, and under overload both filled up."""
-_RECENT_READINGS = 2_000
+_RECENT_READINGS = 1_000
 """Readings of the latest commits kept in memory, so that a publisher keeping up takes them
-from there: no thread hop, no read, no inflate (latency, CPU). Five commits at 10,000
-readings/s, under 1 MB of simulator readings; a publisher further behind reads from disk."""
+from there: no thread hop, no read, no inflate (latency, CPU). Two to three commits at
+10,000 readings/s, under 0.5 MB of simulator readings; a publisher further behind reads
+from disk."""
 
 WhenFull = Literal["reject_new", "drop_oldest"]
 

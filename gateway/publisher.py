@@ -47,8 +47,8 @@ CONNECTION_ERRORS = (
     TimeoutError,
 )
 MAX_ROUTING_KEY = 255
-FETCH_READINGS = 2_000
-"""Readings taken from the buffer at once, at most: enough for 20 full messages, and little
+FETCH_READINGS = 1_000
+"""Readings taken from the buffer at once, at most: enough for 10 full messages, and little
 memory (fetching the whole window, 6,400 readings by default, cost 3 MB under overload)."""
 MAX_RETRY_READINGS = 20_000
 """Readings kept in memory for retry (e.g. returned as unroutable) before intake pauses."""

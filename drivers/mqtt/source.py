@@ -44,10 +44,12 @@ from gateway.tls import client_ssl_context
 log = structlog.get_logger("drivers.mqtt")
 
 _MAX_TOPIC_CACHE = 10_000
-_MESSAGES_IN_FLIGHT = 2_000
+_MESSAGES_IN_FLIGHT = 1_000
 """Messages whose put has not finished, at most; intake waits beyond (back-pressure while the
 buffer is slow or refuses). Counted in messages, not puts: at 1,000/s intake makes several
-small puts per commit interval, and a bound of 4 puts delayed some readings by a commit."""
+small puts per commit interval, and a bound of 4 puts delayed some readings by a commit.
+It bounds a commit too: 1,000 still allows ~20,000 readings/s at a 50 ms commit cycle, and
+peak memory under overload was 4 MB lower than with 2,000 (500 held back throughput)."""
 _INTAKE_PER_TURN = 250
 """Messages decoded and put per turn of the event loop: publishing must get its turns too."""
 _PAUSE_READING_AT = 2_000
