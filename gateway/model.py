@@ -6,14 +6,13 @@ splices the stored bytes into messages without parsing them again.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-Value = float | int | bool | str
+from gateway import fastjson
 
-_encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
+Value = float | int | bool | str
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,7 +50,7 @@ class Reading:
             doc["tags"] = self.tags
         if clock_unsynchronized:
             doc["clock_unsynchronized"] = True
-        return _encode(doc).encode()
+        return fastjson.dumps(doc)
 
 
 def format_ts(ts: datetime) -> str:

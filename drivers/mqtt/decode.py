@@ -5,13 +5,13 @@ Pure functions: payload in, readings out, or a `DecodeError` that says what is w
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Callable
 from typing import Any
 
 from drivers.mqtt.config import FieldSpec, Subscription
 from drivers.values import check_encodable, checked_value, is_scalar, parse_timestamp
+from gateway import fastjson
 from gateway.errors import DecodeError
 from gateway.model import Reading, Value, utc_from_epoch
 
@@ -166,12 +166,8 @@ DECODERS: dict[str, Decoder] = {
 
 def _load_json(payload: bytes) -> Any:
     try:
-        try:
-            text = payload.decode()  # what MQTT carries is UTF-8, nearly always
-        except UnicodeDecodeError:
-            return json.loads(payload)  # UTF-16 or -32, recognised by json itself
-        return json.loads(text)
-    except (UnicodeDecodeError, ValueError) as exc:
+        return fastjson.loads(payload)  # UTF-8, or UTF-16 or -32 as the json module knows them
+    except ValueError as exc:  # UnicodeDecodeError too
         raise DecodeError(f"not valid JSON ({exc})", payload) from None
     except RecursionError:
         raise DecodeError("JSON nested too deeply", payload) from None

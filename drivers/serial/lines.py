@@ -7,7 +7,6 @@ Pure functions: no I/O, no logging.
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from collections.abc import Callable
@@ -15,6 +14,7 @@ from functools import cache
 
 from drivers.serial.lines_config import SerialLinesConfig
 from drivers.values import checked_value, parse_timestamp
+from gateway import fastjson
 from gateway.errors import DecodeError
 from gateway.model import Reading, Value, utc_from_epoch
 
@@ -57,7 +57,7 @@ def decode_line(config: SerialLinesConfig, line: bytes, received: float, source:
 
 def _json(config: SerialLinesConfig, text: str, line: bytes) -> RawValues:
     try:
-        doc = json.loads(text)
+        doc = fastjson.loads(text)
     except ValueError as exc:
         raise DecodeError(f"not valid JSON ({exc})", line) from None
     except RecursionError:
