@@ -12,19 +12,33 @@ systemd-timesyncd.
 from __future__ import annotations
 
 import ctypes
+import math
 import sys
+import time
 
 _TIME_ERROR = 5
 _TIMEX_SIZE = 256  # struct timex is 208 bytes on 64-bit Linux; room to spare
 _libc = ctypes.CDLL(None, use_errno=True) if sys.platform == "linux" else None
+_ASK_EVERY_S = 1.0
+"""The buffer asks on every put, hundreds of times a second; the answer changes once a boot."""
+_asked_at = -math.inf
+_answer = True
 
 
 def system_clock_synchronized() -> bool:
-    """True unless the kernel says the clock is unsynchronised (one read-only syscall).
+    """True unless the kernel said the clock is unsynchronised, at most a second ago.
 
     Off Linux, or where `adjtimex` is not permitted, it answers True: the flag is for
     clocks known to be wrong, not for clocks we cannot ask about.
     """
+    global _asked_at, _answer
+    now = time.monotonic()
+    if now - _asked_at >= _ASK_EVERY_S:
+        _asked_at, _answer = now, _ask_the_kernel()
+    return _answer
+
+
+def _ask_the_kernel() -> bool:
     if _libc is None:
         return True
     timex = ctypes.create_string_buffer(_TIMEX_SIZE)  # modes = 0: read only, no privilege
