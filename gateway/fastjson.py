@@ -41,7 +41,11 @@ def dumps(doc: dict[str, Any]) -> bytes:
         return _json_encode(doc).encode()
     # "null" is a None (the json module writes the same) or a NaN (it refuses): it decides.
     # Otherwise the texts are equal, but for exponents: orjson writes 1e-7, json 1e-07.
-    return text if b"null" not in text else _json_encode(doc).encode()
+    if b"null" in text:
+        return _json_encode(doc).encode()
+    # A copy, 0.2 us: what orjson returns keeps its whole 4 KiB work buffer allocated, and
+    # the buffer holds thousands of readings' JSON (+6.5 MB peak RSS under overload).
+    return bytes(memoryview(text))
 
 
 def _no_large_floats(node: Any) -> bool:
