@@ -48,12 +48,13 @@ class LoopClient(mqtt.Client):
     """Receives (topic, payload, qos, mid) of each QoS 0 and 1 PUBLISH, in order."""
 
     def loop_read(self, max_packets: int = 1) -> MQTTErrorCode:
-        """Read one packet: a QoS 0/1 PUBLISH wholly inside the last read here, others by paho.
+        """Read one packet: one that `_reads_itself` takes, wholly inside the last read, here;
+        others by paho.
 
         paho reads a packet in three or more steps (type, length, body) and keeps its state
         in a dict; a PUBLISH that one read brought whole needs none of that.
         """
-        if self.on_arrival is None or self._in_packet["command"] or self._sock is None:
+        if self._in_packet["command"] or self._sock is None:
             return super().loop_read(max_packets)  # paho is inside a packet: let it finish
         if self._pos >= len(self._chunk):
             try:
@@ -63,7 +64,7 @@ class LoopClient(mqtt.Client):
             except OSError:
                 return super().loop_read(max_packets)  # paho reads again and reports it
         chunk, start = self._chunk, self._pos
-        if start >= len(chunk) or chunk[start] & 0xF4 != 0x30:  # closed; not QoS 0/1 PUBLISH
+        if start >= len(chunk) or not self._reads_itself(chunk[start]):  # closed; or paho's
             return super().loop_read(max_packets)
         try:
             length = _remaining_length(chunk, start + 1)
@@ -73,11 +74,20 @@ class LoopClient(mqtt.Client):
             self._pos = stop
             with self._msgtime_mutex:
                 self._last_bytes_received = mqtt.time_func()
-            self._deliver(chunk[start], chunk, body, stop)
+            self._handle_whole(chunk[start], chunk, body, stop)
         except MalformedPacket as exc:
             self._easy_log(mqtt.MQTT_LOG_ERR, "Received malformed packet: %s", exc)
             return self._loop_rc_handle(MQTTErrorCode.MQTT_ERR_PROTOCOL)
         return MQTTErrorCode.MQTT_ERR_SUCCESS
+
+    def _reads_itself(self, header: int) -> bool:
+        """Whether a packet starting with `header` is parsed here: a QoS 0/1 PUBLISH, for
+        `on_arrival`. A subclass may take more (the simulator's fleet: PUBACKs)."""
+        return self.on_arrival is not None and header & 0xF4 == 0x30
+
+    def _handle_whole(self, header: int, packet: bytes, at: int, stop: int) -> None:
+        """Handle a packet `_reads_itself` takes, its body `packet[at:stop]` read whole."""
+        self._deliver(header, packet, at, stop)
 
     def _handle_publish(self) -> MQTTErrorCode:
         header = self._in_packet["command"]

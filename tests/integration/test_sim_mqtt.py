@@ -20,8 +20,9 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
+from edge_gateway_sim.brokers import MosquittoBroker
 from edge_gateway_sim.mqtt_sensors import FleetConfig, MqttSensorFleet
-from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
 MOSQUITTO = "/usr/sbin/mosquitto"
 HOST = "127.0.0.1"
@@ -177,6 +178,26 @@ def test_fixed_count_at_qos1_arrives_exactly(
     assert sum(stats.last_seq.values()) == n
     # Round-robin: every device gets its share.
     assert {len(s) for s in seqs.values()} == {n // 7, n // 7 + 1}
+
+
+@pytest.mark.parametrize("protocol", [MQTTProtocolVersion.MQTTv311, MQTTProtocolVersion.MQTTv5])
+def test_every_acknowledgement_is_counted_once(broker: _Mosquitto, protocol: Any) -> None:
+    """The fleet reads PUBACKs itself, and paho reads one that straddles two reads: either
+    way each message is counted once."""
+    stats = MqttSensorFleet(
+        FleetConfig(port=broker.port, rate=20_000, protocol=protocol, prefix="acks")
+    ).run(count=3000)
+    assert (stats.published, stats.acked, stats.rejected) == (3000, 3000, 0)
+
+
+def test_a_publish_the_broker_refuses_is_counted_as_rejected(tmp_path: Path) -> None:
+    """With MQTT 5 a broker says no in the PUBACK (here: an ACL without write access)."""
+    acl = tmp_path / "acl"
+    acl.write_text("topic read #\n")
+    with MosquittoBroker(tmp_path / "mq", [f"acl_file {acl}"]) as mq:
+        config = FleetConfig(port=mq.port, rate=1000, protocol=MQTTProtocolVersion.MQTTv5)
+        stats = MqttSensorFleet(config).run(count=100)
+    assert (stats.published, stats.acked, stats.rejected) == (100, 0, 100)
 
 
 def test_malformed_payloads_go_next_to_good_ones(
