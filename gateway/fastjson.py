@@ -22,6 +22,7 @@ _json_encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow
 _LARGEST_INT64 = 9.2e18
 """Below 2**63 in magnitude a float from orjson was written as a float, never as an integer
 (orjson reads integers up to 2**64 - 1 exactly, and beyond that as floats)."""
+_CONTAINERS_OR_FLOAT = frozenset({float, dict, list})
 
 
 def loads(payload: bytes | str) -> Any:
@@ -61,6 +62,3 @@ def _no_large_floats(node: Any) -> bool:
             if type(value) in _CONTAINERS_OR_FLOAT and not _no_large_floats(value):
                 return False
     return True
-
-
-_CONTAINERS_OR_FLOAT = frozenset({float, dict, list})
