@@ -41,7 +41,7 @@ def dumps(doc: dict[str, Any]) -> bytes:
     except TypeError:  # orjson.JSONEncodeError: beyond 64 bits, or a key that is not a str
         return _json_encode(doc).encode()
     # "null" is a None (the json module writes the same) or a NaN (it refuses): it decides.
-    # Otherwise the texts are equal, but for exponents: orjson writes 1e-7, json 1e-07.
+    # Otherwise the values are equal; some small floats read differently (1e-7 for 1e-07).
     if b"null" in text:
         return _json_encode(doc).encode()
     # A copy, 0.2 us: what orjson returns keeps its whole 4 KiB work buffer allocated, and
