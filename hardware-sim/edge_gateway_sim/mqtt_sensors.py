@@ -12,7 +12,7 @@ import random
 import secrets
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Final
@@ -20,6 +20,7 @@ from typing import Any, Final
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
 from paho.mqtt.exception import MalformedPacket
+from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
@@ -53,6 +54,8 @@ _MAX_LAG_S: Final = 1.0
 _MAX_WAIT_S: Final = 0.1
 _RECONNECT_S: Final = 0.5
 _PUBACK: Final = 0x40
+_ACCEPTED: Final = ReasonCode(PacketTypes.PUBACK, identifier=0)
+_NO_PROPERTIES: Final = Properties(PacketTypes.PUBACK)  # type: ignore[no-untyped-call]
 
 # Float repr is what json.dumps writes, so this is compact JSON at a third of the cost.
 _PAYLOAD_FORMAT: Final = b'{"temperature":%r,"humidity":%r,"battery":%d,"seq":%d,"ts":%r}'
@@ -225,16 +228,13 @@ class FleetStats:
 
 
 class _AckingClient(LoopClient):
-    """A LoopClient that also settles the PUBACKs one read brought whole, itself.
+    """A LoopClient that also reads the PUBACKs one read brought whole, itself.
 
-    paho reads each PUBACK in three steps, decodes it into a ReasonCode and a Properties
-    object, and takes two locks to call `on_publish`: at QoS 1 that was half of a fleet
-    process's CPU, and the benchmark's simulators ran out before the gateway did. What it
-    does after that (forget the message, wake its MessageInfo) is done here the same way.
+    paho reads each PUBACK in three steps and decodes it into a new ReasonCode and
+    Properties object: at QoS 1 that was half of a fleet process's CPU, and the benchmark's
+    simulators ran out before the gateway did. What follows is paho's own `_do_on_publish`
+    (forget the message, wake its MessageInfo, call `on_publish`), given shared objects.
     """
-
-    on_acked: Callable[[bool], None] | None = None
-    """Called with whether the broker accepted the message (MQTT 5 reason code < 0x80)."""
 
     def _reads_itself(self, header: int) -> bool:
         return header == _PUBACK or super()._reads_itself(header)
@@ -246,17 +246,11 @@ class _AckingClient(LoopClient):
         if stop - at < 2:
             raise MalformedPacket("PUBACK shorter than its packet id")
         mid = int.from_bytes(packet[at : at + 2])
-        accepted = stop - at == 2 or packet[at + 2] < 0x80  # MQTT 5 may add a reason code
+        code = packet[at + 2] if stop - at > 2 else 0  # MQTT 5 may add a reason code
+        reason = _ACCEPTED if code == 0 else ReasonCode(PacketTypes.PUBACK, identifier=code)
         with self._out_message_mutex:
-            message = self._out_messages.pop(mid, None)
-            if message is None:
-                return  # not ours (any more): paho ignores it too
-            self._inflight_messages -= 1
-            if self._max_inflight_messages > 0:
-                self._update_inflight()
-        message.info._set_as_published()
-        if self.on_acked is not None:
-            self.on_acked(accepted)
+            if mid in self._out_messages:  # else not ours (any more): paho ignores it too
+                self._do_on_publish(mid, reason, _NO_PROPERTIES)
 
 
 class MqttSensorFleet:
@@ -413,8 +407,7 @@ class MqttSensorFleet:
         client.max_queued_messages_set(0)  # unlimited: never refuse a QoS 1 message locally
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
-        client.on_publish = self._on_publish  # PUBACKs that paho reads (split across reads)
-        client.on_acked = self._on_acked
+        client.on_publish = self._on_publish
         # Having this callback makes publish() queue packets instead of writing each at once;
         # _pump() writes them (client.want_write()) once per pass.
         client.on_socket_register_write = _ignore_socket
@@ -594,13 +587,10 @@ class MqttSensorFleet:
         reason_code: ReasonCode,
         properties: Properties,
     ) -> None:
-        self._on_acked(not reason_code.is_failure)
-
-    def _on_acked(self, accepted: bool) -> None:
-        if accepted:
-            self._acked += 1
-        else:
+        if reason_code.is_failure:
             self._rejected += 1
+        else:
+            self._acked += 1
 
 
 def _ignore_socket(client: mqtt.Client, userdata: Any, sock: mqtt.SocketLike) -> None:
