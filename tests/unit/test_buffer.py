@@ -571,3 +571,89 @@ def test_every_reading_whose_put_returned_survives_kill_9(tmp_path: Path) -> Non
         assert not missing, f"run {run}: confirmed readings lost or changed: {missing} ({seed=})"
 
     assert len(confirmed) > 4
+
+
+# --- a full disk ---------------------------------------------------------------------------
+
+FULL_DISK_CHILD = textwrap.dedent(
+    """\
+    import asyncio, base64, json, os, sys
+    from datetime import UTC, datetime
+    from pathlib import Path
+
+    from gateway.buffer import Buffer
+    from gateway.errors import StorageError
+    from gateway.model import Reading
+
+
+    def reading(i):
+        pad = base64.b64encode(os.urandom(2000)).decode()  # incompressible: fills the disk
+        return Reading("dev", datetime.now(UTC), {"i": i, "pad": pad}, "full")
+
+
+    async def main(disk):
+        ballast = disk / "ballast"
+        ballast.write_bytes(os.urandom(96 * 1024))
+        db = disk / "state" / "buffer.db"
+        accepted, refusal = {}, None
+        async with Buffer(db, max_bytes=1 << 30, commit_interval=0) as buffer:
+            for i in range(1000):
+                try:
+                    await buffer.put([reading(i)])
+                except StorageError as exc:
+                    refusal = str(exc)
+                    break
+                accepted[buffer.last_seq] = i
+            try:  # a full disk is not a failure: the gateway goes on
+                await asyncio.wait_for(buffer.wait_failed(), 0.2)
+                failed = True
+            except TimeoutError:
+                failed = False
+            ballast.unlink()  # space freed: readings are accepted again
+            await buffer.put([reading(-1)])
+            accepted[buffer.last_seq] = -1
+        async with Buffer(db, max_bytes=1 << 30) as reopened:
+            on_disk = {}
+            after = 0
+            while chunks := await reopened.fetch(after, 100):
+                for chunk in chunks:
+                    for r in chunk.readings:
+                        on_disk[r.seq] = json.loads(r.body)["values"]["i"]
+                after = chunks[-1].readings[-1].seq
+        print("RESULT " + json.dumps(
+            {"accepted": accepted, "refusal": refusal, "failed": failed, "on_disk": on_disk}
+        ), flush=True)
+
+
+    asyncio.run(main(Path(sys.argv[1])))
+    """
+)
+
+
+def test_a_full_disk_refuses_new_readings_keeps_the_accepted_and_recovers(tmp_path: Path) -> None:
+    """A real full disk: a 256 KiB tmpfs mounted in a private mount namespace of the child."""
+    if subprocess.run(["unshare", "-rm", "true"], capture_output=True).returncode != 0:
+        pytest.skip("needs `unshare -rm` (user namespaces) to mount a small tmpfs")
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    child = tmp_path / "child.py"
+    child.write_text(FULL_DISK_CHILD)
+    mount_then_run = 'mount -t tmpfs -o size=256k tmpfs "$1" && exec "$2" "$3" "$1"'
+    done = subprocess.run(
+        ["unshare", "-rm", "sh", "-c", mount_then_run, "sh", disk, sys.executable, child],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    out = done.stdout + done.stderr
+    result_line = next((x for x in done.stdout.splitlines() if x.startswith("RESULT ")), None)
+    assert done.returncode == 0 and result_line, out
+    result = json.loads(result_line.removeprefix("RESULT "))
+    accepted = {int(seq): i for seq, i in result["accepted"].items()}
+    on_disk = {int(seq): i for seq, i in result["on_disk"].items()}
+    assert result["refusal"] is not None, "the disk never filled up"
+    assert "disk full" in result["refusal"] and "free space" in result["refusal"]
+    assert "disk full: readings are not accepted until space is freed" in out
+    assert result["failed"] is False
+    assert len(accepted) > 10 and accepted[max(accepted)] == -1  # accepted again after freeing
+    assert on_disk == accepted  # every accepted reading is there, nothing else is
