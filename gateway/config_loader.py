@@ -26,6 +26,11 @@ from pydantic import BaseModel, ValidationError
 from gateway.errors import ConfigError
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+_MAX_DEPTH = 50
+"""Nesting deeper than any gateway configuration needs (it needs fewer than 10 levels)."""
+_MAX_VALUES = 100_000
+"""Values after expanding aliases: an anchor used many times over, in layers, would otherwise
+expand to millions of values (the "billion laughs") and hang the gateway at start."""
 KeyPath = tuple[str | int, ...]
 
 
@@ -108,6 +113,11 @@ def _parse_yaml(path: Path, text: str) -> tuple[Any, dict[KeyPath, int]]:
         where = f"{path}:{mark.line + 1}" if mark else str(path)
         problem = getattr(exc, "problem", None) or str(exc)
         raise ConfigError(f"{where}: invalid YAML: {problem}") from None
+    except RecursionError:  # PyYAML composes nested nodes recursively
+        raise ConfigError(
+            f"{path}: nested too deeply to read (more than {_MAX_DEPTH} levels); "
+            "a gateway configuration needs fewer than 10"
+        ) from None
     lines: dict[KeyPath, int] = {}
     constructor = yaml.SafeLoader("")
 
@@ -122,6 +132,16 @@ def _parse_yaml(path: Path, text: str) -> tuple[Any, dict[KeyPath, int]]:
 
     def build(node: yaml.Node, at: KeyPath) -> Any:
         lines.setdefault(at, node.start_mark.line + 1)
+        if len(at) > _MAX_DEPTH:
+            raise ConfigError(
+                f"{path}:{node.start_mark.line + 1}: nested more than {_MAX_DEPTH} levels "
+                "deep; a gateway configuration needs fewer than 10"
+            )
+        if len(lines) > _MAX_VALUES:
+            raise ConfigError(
+                f"{path}: more than {_MAX_VALUES:,} values once aliases (*name) are expanded; "
+                "use each anchor a few times, not in layers of aliases to aliases"
+            )
         if isinstance(node, yaml.MappingNode):
             result: dict[Any, Any] = {}
             merged: dict[Any, Any] = {}

@@ -586,22 +586,63 @@ def test_bad_yaml_tag_is_a_config_error(tmp_path: Path, value: str) -> None:
 def test_yaml_merge_keys_share_driver_settings(tmp_path: Path) -> None:
     path = write(
         tmp_path,
+        MINIMAL,
         """\
-        x-mqtt: &mqtt
-          type: mqtt
-          host: broker.lan
-        gateway: {id: gw-1}
+        drivers:
+          - &mqtt
+            type: mqtt
+            name: a
+            host: broker.lan
+            keepalive_s: 20
+            subscriptions: [{topic: a/#}]
+          - <<: *mqtt
+            name: b
+            subscriptions: [{topic: b/#}]
+        """,
+    )
+    first, second = load_config(path).drivers
+    assert (first.name, second.name) == ("a", "b")
+    assert (second.host, second.keepalive_s) == ("broker.lan", 20)  # from the merge key
+    assert [s.topic for s in second.subscriptions] == ["b/#"]  # its own keys win
+
+
+def test_an_anchor_parked_under_an_unknown_key_is_refused_by_that_key(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        MINIMAL,
+        """\
+        x-mqtt: &mqtt {type: mqtt, host: broker.lan}
         drivers:
           - <<: *mqtt
             name: a
             subscriptions: [{topic: a/#}]
         """,
     )
-    try:
-        load_config(path)
-    except ConfigError as exc:  # refusing the extra x-mqtt key is fine, crashing is not
-        assert "x-mqtt" in str(exc)
-        assert "<<" not in str(exc)
+    message = config_error(path)
+    assert message.startswith(f"{path}:3: x-mqtt: "), message
+    assert "<<" not in message
+
+
+@pytest.mark.parametrize(
+    ("depth", "problem"),
+    [
+        (60, ":3: nested more than 50 levels deep"),  # refused by our reader
+        (2000, ": nested too deeply to read"),  # too deep for the YAML parser itself
+    ],
+)
+def test_deep_nesting_is_a_config_error(tmp_path: Path, depth: int, problem: str) -> None:
+    path = write(tmp_path, MINIMAL, "logging: " + "[" * depth + "]" * depth + "\n")
+    message = config_error(path)
+    assert message.startswith(f"{path}{problem}"), message
+    assert "fewer than 10" in message
+
+
+def test_an_alias_bomb_is_refused_quickly(tmp_path: Path) -> None:
+    layers = ["a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
+    layers += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]" for i in range(1, 9)]
+    path = write(tmp_path, MINIMAL, "\n".join(layers) + "\n")  # 10**9 values expanded
+    message = config_error(path)
+    assert message.startswith(f"{path}: more than 100,000 values once aliases"), message
 
 
 def test_non_utf8_file_is_a_config_error(tmp_path: Path) -> None:
