@@ -87,14 +87,67 @@ class PublisherCounters:
     last_confirm: float = 0.0
 
 
-def _surface_failure(task: asyncio.Task[None], broken: asyncio.Future[str]) -> None:
+def _lost(cause: BaseException) -> ConnectionLost:
+    """The error that ends a session, keeping what broke it (for `_explain`)."""
+    if isinstance(cause, ConnectionLost):
+        return cause
+    lost = ConnectionLost(f"{type(cause).__name__}: {cause}")
+    lost.__cause__ = cause
+    return lost
+
+
+def _explain(error: BaseException) -> tuple[str, str]:
+    """What a failed session means, and what to do: a refusal is fixed by settings, not time."""
+    if isinstance(error, ConnectionLost) and error.__cause__ is not None:
+        error = error.__cause__
+    errors = aiormq.exceptions
+    if isinstance(error, errors.AuthenticationError | errors.ProbableAuthenticationError):
+        return (
+            "broker refused the login",
+            "check amqp.username and amqp.password_file (or user:password in amqp.url)",
+        )
+    # RabbitMQ answers a refused vhost with Connection.Close where aiormq waits for OpenOk.
+    opening_refused = isinstance(error, errors.InvalidFrameError) and all(
+        word in str(error) for word in ("Connection.OpenOk", "Connection.Close")
+    )
+    if opening_refused or isinstance(error, errors.ConnectionNotAllowed):
+        return (
+            "broker refused access to the virtual host",
+            "check the vhost at the end of amqp.url and the user's permissions on it",
+        )
+    if isinstance(error, errors.ChannelAccessRefused):
+        return (
+            "broker refused access to the exchange",
+            "give the user configure and write permission on amqp.exchange",
+        )
+    if isinstance(error, errors.ChannelNotFoundEntity):
+        return (
+            "the exchange does not exist on the broker",
+            "create amqp.exchange on the broker, or set amqp.declare_exchange: true",
+        )
+    if isinstance(error, errors.ChannelPreconditionFailed):
+        return (
+            "the exchange exists on the broker with other settings",
+            "set amqp.exchange_type to the type it has, or name another amqp.exchange",
+        )
+    return (
+        "broker unreachable or connection lost",
+        "check that the broker runs and that the host and port of amqp.url are right",
+    )
+
+
+def _surface_failure(task: asyncio.Task[None], broken: asyncio.Future[BaseException]) -> None:
     """An unexpected error in a publish task ends the session (and is logged), not in silence."""
-    if task.cancelled() or task.exception() is None:
+    error = None if task.cancelled() else task.exception()
+    if error is None:
         return
-    error = task.exception()
-    log.error("publishing failed unexpectedly; reconnecting", exc_info=error)
+    log.error(
+        "publishing failed unexpectedly; reconnecting",
+        exc_info=error,
+        hint="a bug: please report it with this log; readings stay buffered",
+    )
     if not broken.done():
-        broken.set_result(f"{type(error).__name__}: {error}")
+        broken.set_result(error)
 
 
 def redact(url: str) -> str:
@@ -147,12 +200,14 @@ class Publisher:
             self.counters.connection_failures += 1
             self.counters.connected_url = None
             delay = backoff.next_delay()
+            problem, hint = _explain(error)
             log.warning(
-                "broker unreachable or connection lost; readings stay buffered",
-                url=redact(url),
+                f"{problem}; readings stay buffered",
+                url=self._shown(url),
                 error=f"{type(error).__name__}: {error}",
                 retry_in_s=round(delay, 2),
                 buffered=self.buffer.depth,
+                hint=hint,
             )
             with suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), delay)
@@ -164,10 +219,10 @@ class Publisher:
     async def _session(self, url: str, backoff: Backoff) -> None:
         connection = await self._connect(url)
         try:
-            self.counters.connected_url = redact(url)
+            self.counters.connected_url = self._shown(url)
             channel = await self._deadline(connection.channel(publisher_confirms=True))
             exchange = await self._exchange(channel)
-            log.info("connected to broker", url=redact(url), exchange=self.config.exchange)
+            log.info("connected to broker", url=self._shown(url), exchange=self.config.exchange)
             backoff.reset()
             await self._pump(connection, exchange)
         finally:
@@ -175,6 +230,12 @@ class Publisher:
             self._requeue_ready()
             with suppress(*CONNECTION_ERRORS):
                 await asyncio.wait_for(connection.close(), self.config.timeout_s)
+
+    def _shown(self, url: str) -> str:
+        """`url` for logs and status: with the user that logs in, the password masked."""
+        if self.config.username is None:
+            return redact(url)
+        return redact(str(URL(url).with_user(self.config.username)))
 
     async def _connect(self, url: str) -> AbstractRobustConnection:
         tls = self.config.tls
@@ -213,11 +274,11 @@ class Publisher:
 
     async def _pump(self, connection: AbstractRobustConnection, exchange: AbstractExchange) -> None:
         """Keep up to `max_in_flight` publishes going until the connection breaks or we stop."""
-        broken: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        broken: asyncio.Future[BaseException] = asyncio.get_running_loop().create_future()
 
         def on_close(_sender: object, exc: BaseException | None = None) -> None:
             if not broken.done():
-                broken.set_result(f"connection closed: {exc}")
+                broken.set_result(exc or ConnectionLost("the connection closed"))
 
         connection.close_callbacks.add(on_close)
         window = asyncio.Semaphore(self.config.max_in_flight)
@@ -248,13 +309,13 @@ class Publisher:
             connection.close_callbacks.discard(on_close)
 
     @staticmethod
-    async def _unless_broken(awaitable: Awaitable[T], broken: asyncio.Future[str]) -> T:
+    async def _unless_broken(awaitable: Awaitable[T], broken: asyncio.Future[BaseException]) -> T:
         """Await, but raise `ConnectionLost` as soon as the connection breaks."""
         task = asyncio.ensure_future(awaitable)
         if broken.done():
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
-            raise ConnectionLost(broken.result())
+            raise _lost(broken.result())
         try:
             await asyncio.wait((task, broken), return_when=asyncio.FIRST_COMPLETED)
         finally:
@@ -263,7 +324,7 @@ class Publisher:
                 await asyncio.gather(task, return_exceptions=True)
         if task.done() and not task.cancelled():
             return task.result()
-        raise ConnectionLost(broken.result())
+        raise _lost(broken.result())
 
     async def _unblocked(self, connection: AbstractRobustConnection) -> None:
         """Pause while the broker has said `connection.blocked` (a memory or disk alarm)."""
@@ -293,7 +354,7 @@ class Publisher:
         exchange: AbstractExchange,
         batch: Batch,
         window: asyncio.Semaphore,
-        broken: asyncio.Future[str],
+        broken: asyncio.Future[BaseException],
     ) -> None:
         """Publish one batch and settle it: confirmed, kept for retry, or connection broken."""
         self.counters.in_flight += 1
@@ -321,7 +382,7 @@ class Publisher:
         except CONNECTION_ERRORS as exc:
             self._retry_now(batch)
             if not broken.done():
-                broken.set_result(f"{type(exc).__name__}: {exc}")
+                broken.set_result(exc)
         except BaseException:  # cancelled, or a bug: keep the batch, the pump sees the error
             self._retry_now(batch)
             raise

@@ -7,13 +7,14 @@ simulated sensors handed to Mosquitto: no accepted reading may be missing.
 from __future__ import annotations
 
 import asyncio
+import secrets
 import time
 from pathlib import Path
 from typing import Any
 
 import aio_pika
 from edge_gateway_sim.brokers import MosquittoBroker, RabbitMQNode, free_port
-from harness import delivered, proxied_site, report
+from harness import delivered, proxied_site, report, until
 
 
 async def test_nacked_messages_are_retried_until_the_broker_takes_them(
@@ -103,6 +104,58 @@ async def test_publisher_fails_over_to_the_next_broker_url(
     log = site.gateway.log.read_text()
     assert "broker unreachable or connection lost" in log
     assert f'"url": "amqp://guest:***@127.0.0.1:{rabbitmq.port}/", "exchange"' in log
+    assert site.gateway.terminate() == 0
+
+
+async def test_refused_logins_say_why_and_readings_flow_once_the_user_may_publish(
+    make_site: Any, rabbitmq: RabbitMQNode, mosquitto: MosquittoBroker, tmp_path: Path
+) -> None:
+    user = f"gw-{secrets.token_hex(4)}"
+    password = tmp_path / "amqp-password"
+    password.write_text("s3cret\n")
+    site = make_site(
+        rabbitmq,
+        mosquitto,
+        extra_amqp=f"username: {user}\npassword_file: {password}\nretry_max_s: 1",
+    )
+    async with site.collector() as collector:
+        site.gateway.start()
+        sent = await asyncio.to_thread(site.fleet(sensors=2, rate=100).run, 100)
+        await until(
+            "the refused login is logged",
+            lambda: "broker refused the login" in site.gateway.log.read_text(),
+        )
+        await until("every reading accepted", lambda: site.status()["buffer"]["depth"] == 100)
+        assert collector.received.unique == 0  # accepted, and waiting for the broker
+        await asyncio.to_thread(rabbitmq.ctl, "add_user", user, "s3cret")
+        await until(
+            "the refused vhost is logged",
+            lambda: "broker refused access to the virtual host" in site.gateway.log.read_text(),
+        )
+        await asyncio.to_thread(rabbitmq.ctl, "set_permissions", "-p", "/", user, ".*", ".*", ".*")
+        await collector.wait_until(lambda got: got.unique >= 100, timeout=30)
+    assert collector.received.missing(sent.last_seq) == {}
+    log = site.gateway.log.read_text()
+    assert "check amqp.username and amqp.password_file" in log
+    assert f'"url": "amqp://{user}:***@127.0.0.1:{rabbitmq.port}/"' in log  # who logs in
+    assert "broker unreachable" not in log  # the broker was there: it said no
+    assert site.gateway.terminate() == 0
+
+
+async def test_a_missing_exchange_is_named_and_readings_flow_once_it_exists(
+    make_site: Any, rabbitmq: RabbitMQNode, mosquitto: MosquittoBroker
+) -> None:
+    site = make_site(rabbitmq, mosquitto, extra_amqp="declare_exchange: false\nretry_max_s: 1")
+    site.gateway.start()
+    sent = await asyncio.to_thread(site.fleet(sensors=2, rate=100).run, 100)
+    await until(
+        "the missing exchange is logged",
+        lambda: "the exchange does not exist on the broker" in site.gateway.log.read_text(),
+    )
+    async with site.collector() as collector:  # declares the exchange and binds a queue
+        await collector.wait_until(lambda got: got.unique >= 100, timeout=30)
+    assert collector.received.missing(sent.last_seq) == {}
+    assert "set amqp.declare_exchange: true" in site.gateway.log.read_text()
     assert site.gateway.terminate() == 0
 
 
