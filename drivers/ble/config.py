@@ -49,7 +49,11 @@ DeviceName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.:-]+$")]
 
 
 class AllowList(StrictModel):
-    """Advertisements pass when any one list matches; an empty `allow` admits every device."""
+    """Advertisements pass when any one list matches, or their device is under `devices`.
+
+    An empty `allow` admits every device only when `devices` is empty too; with `devices`
+    set, only those pass.
+    """
 
     addresses: list[Address] = Field(default_factory=list)
     names: list[str] = Field(default_factory=list)
