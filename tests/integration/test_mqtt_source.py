@@ -12,7 +12,7 @@ import paho.mqtt.client as mqtt
 from edge_gateway_sim.brokers import MosquittoBroker, RabbitMQNode
 from edge_gateway_sim.consumer import ReadingCollector
 from edge_gateway_sim.gateway_process import GatewayProcess
-from harness import validate_message, write_gateway_yaml
+from harness import until, validate_message, write_gateway_yaml
 
 from gateway.status import read_status
 
@@ -162,6 +162,49 @@ async def test_refused_mqtt_credentials_are_reported_and_fixed_ones_work(
                 )
                 assert await collector.wait_until(lambda got: got.unique >= 1, timeout=20)
                 assert gateway.terminate() == 0
+
+
+async def test_an_unreachable_broker_is_reported_and_its_readings_arrive_once_it_runs(
+    rabbitmq: RabbitMQNode, tmp_path: Path
+) -> None:
+    exchange = "unreachable"
+    broker = MosquittoBroker(tmp_path / "mosquitto")  # its port is chosen, nothing listens yet
+    config = _config(
+        tmp_path,
+        rabbitmq,
+        broker.port,
+        exchange,
+        """\
+    reconnect_max_s: 1
+    subscriptions:
+      - topic: unreachable/+
+        device: "unreachable/{device}"
+        format: number
+""",
+    )
+    async with ReadingCollector(rabbitmq.url, exchange, queue="unreachable") as collector:
+        with GatewayProcess(config, tmp_path / "gateway.log", mqtt=False) as gateway:
+            gateway.start()  # the gateway starts without its MQTT broker
+            await until(
+                "the driver reports the broker unreachable",
+                lambda: "MQTT broker unreachable; retrying with backoff" in gateway.log.read_text(),
+            )
+            await until(
+                "status says unreachable",
+                lambda: (
+                    read_status(tmp_path / "state")["gateway"]["drivers"]["field"]["state"]
+                    == "unreachable"
+                ),
+            )
+            with broker:
+                await until(
+                    "subscribed once the broker runs",
+                    lambda: "MQTT subscriptions active" in gateway.log.read_text(),
+                )
+                await asyncio.to_thread(_publish, broker.port, [("unreachable/t1", b"21.5")])
+                assert await collector.wait_until(lambda got: got.unique >= 1, timeout=20)
+            assert f'"port": {broker.port}' in gateway.log.read_text()  # where it tried
+            assert gateway.terminate() == 0
 
 
 async def test_a_poison_payload_is_skipped_and_the_messages_behind_it_arrive(
