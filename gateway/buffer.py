@@ -376,6 +376,7 @@ class Buffer:
             first_seq=first_seq,
             readings=count,
             error=str(exc),
+            hint="keep the database for recovery: the rows stay in the table 'damaged'",
         )
         with self._cond:
             self._state.damaged.append(first_seq)
@@ -455,7 +456,12 @@ class Buffer:
                 last_commit = time.monotonic()
         except BaseException as exc:  # a bug here must not leave every put() waiting for ever
             failure = StorageError(f"the buffer's writer stopped: {type(exc).__name__}: {exc}")
-            log.critical("buffer writer failed", path=str(self.path), exc_info=True)
+            log.critical(
+                "buffer writer failed; the gateway stops and systemd restarts it",
+                path=str(self.path),
+                exc_info=True,
+                hint="a bug: please report it with this log; accepted readings stay on disk",
+            )
             with self._cond:
                 stranded, self._state.puts = self._state.puts, []
             with contextlib.suppress(RuntimeError):  # the loop may be gone already
@@ -520,6 +526,7 @@ class Buffer:
                     "buffer full: dropped the oldest readings (when_full: drop_oldest)",
                     dropped=dropped,
                     max_bytes=self.max_bytes,
+                    hint="raise buffer.max_bytes, or use when_full: reject_new to hold sources",
                 )
         if isinstance(error, BufferFull):
             self.counters.rejected += len(entries)
@@ -640,7 +647,13 @@ class Buffer:
             f"buffer {self.path} failed ({code or 'error'}: {exc}); the gateway stops so "
             "that systemd restarts it on a known-good state"
         )
-        log.critical("buffer storage failed", path=str(self.path), error=str(exc), code=code)
+        log.critical(
+            "buffer storage failed; the gateway stops and systemd restarts it",
+            path=str(self.path),
+            error=str(exc),
+            code=code,
+            hint="check the disk (dmesg for I/O errors); a damaged file is moved aside at start",
+        )
         self._fail(failure)
         return failure
 
