@@ -417,6 +417,7 @@ class Buffer:
     def _write_loop(self, conn: sqlite3.Connection) -> None:
         last_commit = 0.0
         last_delete = time.monotonic()
+        puts: list[_Put] = []
         try:
             while True:
                 with self._cond:
@@ -463,7 +464,8 @@ class Buffer:
                 hint="a bug: please report it with this log; accepted readings stay on disk",
             )
             with self._cond:
-                stranded, self._state.puts = self._state.puts, []
+                stranded = puts + self._state.puts  # the commit's own puts, and later ones
+                self._state.puts = []
             with contextlib.suppress(RuntimeError):  # the loop may be gone already
                 self._fail(failure)
                 assert self._loop is not None

@@ -370,6 +370,55 @@ async def test_a_set_aside_chunk_keeps_its_ids_from_being_reused(db: Path) -> No
         assert [s.seq for s in await fetch_all(buf)] == [3, 4]
 
 
+async def test_pages_damaged_while_running_stop_the_gateway_and_go_aside_at_the_restart(
+    db: Path,
+) -> None:
+    async with Buffer(db, max_bytes=1024**2, commit_interval=0) as buf:
+        for i in range(50):
+            await buf.put([reading(i, pad_bytes=2000)])
+
+    with closing(sqlite3.connect(db)) as conn:
+        root = conn.execute("SELECT rootpage FROM sqlite_master WHERE name='chunks'").fetchone()[0]
+
+    def damage() -> None:  # a failing SD card, under the running gateway: the table's root page
+        with db.open("r+b") as f:
+            f.seek((root - 1) * 1024)
+            f.write(os.urandom(1024))
+
+    async with Buffer(db, max_bytes=1024**2, commit_interval=0) as buf:
+        await asyncio.to_thread(damage)
+        with pytest.raises(StorageError, match="SQLITE_CORRUPT"):
+            await fetch_all(buf)  # none is in memory: the chunks are read from the file
+        failure = await asyncio.wait_for(buf.wait_failed(), 5)  # the gateway stops on this
+        assert "systemd restarts it" in str(failure)
+        with pytest.raises(StorageError):
+            await buf.put([reading(99)])  # nothing more is accepted into a damaged file
+    assert glob.glob(f"{db}.corrupt-*") == []
+
+    async with Buffer(db, max_bytes=1024**2, commit_interval=0) as buf:  # the restart
+        await buf.put([reading(100)])
+        assert [s.seq for s in await fetch_all(buf)] == [1]
+    assert len(glob.glob(f"{db}.corrupt-*")) == 1  # checked (not closed cleanly), moved aside
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+async def test_a_bug_in_the_writer_fails_the_waiting_puts_and_keeps_what_was_committed(
+    db: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with Buffer(db, max_bytes=1024**2, commit_interval=0) as buf:
+        await buf.put([reading(1)])
+
+        def bug(*_args: object, **_kwargs: object) -> None:
+            raise ZeroDivisionError("a bug")
+
+        monkeypatch.setattr(buf, "_commit", bug)
+        with pytest.raises(StorageError, match="writer stopped: ZeroDivisionError: a bug"):
+            await asyncio.wait_for(buf.put([reading(2)]), 5)  # not left waiting for ever
+        await asyncio.wait_for(buf.wait_failed(), 5)
+    async with Buffer(db, max_bytes=1024**2, commit_interval=0) as buf:
+        assert [json.loads(s.body)["values"]["i"] for s in await fetch_all(buf)] == [1]
+
+
 async def test_an_unopenable_file_is_a_storage_error_and_is_not_moved_aside(db: Path) -> None:
     os.makedirs(db)  # "unable to open database file": not corruption
     with pytest.raises(StorageError, match="cannot open the buffer"):
