@@ -63,7 +63,10 @@ def _read(path: Path) -> tuple[dict[str, Any] | None, dict[KeyPath, str]]:
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
-        raise ConfigError(f"{path}: cannot read the configuration: {exc.strerror}") from None
+        raise ConfigError(
+            f"{path}: cannot read the configuration: {exc.strerror}; check the path, and that "
+            "the user running the gateway may read it"
+        ) from None
     except UnicodeDecodeError as exc:
         raise ConfigError(
             f"{path}: the file is not UTF-8 text (byte {exc.start}); save it as UTF-8"

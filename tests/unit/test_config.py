@@ -568,7 +568,8 @@ def test_top_level_list_is_an_error(tmp_path: Path) -> None:
 def test_missing_file_is_an_error(tmp_path: Path) -> None:
     path = tmp_path / "absent.yaml"
     assert config_error(path) == (
-        f"{path}: cannot read the configuration: No such file or directory"
+        f"{path}: cannot read the configuration: No such file or directory; check the path, "
+        "and that the user running the gateway may read it"
     )
 
 
