@@ -107,6 +107,18 @@ def write_gateway_yaml(
     return config
 
 
+async def report_after_now(state_dir: Path, within_s: float = 10.0) -> dict[str, Any]:
+    """The gateway's first status report written after this call: counters as of now."""
+    now = time.time()
+    await until(
+        "a fresh status report",
+        lambda: (read_status(state_dir)["gateway"] or {}).get("updated", 0) > now,
+        within_s,
+    )
+    report: dict[str, Any] = read_status(state_dir)["gateway"]
+    return report
+
+
 async def until(what: str, condition: Callable[[], bool], within_s: float = 20.0) -> None:
     """Wait until `condition()` holds; a deadline, not a timing claim."""
     deadline = time.monotonic() + within_s

@@ -17,10 +17,8 @@ from typing import Any
 from edge_gateway_sim.brokers import RabbitMQNode
 from edge_gateway_sim.consumer import ReadingCollector
 from edge_gateway_sim.gateway_process import GatewayProcess
-from harness import validate_message, write_gateway_yaml
+from harness import report_after_now, validate_message, write_gateway_yaml
 from test_modbus_source import REGISTERS
-
-from gateway.status import read_status
 
 INTERVAL_S = 0.5
 
@@ -102,8 +100,7 @@ async def test_a_silent_unit_costs_the_live_units_no_readings_end_to_end(
             before = _per_device(collector)
             await asyncio.sleep(intervals * INTERVAL_S)
             after = _per_device(collector)
-            await asyncio.sleep(2.5)  # one status report
-            driver = read_status(tmp_path / "state")["gateway"]["drivers"]["rs485"]
+            driver = (await report_after_now(tmp_path / "state"))["drivers"]["rs485"]
             assert gateway.terminate() == 0
     delivered = {device: after[device] - before[device] for device in after}
     print(f"\n[modbus e2e] over {intervals} intervals: {dict(sorted(delivered.items()))}")
@@ -139,8 +136,7 @@ async def test_noise_and_an_unplugged_meter_are_counted_and_cost_no_good_reading
             await asyncio.sleep(9)  # the unplug ends at about 7 s
             count = collector.received.unique
             assert await collector.wait_until(lambda got: got.unique >= count + 4, timeout=10)
-            await asyncio.sleep(2.5)
-            driver = read_status(tmp_path / "state")["gateway"]["drivers"]["rs485"]
+            driver = (await report_after_now(tmp_path / "state"))["drivers"]["rs485"]
             assert gateway.terminate() == 0
     log = (tmp_path / "gateway.log").read_text()
     print(f"\n[modbus faults] readings={collector.received.unique} counters={driver['counters']}")

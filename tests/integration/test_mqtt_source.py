@@ -12,7 +12,7 @@ import paho.mqtt.client as mqtt
 from edge_gateway_sim.brokers import MosquittoBroker, RabbitMQNode
 from edge_gateway_sim.consumer import ReadingCollector
 from edge_gateway_sim.gateway_process import GatewayProcess
-from harness import until, validate_message, write_gateway_yaml
+from harness import report_after_now, until, validate_message, write_gateway_yaml
 
 from gateway.status import read_status
 
@@ -87,8 +87,7 @@ async def test_number_and_senml_payloads_arrive_and_oversized_ones_are_counted(
                 ],
             )
             assert await collector.wait_until(lambda got: got.unique >= 4, timeout=20)
-            await asyncio.sleep(2.5)  # one status report
-            driver = read_status(tmp_path / "state")["gateway"]["drivers"]["field"]
+            driver = (await report_after_now(tmp_path / "state"))["drivers"]["field"]
             assert gateway.terminate() == 0
     by_device: dict[str, list[dict[str, Any]]] = {}
     for reading in collector.received.kept:
@@ -145,10 +144,12 @@ async def test_refused_mqtt_credentials_are_reported_and_fixed_ones_work(
         async with ReadingCollector(rabbitmq.url, exchange, queue="credentials") as collector:
             with GatewayProcess(config, tmp_path / "gateway.log", mqtt=False) as gateway:
                 gateway.start()
-                await asyncio.sleep(3)
-                driver = read_status(tmp_path / "state")["gateway"]["drivers"]["field"]
+                await until(
+                    "the refusal is logged",
+                    lambda: "MQTT broker refused the connection" in gateway.log.read_text(),
+                )
+                driver = (await report_after_now(tmp_path / "state"))["drivers"]["field"]
                 assert driver["state"] == "refused"
-                assert "MQTT broker refused the connection" in gateway.log.read_text()
                 assert gateway.terminate() == 0
                 secret.write_text("right\n")
                 gateway.ready_markers.append(b'"MQTT subscriptions active"')
@@ -230,8 +231,7 @@ async def test_a_poison_payload_is_skipped_and_the_messages_behind_it_arrive(
                 _publish, mosquitto.port, [*good[:3], ("poison/bad", b"[" * 50_000), *good[3:]]
             )
             assert await collector.wait_until(lambda got: got.unique >= 10, timeout=20)
-            await asyncio.sleep(2.5)  # one status report
-            driver = read_status(tmp_path / "state")["gateway"]["drivers"]["field"]
+            driver = (await report_after_now(tmp_path / "state"))["drivers"]["field"]
             assert gateway.terminate() == 0
     assert driver["malformed"] == 1
     assert driver["errors"] == 0  # no restart of the driver

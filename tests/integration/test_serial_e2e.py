@@ -17,7 +17,7 @@ from edge_gateway_sim.consumer import ReadingCollector
 from edge_gateway_sim.gateway_process import GatewayProcess
 from edge_gateway_sim.serial_sim.scenario import parse_scenario
 from edge_gateway_sim.serial_sim.sim import SerialSim
-from harness import validate_message, write_gateway_yaml
+from harness import report_after_now, validate_message, write_gateway_yaml
 
 from gateway.status import format_status, read_status
 
@@ -72,9 +72,7 @@ def _gap_free(seqs: list[int]) -> bool:
 
 
 async def _driver_status(state_dir: Path, name: str) -> dict[str, Any]:
-    await asyncio.sleep(2.5)  # one status report
-    drivers: dict[str, Any] = read_status(state_dir)["gateway"]["drivers"]
-    return dict(drivers[name])
+    return dict((await report_after_now(state_dir))["drivers"][name])
 
 
 async def test_every_device_is_read_and_every_good_frame_next_to_noise_arrives(

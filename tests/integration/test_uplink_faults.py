@@ -14,7 +14,7 @@ from typing import Any
 
 import aio_pika
 from edge_gateway_sim.brokers import MosquittoBroker, RabbitMQNode, free_port
-from harness import delivered, proxied_site, report, until
+from harness import delivered, proxied_site, report, report_after_now, until
 
 
 async def test_nacked_messages_are_retried_until_the_broker_takes_them(
@@ -32,8 +32,10 @@ async def test_nacked_messages_are_retried_until_the_broker_takes_them(
         await limited.bind(exchange, "#")
         site.gateway.start()
         sent = await asyncio.to_thread(site.fleet(sensors=4, rate=200).run, 400)
-        await asyncio.sleep(3)
-        assert site.status()["gateway"]["publisher"]["nacked"] > 0
+        await until(
+            "the broker nacks",
+            lambda: (site.status()["gateway"] or {}).get("publisher", {}).get("nacked", 0) > 0,
+        )
         await limited.delete(if_unused=False, if_empty=False)
         await connection.close()
         await collector.wait_until(lambda got: got.unique >= 400, timeout=30)
@@ -51,8 +53,8 @@ async def test_broker_memory_alarm_pauses_publishing_until_it_clears(
         await asyncio.to_thread(rabbitmq_node.ctl, "set_vm_memory_high_watermark", "0")
         site.gateway.start()
         sent = await asyncio.to_thread(site.fleet(sensors=3, rate=150).run, 300)
-        await asyncio.sleep(3)
-        status = site.status()["gateway"]
+        await until("every reading accepted", lambda: site.status()["buffer"]["depth"] == 300)
+        status = await report_after_now(site.state_dir)
         assert status["publisher"]["blocked"] is True
         assert status["publisher"]["published_readings"] == 0
         assert collector.received.unique == 0
