@@ -1,12 +1,17 @@
 """Payload decoders for MQTT messages: JSON objects, bare numbers and SenML (RFC 8428).
 
-Pure functions: payload in, readings out, or a `DecodeError` that says what is wrong.
+Pure functions: payload in, readings out, or a `DecodeError` that says what is wrong
+and names the field. SenML packs are taken whole or refused whole: a record with a data
+value (`vd`, base64 bytes with no meaning a reading could carry) or with a field whose
+name ends in `_` (must-understand, RFC 8428 section 4.4; this decoder knows none) makes
+the pack a `DecodeError`, so nothing is dropped without being counted as malformed.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any
 
 from drivers.mqtt.config import FieldSpec, Subscription
@@ -27,8 +32,10 @@ def decode(
     """Decode one message with its subscription's format; raise only `DecodeError`."""
     try:
         return DECODERS[sub.format](sub, device, payload, received, source)
-    except (ValueError, OverflowError, OSError) as exc:  # e.g. a time beyond the year 9999
-        raise DecodeError(f"value out of range ({exc})", payload) from None
+    except (ValueError, OverflowError, OSError) as exc:  # the decoders name the field they know
+        raise DecodeError(
+            f"{sub.format} payload: a value is out of range ({exc})", payload
+        ) from None
 
 
 def decode_json(
@@ -37,7 +44,10 @@ def decode_json(
     doc = _load_json(payload)
     if not isinstance(doc, dict):
         raise DecodeError(f"expected a JSON object, got {type(doc).__name__}", payload)
-    ts = parse_timestamp(_lookup(doc, sub.timestamp), payload) if sub.timestamp else None
+    try:
+        ts = parse_timestamp(_lookup(doc, sub.timestamp), payload) if sub.timestamp else None
+    except (ValueError, OverflowError, OSError) as exc:  # e.g. a time beyond the year 9999
+        raise DecodeError(f"timestamp {sub.timestamp!r} is out of range ({exc})", payload) from None
     values: dict[str, Value] = {}
     units: dict[str, str] = {}
     if sub.fields is None:
@@ -110,10 +120,11 @@ def decode_senml(
     if not isinstance(pack, list) or not pack:
         raise DecodeError("SenML must be a non-empty JSON array of records", payload)
     base_name, base_time, base_unit, base_value = "", 0.0, None, 0.0
-    grouped: dict[tuple[str, float], tuple[dict[str, Value], dict[str, str]]] = {}
+    grouped: dict[tuple[str, datetime], tuple[dict[str, Value], dict[str, str]]] = {}
     for record in pack:
         if not isinstance(record, dict):
             raise DecodeError("a SenML record is not a JSON object", payload)
+        _refuse_unsupported(record, payload)
         base_name = _text(record.get("bn", base_name), "bn", payload)
         base_time = _number(record.get("bt", base_time), "bt", payload)
         base_unit = record.get("bu", base_unit)
@@ -141,7 +152,7 @@ def decode_senml(
         else:
             continue  # a record carrying only base fields
         t = base_time + _number(record.get("t", 0), "t", payload)
-        when = received + t if t < _SENML_RELATIVE_LIMIT else t
+        when = _senml_time(received + t if t < _SENML_RELATIVE_LIMIT else t, payload)
         unit = record.get("u", base_unit)
         if isinstance(unit, str):
             check_encodable(unit, payload)
@@ -152,9 +163,33 @@ def decode_senml(
     if not grouped:
         raise DecodeError("the SenML pack holds no values", payload)
     return [
-        Reading(owner, utc_from_epoch(when), values, source, units, sub.tags)
+        Reading(owner, when, values, source, units, sub.tags)
         for (owner, when), (values, units) in grouped.items()
     ]
+
+
+def _refuse_unsupported(record: dict[str, Any], payload: bytes) -> None:
+    """A data value, or a must-understand field (RFC 8428 section 4.4): refuse the pack."""
+    if "vd" in record:
+        raise DecodeError(
+            "SenML vd (data value) is not supported; send the value as v, vs or vb", payload
+        )
+    for key in record:
+        if key.endswith("_"):
+            raise DecodeError(
+                f"SenML field {key!r} must be understood (its name ends in _, "
+                "RFC 8428 section 4.4) and this gateway does not know it",
+                payload,
+            )
+
+
+def _senml_time(when: float, payload: bytes) -> datetime:
+    try:
+        return utc_from_epoch(when)
+    except (ValueError, OverflowError, OSError):
+        raise DecodeError(
+            f"SenML time bt + t is {when:g} s, out of range (years 1 to 9999)", payload
+        ) from None
 
 
 DECODERS: dict[str, Decoder] = {
@@ -185,9 +220,17 @@ def _lookup(doc: dict[str, Any], path: str | None) -> Any:
 
 
 def _number(raw: Any, key: str, payload: bytes) -> float:
-    if isinstance(raw, bool) or not isinstance(raw, int | float) or not math.isfinite(raw):
+    if isinstance(raw, bool) or not isinstance(raw, int | float):
         raise DecodeError(f"SenML {key} must be a finite number", payload)
-    return float(raw)
+    try:
+        number = float(raw)
+    except OverflowError:  # an integer beyond a float's range
+        raise DecodeError(
+            f"SenML {key} must be a finite number (beyond a float's range)", payload
+        ) from None
+    if not math.isfinite(number):
+        raise DecodeError(f"SenML {key} must be a finite number", payload)
+    return number
 
 
 def _text(raw: Any, key: str, payload: bytes) -> str:

@@ -347,6 +347,7 @@ class MqttSource:
                 topic=message.topic,
                 size=len(message.payload),
                 max_payload_bytes=self.config.max_payload_bytes,
+                hint="raise max_payload_bytes if payloads this large are expected",
             )
             return []
         index = None if message.topic == _INVALID_TOPIC else self._subscription_for(message.topic)
@@ -357,6 +358,9 @@ class MqttSource:
                 "MQTT message on a topic no subscription matches (or not UTF-8); skipped",
                 driver=self.name,
                 topic=message.topic,
+                hint="a subscription of an earlier configuration lives on in this client's "
+                "persistent session at the broker: set a new client_id to start a fresh one; "
+                "a topic that is not UTF-8 must be fixed at the publisher",
             )
             return []
         sub = self.config.subscriptions[index]
@@ -365,7 +369,7 @@ class MqttSource:
             return decode(sub, device, message.payload, message.received, self.name)
         except Exception as exc:  # a decoder bug must not stall intake: count it, ack it
             if not isinstance(exc, DecodeError):
-                log.exception("decoder failed on a payload; skipped", topic=message.topic)
+                self._log.exception("decoder failed on a payload; skipped", topic=message.topic)
                 exc = DecodeError(f"decoder failed: {type(exc).__name__}: {exc}", message.payload)
             self.stats.malformed += 1
             self._rate_limited.warning(

@@ -7,7 +7,6 @@ Pure functions: no I/O, no logging.
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Callable
 from functools import cache
@@ -105,12 +104,15 @@ def _compiled(pattern: str) -> re.Pattern[str]:
 
 
 def _from_text(text: str) -> object:
-    """A number when the text is one (an int when it has no point), else the text."""
+    """A number when the text is one (an int when it has no point), else the text.
+
+    A number beyond a float's range (`1e999`) reads as infinity, which `checked_value`
+    refuses as it refuses a JSON `1e999`, NaN or Infinity: a `DecodeError`, not a string.
+    """
     if _INT.fullmatch(text):
         return int(text)
     if _NUMBER.fullmatch(text):
-        number = float(text)
-        return number if math.isfinite(number) else text
+        return float(text)
     return text
 
 

@@ -105,7 +105,11 @@ def open_link(path: str, config: SerialPortConfig) -> Iterator[SerialLink]:
         port.open()
     except serial.SerialException as exc:
         if exc.errno is None:  # pyserial's own errors, e.g. termios refused the settings
-            raise CannotOpen(f"cannot set up {path}: {exc}") from None
+            raise CannotOpen(
+                f"cannot set up {path} with baudrate {config.baudrate}, {config.bytesize} bits, "
+                f"parity {config.parity}, {config.stopbits:g} stop bits: {exc}; check that the "
+                "adapter supports these settings and that `port` is a serial port"
+            ) from None
         raise CannotOpen(describe_open_error(path, exc)) from None
     try:
         _reads_wait_for_a_byte(port.fileno())

@@ -143,7 +143,10 @@ class ModbusSource:
                 tty = os.isatty(fd)
                 os.close(fd)
                 reason = (
-                    f"cannot open {path} as a serial port"
+                    f"cannot open {path} as a serial port (pymodbus gives no reason): another "
+                    "program may hold it (a serial console, gpsd, ModemManager; see `fuser "
+                    f"{path}`), or the adapter refuses baudrate {self.config.baudrate}, "
+                    f"parity {self.config.parity}"
                     if tty
                     else f"{path} is not a serial port (not a tty); check `port`"
                 )
@@ -192,8 +195,11 @@ class ModbusSource:
                     f"decode-{unit.config.unit_id}",
                     "Modbus value cannot be decoded; skipped",
                     unit=unit.config.unit_id,
+                    device=unit.config.device,
                     error=str(error),
                     sample=error.sample.hex(" "),
+                    hint="check the register's type, byte_order and word_order (and scale, "
+                    "offset) against the device's register map",
                 )
         if unit.answered(time.monotonic()):
             self._log.info("Modbus unit answers again", unit=unit.config.unit_id)
@@ -225,7 +231,18 @@ class ModbusSource:
                 if lost.is_set():
                     raise _PortLost from None
                 self.stats.bump("request_errors")
-                self._rate_limited.warning("modbus-error", "Modbus request failed", error=str(exc))
+                self._rate_limited.warning(
+                    "modbus-error",
+                    "Modbus request failed",
+                    unit=unit_id,
+                    kind=block.kind,
+                    address=block.address,
+                    count=block.count,
+                    error=str(exc),
+                    hint="pymodbus has no usable connection to the port; a device that went "
+                    "away is reopened once back; if this repeats, check the adapter, its cable "
+                    "and power",
+                )
                 continue
             finally:
                 self._trace.settle()

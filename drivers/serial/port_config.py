@@ -7,7 +7,7 @@ protocol's own keys side by side.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -35,7 +35,8 @@ class SerialPortConfig(StrictModel):
     type: Literal["serial"]
     protocol: str
     """Each protocol's config narrows this to its own name (the union's discriminator)."""
-    name: str = Field(min_length=1)
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+$")]
+    """Becomes each reading's `source`: the same characters as an MQTT or BLE driver's name."""
     port: str | None = None
     """A device path (prefer /dev/serial/by-id/...) or a glob such as /dev/ttyUSB*."""
     usb: UsbMatch | None = None

@@ -47,7 +47,8 @@ LineDecoder = Callable[[bytes, float], Reading | None]
 
 @dataclass(frozen=True, slots=True)
 class _Protocol:
-    """What differs between line protocols: framing, decoding, and an optional query."""
+    """What differs between line protocols: framing, decoding, an optional query, and what
+    to suggest when lines do not decode or the device goes quiet."""
 
     delimiter: bytes
     max_line_bytes: int
@@ -55,6 +56,17 @@ class _Protocol:
     command: bytes | None
     poll_interval_s: float | None
     stall_timeout_s: float | None
+    malformed_hint: str
+    silent_hint: str
+
+
+_WIRING_HINT = "check the cable and that baudrate, bytesize, parity and stopbits match the device"
+_HINTS = {
+    "overlong": "raise max_line_bytes if the device sends longer lines; garbage without line "
+    "ends means a wrong baudrate or delimiter",
+    "bad_checksum": _WIRING_HINT,
+    "partial": "the device went away mid-line; nothing to do unless it keeps happening",
+}
 
 
 def _protocol(config: SerialLinesConfig | SerialNmeaConfig) -> _Protocol:
@@ -69,6 +81,8 @@ def _protocol(config: SerialLinesConfig | SerialNmeaConfig) -> _Protocol:
             command=None,
             poll_interval_s=None,
             stall_timeout_s=config.stall_timeout_s,
+            malformed_hint=f"not NMEA 0183 sentences: {_WIRING_HINT} (4800 or 9600 baud)",
+            silent_hint="check the receiver's power and cable, or raise stall_timeout_s",
         )
     return _Protocol(
         delimiter=config.delimiter.encode(config.encoding),
@@ -77,6 +91,15 @@ def _protocol(config: SerialLinesConfig | SerialNmeaConfig) -> _Protocol:
         command=config.command.encode(config.encoding) if config.command else None,
         poll_interval_s=config.poll_interval_s,
         stall_timeout_s=config.stall_timeout_s,
+        malformed_hint=f"compare the sample with format {config.format!r} and its options "
+        f"(encoding, columns, pattern, timestamp); garbage means: {_WIRING_HINT}",
+        silent_hint="check the device's power and cable"
+        + (
+            "; if it only answers when asked, set command and poll_interval_s"
+            if config.poll_interval_s is None
+            else ""
+        )
+        + "; or raise stall_timeout_s",
     )
 
 
@@ -91,6 +114,8 @@ class SerialLineSource:
         self.stats = DriverStats(type="serial")
         self._protocol = _protocol(config)
         self._last_byte = time.monotonic()
+        self._port: str | None = None
+        """The device path open now, or last open: for log lines about its input."""
         self._log = log.bind(driver=self.name)
         self._rate_limited = RateLimitedLog(self._log)
         self.outbox = Outbox(_MAX_PENDING, sink, self.name, self.stats, self._rate_limited)
@@ -104,6 +129,7 @@ class SerialLineSource:
         backoff = Backoff(0.5, 30.0)
         while True:
             path = await wait_for_port(self.config, self._log, self.stats)
+            self._port = path
             opened = time.monotonic()
             try:
                 with open_link(path, self.config) as link:
@@ -159,7 +185,13 @@ class SerialLineSource:
             if quiet >= limit_s and self.stats.state == "reading":
                 self.stats.state = "stalled"
                 self.stats.bump("stalled")
-                self._log.warning("serial device silent", silent_s=round(quiet, 1))
+                self._log.warning(
+                    "serial device silent; waiting for it to talk again",
+                    port=self._port,
+                    silent_s=round(quiet, 1),
+                    stall_timeout_s=limit_s,
+                    hint=self._protocol.silent_hint,
+                )
             await asyncio.sleep(max(0.1, limit_s - quiet) if quiet < limit_s else limit_s)
 
     # -- decoding ---------------------------------------------------------------------------
@@ -169,7 +201,11 @@ class SerialLineSource:
         for line in lines:
             if isinstance(line, Overlong):
                 self.stats.oversized += 1
-                self._warn("overlong", "line longer than max_line_bytes; skipped", line.sample)
+                self._warn(
+                    "overlong",
+                    f"line longer than max_line_bytes ({self._protocol.max_line_bytes})",
+                    line.sample,
+                )
                 continue
             try:
                 reading = self._protocol.decode(line.rstrip(b"\r"), received)
@@ -188,9 +224,23 @@ class SerialLineSource:
             return
         if not self.outbox.add(readings):
             self.stats.bump("overflow", len(readings))
-            self._warn("overflow", "too many readings wait for the buffer; dropped", b"")
+            self._rate_limited.warning(
+                "overflow",
+                "too many serial readings wait for the buffer; the newest were dropped",
+                port=self._port,
+                dropped=len(readings),
+                waiting=len(self.outbox),
+                hint="the buffer does not take readings: see its log lines "
+                "(buffer full, disk error)",
+            )
 
     def _warn(self, kind: str, problem: str, sample: bytes) -> None:
         self._rate_limited.warning(
-            kind, "bad serial input; skipped", kind=kind, problem=problem, sample=sample.hex(" ")
+            kind,
+            "bad serial input; skipped",
+            port=self._port,
+            kind=kind,
+            problem=problem,
+            sample=sample.hex(" "),
+            hint=_HINTS.get(kind, self._protocol.malformed_hint),
         )

@@ -16,7 +16,9 @@ Sources, cited per vector below:
 from __future__ import annotations
 
 import pytest
+from structlog.testing import capture_logs
 
+from drivers.ble import bthome
 from drivers.ble.adverts import Advertisement, Measurement, decode_advertisement
 from gateway.errors import DecodeError
 
@@ -168,6 +170,29 @@ def test_bthome_refusals_name_the_cause(
     with pytest.raises(DecodeError, match=message) as caught:
         decode_advertisement(service(BTHOME, hex_payload, address), bindkey)
     assert caught.value.sample == payload[:64]
+
+
+def test_bthome_cut_off_at_an_unknown_id_keeps_what_came_before_and_says_so_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Humidity after the unknown id 0xFF is lost: logged once per id, not per packet."""
+    monkeypatch.setattr(bthome, "_reported_unknown_ids", set())
+    with capture_logs() as logs:
+        for packet_id in (1, 2):
+            measurement = decode_advertisement(
+                service(BTHOME, f"4000{packet_id:02x}02ca09ff0103bf13")
+            )
+            assert measurement == Measurement(
+                "bthome", {"temperature": 25.06}, {"temperature": "Cel"}, packet_id
+            )
+    [entry] = logs
+    assert entry["event"].startswith("BTHome packet cut off at an unknown object id")
+    assert entry["log_level"] == "warning"
+    assert entry["object_id"] == "0xff"
+    assert entry["lost_bytes"] == 5  # the id, and four bytes of unknown meaning
+    assert entry["kept"] == ["temperature"]
+    assert entry["address"] == ATC_ADDRESS
+    assert "update the gateway" in entry["hint"]
 
 
 def test_bthome_repeated_objects_are_numbered() -> None:

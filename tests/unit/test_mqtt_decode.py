@@ -167,16 +167,20 @@ def test_json_offset_timestamp_is_stored_in_utc() -> None:
 
 
 @pytest.mark.parametrize(
-    ("fmt", "payload"),
+    ("fmt", "payload", "message"),
     [
-        ("json", b'{"ts": "0001-01-01T00:00:00+01:00", "temp": 20}'),  # before year 1 in UTC
-        ("json", b'{"ts": "9999-12-31T23:59:59-01:00", "temp": 20}'),  # after 9999 in UTC
-        ("json", b'{"ts": 1' + b"0" * 400 + b', "temp": 20}'),  # too large for a float
-        ("senml", b'[{"n":"a","v":1,"t":1e20}]'),
-        ("senml", b'[{"n":"a","v":1,"t":-1e20}]'),
-        ("senml", b'[{"n":"a","v":1,"t":1e12}]'),  # year 33658
-        ("senml", b'[{"n":"a","v":1' + b"0" * 400 + b"}]"),
-        ("senml", b'[{"bt":1' + b"0" * 400 + b',"n":"a","v":1}]'),
+        # before year 1 in UTC
+        ("json", b'{"ts": "0001-01-01T00:00:00+01:00", "temp": 20}', "timestamp 'ts' is out of"),
+        # after 9999 in UTC
+        ("json", b'{"ts": "9999-12-31T23:59:59-01:00", "temp": 20}', "timestamp 'ts' is out of"),
+        # too large for a float
+        ("json", b'{"ts": 1' + b"0" * 400 + b', "temp": 20}', "timestamp 'ts' is out of range"),
+        ("senml", b'[{"n":"a","v":1,"t":1e20}]', r"SenML time bt \+ t is 1e\+20 s, out of range"),
+        ("senml", b'[{"n":"a","v":1,"t":-1e20}]', r"SenML time bt \+ t is -1e\+20 s"),
+        ("senml", b'[{"n":"a","v":1,"t":1e12}]', "SenML time"),  # year 33658
+        ("senml", b'[{"n":"a","v":1' + b"0" * 400 + b"}]", "SenML v must be a finite number"),
+        ("senml", b'[{"bt":1' + b"0" * 400 + b',"n":"a","v":1}]', "SenML bt must be a finite"),
+        ("senml", b'[{"bt":1e308,"n":"a","v":1,"t":1e308}]', "SenML time bt"),  # sum: inf
     ],
     ids=[
         "ts-year-0",
@@ -187,10 +191,13 @@ def test_json_offset_timestamp_is_stored_in_utc() -> None:
         "t-1e12",
         "v-huge-int",
         "bt-huge-int",
+        "bt-plus-t-overflows",
     ],
 )
-def test_values_out_of_range_are_a_decode_error(fmt: str, payload: bytes) -> None:
-    with pytest.raises(DecodeError):
+def test_values_out_of_range_are_a_decode_error_naming_the_field(
+    fmt: str, payload: bytes, message: str
+) -> None:
+    with pytest.raises(DecodeError, match=message):
         decode(sub(format=fmt, timestamp="ts"), "d", payload, RECEIVED, SOURCE)
 
 
@@ -398,6 +405,12 @@ def test_senml_string_boolean_sum_and_base_value() -> None:
         (b'[{"n":"a","v":1,"t":"x"}]', "t must be a finite number"),
         (b'[{"bt":NaN,"n":"a","v":1}]', "bt must be a finite number"),
         (b'[{"n":"a","v":1e308,"bv":1e308}]', "not a finite number"),
+        # a data value: refused, not dropped (a reading cannot carry bytes)
+        (b'[{"n":"a","v":1},{"n":"blob","vd":"aGk"}]', "SenML vd .* not supported"),
+        (b'[{"n":"a","vd":"aGk","v":1}]', "SenML vd .* not supported"),
+        # must-understand fields (RFC 8428 section 4.4): this decoder knows none
+        (b'[{"n":"a","v":1,"rollover_":true}]', "SenML field 'rollover_' must be understood"),
+        (b'[{"bn":"d:","bver_":11},{"n":"a","v":1}]', "SenML field 'bver_' must be understood"),
     ],
 )
 def test_senml_bad_packs_raise_decode_error(payload: bytes, message: str) -> None:
@@ -632,3 +645,10 @@ def test_a_senml_unit_with_a_lone_surrogate_is_a_decode_error() -> None:
     pack = b'[{"n":"t","v":1,"u":"\\ud800"}]'
     with pytest.raises(DecodeError, match="surrogate"):
         decode(Subscription(topic="t", format="senml"), "d", pack, 0.0, "src")
+
+
+def test_senml_fields_unknown_but_not_must_understand_are_ignored() -> None:
+    """RFC 8428 section 4.4: only names ending in _ must be understood."""
+    payload = b'[{"n":"a","v":1,"note":"x","note_x":0}]'
+    [reading] = decode_senml(sub(format="senml"), "d", payload, RECEIVED, SOURCE)
+    assert reading.values == {"a": 1.0}

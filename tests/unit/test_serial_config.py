@@ -124,6 +124,24 @@ def test_each_mistake_is_one_line_naming_the_line_and_the_key(
     assert _load(tmp_path, item) == expected
 
 
+@pytest.mark.parametrize(
+    ("protocol", "name"),
+    [
+        ("lines, format: json", "my sensor"),
+        ("nmea", "gps/1"),
+        ("modbus-rtu, units: [{unit_id: 1, device: m, registers: [{name: p, address: 0}]}]", "a b"),
+    ],
+)
+def test_a_driver_name_the_readings_source_cannot_carry_is_refused(
+    tmp_path: Path, protocol: str, name: str
+) -> None:
+    """The name becomes each reading's `source`: the same characters as MQTT and BLE names."""
+    item = f'- {{type: serial, name: "{name}", protocol: {protocol}, port: /dev/x}}'
+    assert _load(tmp_path, item) == (
+        f"FILE:3: drivers[0].name: string should match pattern '^[A-Za-z0-9_.-]+$' (got {name!r})"
+    )
+
+
 def test_the_example_loads_with_its_serial_drivers_commented_in(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
