@@ -104,7 +104,8 @@ class MqttSource:
         self._unsettled = 0
         """Messages in `_in_order`: bounded by `_MESSAGES_IN_FLIGHT`."""
         self._room = asyncio.Event()
-        self._lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._lost: asyncio.Future[float] = asyncio.get_running_loop().create_future()
+        """Set when the connection ends, to when it was made (`time.monotonic()`)."""
         self._connected_since = 0.0
         self._connect_args: dict[str, Any] = {}
         self._rate_limited = RateLimitedLog(log)
@@ -141,6 +142,7 @@ class MqttSource:
         first = True
         while True:
             self._lost = loop.create_future()
+            connected_at = time.monotonic()  # a connect that fails is a run of no length
             try:
                 connect = partial(client.connect, self.config.host, port, **self._connect_args)
                 connecting = loop.run_in_executor(None, connect if first else client.reconnect)
@@ -153,7 +155,7 @@ class MqttSource:
                         await connecting
                     raise
                 first = False
-                await self._lost  # set by on_disconnect
+                connected_at = await self._lost
             except (OSError, ValueError) as exc:  # refused, unreachable, TLS handshake failed
                 self.stats.state = "unreachable"
                 self.stats.failed(f"cannot connect to {self.config.host}:{port}: {exc}")
@@ -166,9 +168,8 @@ class MqttSource:
                     error=str(exc),
                     hint="check that the broker runs and host/port/tls are right",
                 )
-            if self._connected_since and time.monotonic() - self._connected_since > 60:
-                backoff.reset()
-            await asyncio.sleep(backoff.next_delay())
+            # A connection that lasted (HEALTHY_RUN_S) starts the backoff afresh.
+            await asyncio.sleep(backoff.delay_after(connected_at))
 
     async def _keep_alive(self, client: mqtt.Client) -> None:
         """paho's periodic work: keepalive pings, and noticing a silent, dead connection."""
@@ -299,9 +300,9 @@ class MqttSource:
     def _on_disconnect(
         self, _client: mqtt.Client, _userdata: Any, _flags: Any, reason: Any, _props: Any
     ) -> None:
-        self._connected_since = 0.0
+        connected_at, self._connected_since = self._connected_since or time.monotonic(), 0.0
         if not self._lost.done():
-            self._lost.set_result(None)
+            self._lost.set_result(connected_at)
         if self.stats.state in ("stopped", "refused"):
             return  # refused: the reason was logged, a disconnect is no news
         self.stats.state = "disconnected"

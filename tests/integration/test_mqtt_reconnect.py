@@ -1,0 +1,61 @@
+"""The MQTT driver's reconnect backoff: a connection that lasted starts it afresh, failed
+connects (a broker that stays away) make it grow. In-process, against a private Mosquitto."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Sequence
+
+import pytest
+from edge_gateway_sim.brokers import MosquittoBroker
+from harness import until
+
+from drivers.mqtt.config import MqttDriverConfig
+from drivers.mqtt.source import MqttSource
+from gateway.backoff import Backoff
+from gateway.model import Reading
+
+
+class _Discard:
+    async def put(self, readings: Sequence[Reading]) -> None:
+        pass
+
+
+async def test_the_backoff_is_told_how_long_each_connection_lasted(
+    mosquitto_broker: MosquittoBroker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    runs: list[float] = []  # how long each ended run (connection or connect attempt) lasted
+    delay_after = Backoff.delay_after
+
+    def recording(self: Backoff, started: float, healthy_s: float = 60.0) -> float:
+        runs.append(time.monotonic() - started)
+        return delay_after(self, started, healthy_s)
+
+    monkeypatch.setattr(Backoff, "delay_after", recording)
+    config = MqttDriverConfig.model_validate(
+        {
+            "type": "mqtt",
+            "name": "reconnect",
+            "port": mosquitto_broker.port,
+            "client_id": "reconnect-test",
+            "reconnect_min_s": 0.1,
+            "reconnect_max_s": 0.2,
+            "subscriptions": [{"topic": "reconnect/#"}],
+        }
+    )
+    source = MqttSource(config, "gw", _Discard())
+    task = asyncio.create_task(source.run())
+    try:
+        await until("connected", lambda: source.stats.state == "connected")
+        await asyncio.sleep(1.0)  # a connection that lasts a while
+        await asyncio.to_thread(mosquitto_broker.stop)
+        await until("two failed connects after the lost one", lambda: len(runs) >= 3)
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    lost, *failed = runs
+    assert lost >= 1.0  # the connection's whole life, not the moment it ended
+    assert all(run < 0.5 for run in failed)  # a refused connect is a run of no length
