@@ -28,6 +28,7 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from structlog.testing import capture_logs
 
 import gateway.buffer
 from gateway.buffer import Buffer, Chunk, StoredReading, decode_chunk, encode_chunk
@@ -311,12 +312,17 @@ async def test_garbage_database_is_moved_aside_and_a_fresh_one_works(db: Path) -
     garbage = b"this is not an SQLite database\n" * 512
     write_file(db, garbage)
 
-    async with Buffer(db, max_bytes=1024**2, commit_interval=0) as buf:
-        await buf.put([reading(1), reading(2)])
-        stored = await fetch_all(buf)
+    with capture_logs() as logs:
+        async with Buffer(db, max_bytes=1024**2, commit_interval=0) as buf:
+            await buf.put([reading(1), reading(2)])
+            stored = await fetch_all(buf)
 
     assert [s.seq for s in stored] == [1, 2]
     [moved] = db.parent.glob("buffer.db.corrupt-*")
+    [line] = [x for x in logs if x["log_level"] == "error"]
+    assert line["event"] == "buffer database unreadable; moved aside, starting an empty one"
+    assert (line["path"], line["moved_to"]) == (str(db), str(moved))
+    assert "keep it for recovery" in line["hint"]
     assert re.fullmatch(r"buffer\.db\.corrupt-\d{8}T\d{6}Z", moved.name)
     assert moved.read_bytes() == garbage
 
@@ -347,11 +353,15 @@ async def test_a_chunk_with_damaged_bytes_is_set_aside_and_the_rest_still_flows(
     with closing(sqlite3.connect(db)) as conn, conn:
         conn.execute("UPDATE chunks SET data = x'00ff00ff' WHERE first_seq = 2")
 
-    async with Buffer(db, max_bytes=1024**2, commit_interval=0) as buf:
-        assert [s.seq for s in await fetch_all(buf)] == [1, 3]
-        await buf.put([reading(9)])  # the writer moves the damaged chunk with its next commit
-        assert buf.counters.damaged == 1
-        assert buf.depth == 3
+    with capture_logs() as logs:
+        async with Buffer(db, max_bytes=1024**2, commit_interval=0) as buf:
+            assert [s.seq for s in await fetch_all(buf)] == [1, 3]
+            await buf.put([reading(9)])  # the writer moves the damaged chunk with its next commit
+            assert buf.counters.damaged == 1
+            assert buf.depth == 3
+    [line] = [x for x in logs if x["log_level"] == "error"]
+    assert line["event"].startswith("buffer chunk damaged; moved to the table 'damaged'")
+    assert (line["first_seq"], line["readings"]) == (2, 1)
     with closing(sqlite3.connect(db)) as conn:
         assert conn.execute("SELECT first_seq, count FROM damaged").fetchall() == [(2, 1)]
     assert chunk_rows(db) == [(1, 1), (3, 1), (4, 1)]
