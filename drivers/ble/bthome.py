@@ -9,9 +9,8 @@ trigger-based, bits 5-7 version), an optional reversed MAC, then objects: an id 
 a value whose length the id fixes. Objects come in ascending id order, so, as the spec
 asks, parsing stops at an id this table does not know (a newer object type, whose length
 is unknown) and keeps the objects before it; a packet with nothing known before such an
-id is a `DecodeError`. What follows such an id is lost, so the first packet cut off at
-each unknown id is logged (once per id and process: a sensor repeats it every few
-seconds, and the fix, a new row in `OBJECTS`, is the same for all of them).
+id is a `DecodeError`. The `Measurement` of a packet cut short names the unknown id:
+the driver counts and logs what was lost.
 """
 
 from __future__ import annotations
@@ -19,15 +18,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-import structlog
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESCCM
 
 from drivers.ble.measurement import Measurement, scaled
 from gateway.errors import DecodeError
 from gateway.model import Value
-
-log = structlog.get_logger("drivers.ble")
 
 SERVICE_UUID = "0000fcd2-0000-1000-8000-00805f9b34fb"
 UUID16 = b"\xd2\xfc"  # the service UUID as sent, little-endian: part of the nonce
@@ -207,10 +203,10 @@ def decode(payload: bytes, address: str, bindkey: bytes | None) -> Measurement:
             " (remove the key if the device no longer encrypts)",
             payload,
         )
-    values, units, packet_id = _objects(body, payload, address)
+    values, units, packet_id, unknown = _objects(body, payload)
     if packet_id is None:
         packet_id = counter
-    return Measurement("bthome", values, units, packet_id, counter)
+    return Measurement("bthome", values, units, packet_id, counter, unknown)
 
 
 def _mac_bytes(address: str, payload: bytes) -> bytes:
@@ -252,10 +248,11 @@ def _decrypt(
 
 
 def _objects(
-    data: bytes, payload: bytes, address: str
-) -> tuple[dict[str, Value], dict[str, str], int | None]:
+    data: bytes, payload: bytes
+) -> tuple[dict[str, Value], dict[str, str], int | None, int | None]:
     """Walk the objects; a name seen again gets a suffix (temperature, temperature_2), as
-    the spec's "multiple measurements of the same type" does."""
+    the spec's "multiple measurements of the same type" does. Also returns the unknown
+    object id that cut the walk short, if one did."""
     values: dict[str, Value] = {}
     units: dict[str, str] = {}
     packet_id = None
@@ -265,8 +262,7 @@ def _objects(
         obj = OBJECTS.get(object_id)
         if obj is None:
             if values or packet_id is not None:
-                _report_cut_off(object_id, len(data) - i, list(values), address, payload)
-                break
+                return values, units, packet_id, object_id
             raise DecodeError(f"unknown BTHome object id 0x{object_id:02x} at byte {i}", payload)
         i += 1
         length = obj.length
@@ -289,29 +285,7 @@ def _objects(
         values[name] = _value(obj, raw, payload)
         if obj.unit:
             units[name] = obj.unit
-    return values, units, packet_id
-
-
-_reported_unknown_ids: set[int] = set()
-"""Unknown object ids already logged (at most 256)."""
-
-
-def _report_cut_off(
-    object_id: int, lost_bytes: int, kept: list[str], address: str, payload: bytes
-) -> None:
-    if object_id in _reported_unknown_ids:
-        return
-    _reported_unknown_ids.add(object_id)
-    log.warning(
-        "BTHome packet cut off at an unknown object id; kept the values before it",
-        object_id=f"0x{object_id:02x}",
-        lost_bytes=lost_bytes,
-        kept=kept,
-        address=address,
-        sample_hex=payload[:64].hex(),
-        hint="an object type newer than this gateway (bthome.io/format lists the ids): "
-        "update the gateway; logged once per id",
-    )
+    return values, units, packet_id, None
 
 
 def _value(obj: ObjectType, raw: bytes, payload: bytes) -> Value:

@@ -132,6 +132,8 @@ class AdvertFilter:
             self.stats.bump("repeated")
             return None
         state.packet_id = measurement.packet_id
+        if measurement.unknown_object is not None:
+            self._cut_off(advert, measurement)
         min_interval = self.config.min_interval_s
         if known is not None and known.min_interval_s is not None:
             min_interval = known.min_interval_s
@@ -188,6 +190,19 @@ class AdvertFilter:
             return True
         self._counters[advert.address] = counter
         return False
+
+    def _cut_off(self, advert: Advertisement, measurement: Measurement) -> None:
+        self.stats.bump("cut_off")
+        self._rate_limited.warning(
+            f"cut-off:{measurement.unknown_object}",
+            "BTHome packet cut off at an unknown object id; kept the values before it",
+            driver=self.config.name,
+            address=advert.address,
+            object_id=f"0x{measurement.unknown_object:02x}",
+            kept=sorted(measurement.values),
+            hint="an object type newer than this gateway (bthome.io/format lists them): "
+            "update the gateway to read the values after it",
+        )
 
     def _malformed(self, advert: Advertisement, exc: Exception) -> None:
         if isinstance(exc, DecodeError):

@@ -26,6 +26,8 @@ class Measurement:
     previous one. None when the format carries no counter.
     `encryption_counter` is the 32-bit counter of a decrypted BTHome packet: the driver
     refuses one that did not increase (replay protection, bthome.io/encryption).
+    `unknown_object` is the BTHome object id, newer than this gateway, at which decoding
+    stopped: the values after it were lost (the driver counts and logs it).
     """
 
     format: str  # "bthome" | "ruuvi" | "pvvx" | "atc"
@@ -33,6 +35,7 @@ class Measurement:
     units: Mapping[str, str] = field(default_factory=dict)
     packet_id: int | None = None
     encryption_counter: int | None = None
+    unknown_object: int | None = None
 
 
 def scaled(raw: int | float, factor: float = 1.0, offset: float = 0.0) -> int | float:

@@ -16,9 +16,7 @@ Sources, cited per vector below:
 from __future__ import annotations
 
 import pytest
-from structlog.testing import capture_logs
 
-from drivers.ble import bthome
 from drivers.ble.adverts import Advertisement, Measurement, decode_advertisement
 from gateway.errors import DecodeError
 
@@ -101,7 +99,7 @@ def manufacturer(company: int, hex_payload: str) -> Advertisement:
         ),
         pytest.param(  # [bthome-ble] test_bthome_battery_wrong_object_id_humidity: parsing
             "40015dfe5d0903b718",  # stops at the unknown id 0xFE, keeping what came before
-            Measurement("bthome", {"battery": 93}, {"battery": "%"}, None),
+            Measurement("bthome", {"battery": 93}, {"battery": "%"}, None, unknown_object=0xFE),
             id="stops-at-unknown-object",
         ),
         pytest.param(  # [bthome-ble] test_bthome_with_mac: info bit 1, reversed MAC first
@@ -172,27 +170,12 @@ def test_bthome_refusals_name_the_cause(
     assert caught.value.sample == payload[:64]
 
 
-def test_bthome_cut_off_at_an_unknown_id_keeps_what_came_before_and_says_so_once(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """Humidity after the unknown id 0xFF is lost: logged once per id, not per packet."""
-    monkeypatch.setattr(bthome, "_reported_unknown_ids", set())
-    with capture_logs() as logs:
-        for packet_id in (1, 2):
-            measurement = decode_advertisement(
-                service(BTHOME, f"4000{packet_id:02x}02ca09ff0103bf13")
-            )
-            assert measurement == Measurement(
-                "bthome", {"temperature": 25.06}, {"temperature": "Cel"}, packet_id
-            )
-    [entry] = logs
-    assert entry["event"].startswith("BTHome packet cut off at an unknown object id")
-    assert entry["log_level"] == "warning"
-    assert entry["object_id"] == "0xff"
-    assert entry["lost_bytes"] == 5  # the id, and four bytes of unknown meaning
-    assert entry["kept"] == ["temperature"]
-    assert entry["address"] == ATC_ADDRESS
-    assert "update the gateway" in entry["hint"]
+def test_bthome_cut_off_at_an_unknown_id_keeps_what_came_before_and_names_the_id() -> None:
+    """Humidity after the unknown id 0xFF is lost: the measurement says where it stopped."""
+    measurement = decode_advertisement(service(BTHOME, "40000102ca09ff0103bf13"))
+    assert measurement == Measurement(
+        "bthome", {"temperature": 25.06}, {"temperature": "Cel"}, 1, unknown_object=0xFF
+    )
 
 
 def test_bthome_repeated_objects_are_numbered() -> None:

@@ -15,6 +15,7 @@ from drivers.ble.config import BleDriverConfig
 from drivers.ble.filters import AdvertFilter, Heard
 
 ADDRESS = "A4:C1:38:00:00:01"
+BTHOME = "0000fcd2-0000-1000-8000-00805f9b34fb"
 KEY = bytes(range(16))
 
 
@@ -82,6 +83,22 @@ def test_malformed_adverts_are_counted_and_good_ones_still_pass() -> None:
         assert rules.reading(bad) is None
     assert stats.malformed == 2
     assert rules.reading(_bthome(3)) is not None
+
+
+def test_a_packet_cut_off_at_an_unknown_object_is_read_counted_and_logged() -> None:
+    rules, stats = _rules()
+    packets = [bytes.fromhex(f"40 00{i:02x} 02ca09 ff0103 bf13") for i in (1, 2)]  # 0xff: unknown
+    with capture_logs() as logs:
+        readings = [
+            rules.reading(Heard(Advertisement(ADDRESS, None, -60, {BTHOME: p}, {}), (), float(i)))
+            for i, p in enumerate(packets)
+        ]
+    assert [r.values if r else None for r in readings] == [{"temperature": 25.06}] * 2
+    assert stats.counters["cut_off"] == 2
+    [line] = [x for x in logs if x["log_level"] == "warning"]  # rate-limited: once per id
+    assert line["event"].startswith("BTHome packet cut off at an unknown object id")
+    assert (line["object_id"], line["kept"], line["address"]) == ("0xff", ["temperature"], ADDRESS)
+    assert "update the gateway" in line["hint"]
 
 
 def test_encrypted_bthome_needs_the_configured_bind_key() -> None:
