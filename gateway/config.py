@@ -21,7 +21,7 @@ from drivers.serial.modbus_config import ModbusRtuConfig
 from drivers.serial.nmea_config import SerialNmeaConfig
 from gateway.config_loader import config_files as config_files  # where callers find it
 from gateway.config_loader import describe, read_config
-from gateway.config_types import Seconds, SecretFile, StrictModel, TlsConfig
+from gateway.config_types import Name, Seconds, SecretFile, StrictModel, TlsConfig
 from gateway.errors import ConfigError
 
 SerialDriverConfig = Annotated[
@@ -47,8 +47,8 @@ def _default_state_dir() -> Path:
 
 
 class GatewaySection(StrictModel):
-    id: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+$")]
-    site: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+$")] = "default"
+    id: Name
+    site: Name = "default"
     state_dir: Path = Field(default_factory=_default_state_dir)
     """Where the buffer and status live; systemd's `StateDirectory=` sets $STATE_DIRECTORY."""
 

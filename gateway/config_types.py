@@ -41,6 +41,10 @@ def _readable(path: Path) -> Path:
     return path
 
 
+Name = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+$")]
+"""A name that ends up in every message (gateway id, site, a driver's name as `source`): the
+characters the message schema allows, safe in routing keys and file names alike."""
+
 ConfigFile = Annotated[Path, AfterValidator(_resolve_file)]
 """A file the gateway reads (a CA certificate); checked readable at load time."""
 

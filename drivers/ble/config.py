@@ -8,7 +8,7 @@ from typing import Annotated, Literal
 from pydantic import AfterValidator, BeforeValidator, Field, model_validator
 
 from drivers.ble.gatt_formats import SIG_FORMATS, CharacteristicFormat
-from gateway.config_types import Seconds, StrictModel
+from gateway.config_types import Name, Seconds, StrictModel
 
 _ADDRESS = re.compile(r"^[0-9A-F]{2}(:[0-9A-F]{2}){5}$")
 _SIG_BASE = "-0000-1000-8000-00805f9b34fb"
@@ -137,7 +137,7 @@ class BleDriverConfig(StrictModel):
     """One Bluetooth adapter: a scanner for advertisements, connections to GATT devices."""
 
     type: Literal["ble"]
-    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+$")]
+    name: Name
     adapter: Annotated[str, Field(pattern=r"^hci[0-9]+$")] = "hci0"
     scanning: Literal["active", "passive"] = "active"
     """passive needs BlueZ's advertisement monitor (bluetoothd --experimental before 5.65)."""

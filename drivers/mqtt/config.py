@@ -6,7 +6,7 @@ from typing import Annotated, Literal
 
 from pydantic import BeforeValidator, Field, field_validator, model_validator
 
-from gateway.config_types import Seconds, SecretFile, StrictModel, TlsConfig
+from gateway.config_types import Name, Seconds, SecretFile, StrictModel, TlsConfig
 
 
 class FieldSpec(StrictModel):
@@ -70,7 +70,7 @@ class MqttDriverConfig(StrictModel):
     """One MQTT broker connection with its subscriptions."""
 
     type: Literal["mqtt"]
-    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+$")]
+    name: Name
     host: str = "127.0.0.1"
     port: Annotated[int, Field(ge=1, le=65535)] | None = None
     """Default 1883, or 8883 with `tls`."""

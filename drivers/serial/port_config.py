@@ -7,11 +7,11 @@ protocol's own keys side by side.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from gateway.config_types import StrictModel
+from gateway.config_types import Name, StrictModel
 
 PARITY = {"none": "N", "even": "E", "odd": "O", "mark": "M", "space": "S"}
 """`parity` as pyserial (and so pymodbus) spells it: serial.PARITY_NONE is "N", and so on."""
@@ -35,7 +35,7 @@ class SerialPortConfig(StrictModel):
     type: Literal["serial"]
     protocol: str
     """Each protocol's config narrows this to its own name (the union's discriminator)."""
-    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+$")]
+    name: Name
     """Becomes each reading's `source`: the same characters as an MQTT or BLE driver's name."""
     port: str | None = None
     """A device path (prefer /dev/serial/by-id/...) or a glob such as /dev/ttyUSB*."""
