@@ -119,6 +119,10 @@ class ReadingCollector:
         """Subscribe again, every half second until it works, after the connection is lost."""
         while True:
             await self._lost.wait()
+            if self._connection is not None:  # lost: settle it here, not in aio-pika's __del__
+                with contextlib.suppress(Exception):
+                    await self._connection.close()
+                self._connection = None
             try:
                 await self._subscribe()
             except (OSError, TimeoutError, aio_pika.exceptions.AMQPError):
