@@ -161,6 +161,30 @@ async def test_a_missing_exchange_is_named_and_readings_flow_once_it_exists(
     assert site.gateway.terminate() == 0
 
 
+async def test_an_exchange_of_another_type_is_named_and_readings_flow_once_it_is_gone(
+    make_site: Any, rabbitmq: RabbitMQNode, mosquitto: MosquittoBroker
+) -> None:
+    site = make_site(rabbitmq, mosquitto, extra_amqp="retry_max_s: 1")
+    connection = await aio_pika.connect(rabbitmq.url)
+    channel = await connection.channel()
+    squatter = await channel.declare_exchange(site.name, aio_pika.ExchangeType.FANOUT)
+    site.gateway.start()  # it declares a durable topic exchange of that name: refused
+    sent = await asyncio.to_thread(site.fleet(sensors=2, rate=100).run, 100)
+    await until(
+        "the clash is logged",
+        lambda: (
+            "the exchange exists on the broker with other settings" in site.gateway.log.read_text()
+        ),
+    )
+    await squatter.delete()
+    await connection.close()
+    async with site.collector() as collector:
+        await collector.wait_until(lambda got: got.unique >= 100, timeout=30)
+    assert collector.received.missing(sent.last_seq) == {}
+    assert "set amqp.exchange_type to the type it has" in site.gateway.log.read_text()
+    assert site.gateway.terminate() == 0
+
+
 async def test_sigterm_mid_stream_exits_0_and_the_restart_delivers_the_rest(
     make_site: Any, rabbitmq: RabbitMQNode, mosquitto: MosquittoBroker
 ) -> None:
