@@ -134,6 +134,11 @@ async def test_refused_logins_say_why_and_readings_flow_once_the_user_may_publis
             "the refused vhost is logged",
             lambda: "broker refused access to the virtual host" in site.gateway.log.read_text(),
         )
+        await asyncio.to_thread(rabbitmq.ctl, "set_permissions", "-p", "/", user, "^$", ".*", ".*")
+        await until(  # it may write, but not declare (configure) the exchange
+            "the refused exchange is logged",
+            lambda: "broker refused access to the exchange" in site.gateway.log.read_text(),
+        )
         await asyncio.to_thread(rabbitmq.ctl, "set_permissions", "-p", "/", user, ".*", ".*", ".*")
         await collector.wait_until(lambda got: got.unique >= 100, timeout=30)
     assert collector.received.missing(sent.last_seq) == {}
