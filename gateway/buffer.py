@@ -345,27 +345,31 @@ class Buffer:
         )
 
     def _fetch(self, after_seq: int, max_readings: int) -> list[Chunk]:
+        """Rows are stepped one at a time, so that only the chunks taken are read: a backlog
+        after an outage would otherwise load hundreds of chunks to use two."""
         assert self._reader is not None
+        chunks: list[Chunk] = []
+        total = 0
         try:
-            rows = self._reader.execute(
-                "SELECT first_seq, count, accepted, data FROM chunks "
-                "WHERE first_seq > ? ORDER BY first_seq LIMIT 256",
-                (after_seq,),
-            ).fetchall()
+            with contextlib.closing(  # closed: an open statement would hold back checkpoints
+                self._reader.execute(
+                    "SELECT first_seq, count, accepted, data FROM chunks "
+                    "WHERE first_seq > ? ORDER BY first_seq",
+                    (after_seq,),
+                )
+            ) as rows:
+                for first_seq, count, accepted, data in rows:
+                    if chunks and total + count > max_readings:
+                        break
+                    try:
+                        chunks.append(decode_chunk(first_seq, accepted, data))
+                    except (zlib.error, ValueError) as exc:
+                        self._set_aside(first_seq, count, exc)
+                        continue
+                    total += count
         except sqlite3.DatabaseError as exc:
             # Corrupt pages: stop; the next start checks the file and moves it aside.
             raise self._storage_error(exc) from None
-        chunks: list[Chunk] = []
-        total = 0
-        for first_seq, count, accepted, data in rows:
-            if chunks and total + count > max_readings:
-                break
-            try:
-                chunks.append(decode_chunk(first_seq, accepted, data))
-            except (zlib.error, ValueError) as exc:
-                self._set_aside(first_seq, count, exc)
-                continue
-            total += count
         return chunks
 
     def _set_aside(self, first_seq: int, count: int, exc: Exception) -> None:
