@@ -480,10 +480,9 @@ class Publisher:
             pending, self._pending = self._pending, []
             self._ready.extend(self._batches(pending))
             return
-        waits: list[asyncio.Future[object]] = [
-            asyncio.ensure_future(self.buffer.wait_for_data(self._cursor)),
-            asyncio.ensure_future(self._stopping.wait()),
-        ]
+        waits: list[asyncio.Future[object]] = [asyncio.ensure_future(self._stopping.wait())]
+        if budget > 0:  # with no room for new readings, only a due retry may wake us
+            waits.append(asyncio.ensure_future(self.buffer.wait_for_data(self._cursor)))
         timeout = None
         if self._retry:
             timeout = max(0.0, self._retry[0].due - self._loop_time())
