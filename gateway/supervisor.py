@@ -161,6 +161,14 @@ async def supervise(driver: Driver) -> None:
         try:
             await driver.run()
             problem = "driver stopped by itself"
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if current is not None and current.cancelling():
+                raise  # we are being stopped
+            # A library's own future was cancelled under the driver: a failure like any other,
+            # or the driver would end for good, in silence (a task group ignores it).
+            problem = "CancelledError: cancelled inside the driver"
+            log.exception("driver failed", driver=driver.name)
         except Exception as exc:  # a driver's bug must not take the gateway down
             problem = f"{type(exc).__name__}: {exc}"
             log.exception("driver failed", driver=driver.name)
