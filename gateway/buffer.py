@@ -209,9 +209,10 @@ class Buffer:
         self._closing.set()
         if self._writer is not None:
             await asyncio.to_thread(self._writer.join)
+        # A fetch abandoned by a cancel may still run: let it end before its connection does.
+        await asyncio.to_thread(self._reader_pool.shutdown, wait=True)
         if self._reader is not None:
             self._reader.close()
-        self._reader_pool.shutdown(wait=True)
 
     def _open(self) -> sqlite3.Connection:
         """Open the database, moving an unreadable one aside rather than crash-looping on it."""
@@ -311,6 +312,8 @@ class Buffer:
         entries = [(r.device, r.source, r.to_json(clock_unsynchronized=flag)) for r in readings]
         future = self._loop.create_future()
         with self._cond:
+            if self._failure is not None:  # the writer failed since the check above
+                raise self._failure
             if self._state.closing:
                 raise StorageError("the buffer is closing; the reading was not accepted")
             self._state.puts.append(_Put(entries, future))
@@ -467,7 +470,8 @@ class Buffer:
                 exc_info=True,
                 hint="a bug: please report it with this log; accepted readings stay on disk",
             )
-            with self._cond:
+            with self._cond:  # failed first, so that no put() comes after the stranded ones
+                self._failure = failure
                 stranded = puts + self._state.puts  # the commit's own puts, and later ones
                 self._state.puts = []
             with contextlib.suppress(RuntimeError):  # the loop may be gone already

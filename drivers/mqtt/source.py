@@ -301,6 +301,9 @@ class MqttSource:
         self, _client: mqtt.Client, _userdata: Any, _flags: Any, reason: Any, _props: Any
     ) -> None:
         connected_at, self._connected_since = self._connected_since or time.monotonic(), 0.0
+        # Now, not only at the next CONNACK: the reconnect gives paho a new socket before it,
+        # and acks of this connection's messages must not go out on that one.
+        self._session += 1
         if not self._lost.done():
             self._lost.set_result(connected_at)
         if self.stats.state in ("stopped", "refused"):
