@@ -13,8 +13,13 @@ from __future__ import annotations
 
 import ctypes
 import math
+import os
 import sys
 import time
+
+import structlog
+
+log = structlog.get_logger("gateway.clock")
 
 _TIME_ERROR = 5
 _TIMEX_SIZE = 256  # struct timex is 208 bytes on 64-bit Linux; room to spare
@@ -23,6 +28,7 @@ _ASK_EVERY_S = 1.0
 """The buffer asks on every put, hundreds of times a second; the answer changes once a boot."""
 _asked_at = -math.inf
 _answer = True
+_refused_logged = False
 
 
 def system_clock_synchronized() -> bool:
@@ -39,7 +45,16 @@ def system_clock_synchronized() -> bool:
 
 
 def _ask_the_kernel() -> bool:
+    global _refused_logged
     if _libc is None:
         return True
     timex = ctypes.create_string_buffer(_TIMEX_SIZE)  # modes = 0: read only, no privilege
-    return bool(_libc.adjtimex(timex) != _TIME_ERROR)
+    state = _libc.adjtimex(timex)
+    if state == -1 and not _refused_logged:
+        _refused_logged = True
+        log.warning(
+            "cannot ask the kernel whether the clock is synchronised; readings are not flagged",
+            error=os.strerror(ctypes.get_errno()),
+            hint="a seccomp filter refuses adjtimex: allow clock_adjtime (see the systemd unit)",
+        )
+    return bool(state != _TIME_ERROR)

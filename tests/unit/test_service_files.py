@@ -138,3 +138,38 @@ def test_the_gateway_loads_under_memory_deny_write_execute() -> None:
         pytest.skip("this kernel has no PR_SET_MDWE (Linux < 6.3)")
     assert result.returncode == 0, result.stderr
     assert result.stdout == "ok\n"
+
+
+CLOCK_PROBE = "from gateway.clock import system_clock_synchronized; system_clock_synchronized()"
+
+
+def test_the_unit_allows_the_syscall_the_clock_probe_makes() -> None:
+    """glibc's adjtimex() is the clock_adjtime syscall (clock_adjtime64 on 32-bit ARM): the
+    unit's seccomp filter must name what is really called, or the flag never fires."""
+    strace = shutil.which("strace")
+    if strace is None:
+        pytest.skip("strace is not installed (scripts/bootstrap.sh installs it)")
+    traced = subprocess.run(
+        [
+            strace,
+            "-f",
+            "-qq",
+            "-e",
+            "trace=adjtimex,clock_adjtime",
+            sys.executable,
+            "-c",
+            CLOCK_PROBE,
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    called = set(re.findall(r"^(?:\[pid +\d+\] )?(adjtimex|clock_adjtime)\(", traced.stderr, re.M))
+    assert called, traced.stderr
+    allowed = {
+        name
+        for line in UNIT.read_text().splitlines()
+        if line.startswith("SystemCallFilter=") and not line.startswith("SystemCallFilter=~")
+        for name in line.removeprefix("SystemCallFilter=").split()
+    }
+    assert called <= allowed, f"the probe calls {called}; the unit allows {allowed}"
