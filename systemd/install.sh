@@ -97,7 +97,14 @@ make_venv() {
         "$PYTHON" -m venv "$VENV"
         fresh=1
     fi
-    "$VENV/bin/python" -m pip install -q --disable-pip-version-check --upgrade "$SOURCE"
+    # From a clean copy: setuptools never prunes a checkout's build/ (modules removed from the
+    # source would be installed again from there), and root would own what it leaves there.
+    local tree
+    tree=$(mktemp -d)
+    tar -C "$SOURCE" --exclude=./build --exclude=./.venv --exclude=./.git \
+        --exclude='*.egg-info' --exclude=__pycache__ -cf - . | tar -C "$tree" -xf -
+    "$VENV/bin/python" -m pip install -q --disable-pip-version-check --upgrade "$tree"
+    rm -rf "$tree"
     mkdir -p "$VENV/docs"
     cp "$SOURCE"/docs/*.md "$VENV/docs/"
     cp "$SOURCE/README.md" "$VENV/"
@@ -168,6 +175,16 @@ next_step() {
         say "        --config $ETC/gateway.yaml"
         say "then start it:  sudo systemctl start $NAME && journalctl -u $NAME -f"
     elif systemctl is-active --quiet "$NAME.service"; then
+        # The new version may check more strictly: a configuration it refuses must not stop
+        # a gateway that runs (exit 2 is not restarted by systemd).
+        if ! CREDENTIALS_DIRECTORY="$ETC/credentials" "$VENV/bin/edge-gateway" check \
+            --config "$ETC/gateway.yaml" >/dev/null; then
+            say "NOT restarted: the new version refuses $ETC/gateway.yaml (above); the running"
+            say "gateway goes on with the old one. Fix the file, check it, then restart:"
+            say "    sudo CREDENTIALS_DIRECTORY=$ETC/credentials $VENV/bin/edge-gateway check \\"
+            say "        --config $ETC/gateway.yaml && sudo systemctl restart $NAME"
+            return
+        fi
         systemctl restart "$NAME.service"
         say "restarted $NAME.service with the new version; see: systemctl status $NAME"
     else

@@ -55,6 +55,11 @@ def test_install_upgrade_and_uninstall_into_a_temporary_root(tmp_path: Path) -> 
     )
     assert checked.returncode == 0, checked.stderr
     assert (root / "opt/edge-gateway/docs/operations.md").exists()  # the unit's Documentation=
+    [site] = (root / "opt/edge-gateway/lib").glob("python3*/site-packages")
+    for package in ("gateway", "drivers"):  # the source's modules, none left over in build/
+        installed = {p.relative_to(site) for p in (site / package).rglob("*.py")}
+        source = {p.relative_to(REPO) for p in (REPO / package).rglob("*.py")}
+        assert installed == source
 
     # The unit as installed, pointing at the installed program, passes systemd's check.
     local_unit = tmp_path / "edge-gateway.service"
