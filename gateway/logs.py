@@ -1,12 +1,15 @@
 """Logging set-up (structlog) and a rate limiter for logs about bad input.
 
 JSON lines when stdout is not a terminal, so journald and log shippers get
-fields; readable console lines when a person is watching.
+fields; readable console lines when a person is watching. Under systemd each line
+starts with its syslog priority (`<4>` for a warning), which journald takes off and
+keeps, so that `journalctl -p warning` finds the gateway's warnings and errors.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import time
 from typing import Any, Literal
@@ -24,6 +27,8 @@ def configure_logging(
         if console
         else structlog.processors.JSONRenderer(sort_keys=False)
     )
+    if _stdout_is_the_journal():
+        renderer = _WithPriority(renderer)
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
@@ -54,6 +59,29 @@ def configure_logging(
     # timed-out or skipped frame, several a second on a bad line.
     for name in ("aiormq", "aio_pika", "pymodbus"):
         logging.getLogger(name).setLevel(logging.CRITICAL)
+
+
+_PRIORITIES = {"critical": 2, "exception": 3, "error": 3, "warning": 4, "info": 6, "debug": 7}
+
+
+class _WithPriority:
+    """A renderer whose lines start with `<N>`, the syslog priority of their level."""
+
+    def __init__(self, renderer: Any) -> None:
+        self.renderer = renderer
+
+    def __call__(self, logger: Any, name: str, event_dict: Any) -> str:
+        priority = _PRIORITIES.get(event_dict.get("level", "info"), 6)
+        return f"<{priority}>{self.renderer(logger, name, event_dict)}"
+
+
+def _stdout_is_the_journal() -> bool:
+    """systemd sets $JOURNAL_STREAM to the device and inode of the stream it connected."""
+    try:
+        stat = os.fstat(sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):  # no real file (captured, closed)
+        return False
+    return os.environ.get("JOURNAL_STREAM") == f"{stat.st_dev}:{stat.st_ino}"
 
 
 _MAX_KEYS = 256
