@@ -18,15 +18,27 @@ async def tail_readings(
     """Print each reading (or message) as one JSON line; return an exit code."""
     try:
         connection = await aio_pika.connect(url, timeout=10)
-    except (OSError, aiormq.exceptions.AMQPError, TimeoutError) as exc:
-        print(f"cannot connect to {redact(url)}: {exc}", file=sys.stderr)
+    except (OSError, aiormq.exceptions.AMQPError, TimeoutError, ValueError) as exc:
+        print(
+            f"cannot connect to {redact(url)}: {exc or type(exc).__name__}; check the URL "
+            "(host, port, user, password, vhost) and that the broker runs",
+            file=sys.stderr,
+        )
         return 1
     printed = 0
     done = asyncio.Event()
+    lost: asyncio.Future[object] = asyncio.get_running_loop().create_future()
+
+    def on_close(_sender: object, exc: BaseException | None = None) -> None:
+        if not lost.done():
+            lost.set_result(str(exc or "closed by the broker"))
+
     async with connection:
-        channel = await connection.channel()
         try:
+            channel = await connection.channel()
             target = await channel.get_exchange(exchange, ensure=True)
+            queue = await channel.declare_queue(exclusive=True, auto_delete=True)
+            await queue.bind(target, routing_key=binding)
         except aiormq.exceptions.ChannelNotFoundEntity:
             print(
                 f"exchange {exchange!r} does not exist on {redact(url)}; is the gateway "
@@ -34,8 +46,13 @@ async def tail_readings(
                 file=sys.stderr,
             )
             return 1
-        queue = await channel.declare_queue(exclusive=True, auto_delete=True)
-        await queue.bind(target, routing_key=binding)
+        except aiormq.exceptions.AMQPError as exc:
+            print(
+                f"the broker at {redact(url)} refused: {exc}; the user needs read permission "
+                f"on {exchange!r} and configure/write on its own queues",
+                file=sys.stderr,
+            )
+            return 1
 
         async def on_message(message: aio_pika.abc.AbstractIncomingMessage) -> None:
             nonlocal printed
@@ -54,9 +71,22 @@ async def tail_readings(
                         done.set()
 
         await queue.consume(on_message)
+        connection.close_callbacks.add(on_close)
         print(
             f"listening on exchange {exchange!r} with binding {binding!r}; Ctrl-C to stop",
             file=sys.stderr,
         )
-        await done.wait()
+        waits: list[asyncio.Future[object]] = [asyncio.ensure_future(done.wait()), lost]
+        try:
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waits[0].cancel()
+            connection.close_callbacks.discard(on_close)
+        if not done.is_set():
+            print(
+                f"connection to {redact(url)} lost ({lost.result()}); run tail again once "
+                "the broker is back",
+                file=sys.stderr,
+            )
+            return 1
     return 0

@@ -1,0 +1,91 @@
+"""`edge-gateway tail` against a real RabbitMQ: readings printed, a lost broker and a wrong
+URL each end it with a message saying what happened and exit 1."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+
+import aio_pika
+import pytest
+from edge_gateway_sim.brokers import RabbitMQNode, free_port
+from harness import until
+
+EXCHANGE = "tail-test"
+
+
+Tail = Callable[..., subprocess.Popen[str]]
+
+
+@pytest.fixture
+def tail() -> Iterator[Tail]:
+    """Starts `edge-gateway tail URL OPTIONS...`; whatever still runs at the end is killed."""
+    started: list[subprocess.Popen[str]] = []
+
+    def start(url: str, *options: str) -> subprocess.Popen[str]:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "gateway.cli", "tail", "--url", url, "--exchange", EXCHANGE,
+             *options],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
+            text=True,
+        )  # fmt: skip
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        if process.poll() is None:
+            process.kill()
+        process.communicate()
+
+
+async def _publish(url: str, readings: list[dict[str, object]]) -> None:
+    connection = await aio_pika.connect(url)
+    async with connection:
+        channel = await connection.channel()
+        exchange = await channel.declare_exchange(
+            EXCHANGE, aio_pika.ExchangeType.TOPIC, durable=True
+        )
+        body = json.dumps({"v": 1, "gateway": "gw", "site": "s", "readings": readings})
+        await exchange.publish(aio_pika.Message(body.encode()), routing_key="s")
+
+
+async def _listening(tail: subprocess.Popen[str], rabbit: RabbitMQNode) -> None:
+    """Until tail's queue is bound: what is published before that is not tail's to see."""
+    await until(
+        "tail is listening",
+        lambda: tail.poll() is not None or "amq.gen" in rabbit.ctl("list_queues", "name"),
+    )
+
+
+async def test_tail_prints_each_reading_and_says_when_the_broker_goes(
+    rabbitmq_node: RabbitMQNode, tail: Tail
+) -> None:
+    await _publish(rabbitmq_node.url, [])  # the exchange exists, as the gateway makes it
+    counted = tail(rabbitmq_node.url, "--count", "2")
+    await _listening(counted, rabbitmq_node)
+    await _publish(rabbitmq_node.url, [{"device": "a", "n": 1}, {"device": "b", "n": 2}])
+    out, err = await asyncio.to_thread(counted.communicate, timeout=30)
+    assert counted.returncode == 0, err
+    assert [json.loads(line)["device"] for line in out.splitlines()] == ["a", "b"]
+
+    watching = tail(rabbitmq_node.url)
+    await _listening(watching, rabbitmq_node)
+    await asyncio.to_thread(rabbitmq_node.stop)
+    out, err = await asyncio.to_thread(watching.communicate, timeout=30)
+    assert watching.returncode == 1
+    assert f"connection to amqp://guest:***@127.0.0.1:{rabbitmq_node.port}/ lost" in err
+    assert "run tail again once the broker is back" in err
+
+
+async def test_tail_with_nothing_at_the_url_says_what_to_check(tail: Tail) -> None:
+    nothing = tail(f"amqp://guest:guest@127.0.0.1:{free_port()}/")
+    _, err = await asyncio.to_thread(nothing.communicate, timeout=30)
+    assert nothing.returncode == 1
+    assert "cannot connect to amqp://guest:***@127.0.0.1:" in err
+    assert "check the URL (host, port, user, password, vhost) and that the broker runs" in err
