@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     for name, text in (
         ("run", "run the gateway until SIGTERM or Ctrl-C"),
-        ("check", "validate a configuration file and summarise it"),
+        ("check", "validate a configuration file and summarise it (exit 0: valid, 2: not)"),
         ("status", "show the buffer, the uplink and the drivers (exit 3: not running)"),
     ):
         sub = commands.add_parser(name, help=text, description=text)
@@ -40,10 +40,13 @@ def main(argv: list[str] | None = None) -> int:
     tail = commands.add_parser(
         "tail",
         help="print readings arriving at an exchange, one JSON line each",
-        description="Bind a temporary queue to the exchange and print each reading.",
+        description="Bind a temporary queue to the exchange and print each reading "
+        "(exit 1: cannot connect, or the connection was lost).",
     )
     tail.add_argument("--url", required=True, help="AMQP URL, e.g. amqp://guest:guest@host/")
-    tail.add_argument("--exchange", required=True)
+    tail.add_argument(
+        "--exchange", default="edge-gateway", help="the gateway's amqp.exchange (edge-gateway)"
+    )
     tail.add_argument("--binding", default="#", help="binding key (default: # = everything)")
     tail.add_argument("--count", type=int, default=0, help="exit after this many readings")
     tail.add_argument("--messages", action="store_true", help="print whole messages instead")
@@ -52,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "tail":
         from gateway.tail import tail_readings
 
-        configure_logging("warning")
+        configure_logging("warning", stream=sys.stderr)  # stdout is for the readings
         try:
             return asyncio.run(
                 tail_readings(args.url, args.exchange, args.binding, args.count, args.messages)

@@ -18,16 +18,17 @@ import structlog
 
 
 def configure_logging(
-    level: str = "info", fmt: Literal["auto", "json", "console"] = "auto"
+    level: str = "info", fmt: Literal["auto", "json", "console"] = "auto", stream: Any = None
 ) -> None:
-    """Configure structlog once, for the whole process."""
-    console = fmt == "console" or (fmt == "auto" and sys.stdout.isatty())
+    """Configure structlog once, for the whole process; lines go to `stream` (stdout)."""
+    stream = stream or sys.stdout
+    console = fmt == "console" or (fmt == "auto" and stream.isatty())
     renderer: Any = (
         structlog.dev.ConsoleRenderer()
         if console
         else structlog.processors.JSONRenderer(sort_keys=False)
     )
-    if _stdout_is_the_journal():
+    if _is_the_journal(stream):
         renderer = _WithPriority(renderer)
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
@@ -39,11 +40,11 @@ def configure_logging(
         wrapper_class=structlog.make_filtering_bound_logger(
             logging.getLevelNamesMapping()[level.upper()]
         ),
-        logger_factory=structlog.PrintLoggerFactory(sys.stdout),
+        logger_factory=structlog.PrintLoggerFactory(stream),
         cache_logger_on_first_use=True,
     )
     # Libraries log through the standard library: render their records the same way.
-    handler = logging.StreamHandler(sys.stdout)
+    handler = logging.StreamHandler(stream)
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
             processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
@@ -75,10 +76,10 @@ class _WithPriority:
         return f"<{priority}>{self.renderer(logger, name, event_dict)}"
 
 
-def _stdout_is_the_journal() -> bool:
+def _is_the_journal(stream: Any) -> bool:
     """systemd sets $JOURNAL_STREAM to the device and inode of the stream it connected."""
     try:
-        stat = os.fstat(sys.stdout.fileno())
+        stat = os.fstat(stream.fileno())
     except (OSError, ValueError, AttributeError):  # no real file (captured, closed)
         return False
     return os.environ.get("JOURNAL_STREAM") == f"{stat.st_dev}:{stat.st_ino}"
