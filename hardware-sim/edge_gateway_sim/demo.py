@@ -2,7 +2,8 @@
 
 Private RabbitMQ and Mosquitto processes on free loopback ports, simulated MQTT
 sensors, the real gateway as a child process, and the `tail` command a user
-would type, until Ctrl-C. Everything it starts is stopped and its files removed.
+would type, until Ctrl-C. Everything it starts is stopped and its files removed, also
+on SIGTERM or SIGHUP (`timeout`, a closed SSH session). Exit 0 when all went well.
 """
 
 from __future__ import annotations
@@ -22,7 +23,13 @@ from edge_gateway_sim.mqtt_sensors import FleetConfig, MqttSensorFleet
 EXCHANGE = "edge-gateway"
 
 
+def _interrupt(_signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt  # the same clean-up as Ctrl-C
+
+
 def run_demo(sensors: int, rate: float, duration: float | None, keep: bool) -> int:
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, _interrupt)
     base = Path(tempfile.mkdtemp(prefix="edge-gateway-demo-"))
     say(f"working directory: {base}")
     try:
@@ -44,6 +51,9 @@ def run_demo(sensors: int, rate: float, duration: float | None, keep: bool) -> i
                 )
             )
             return _run_site(base, config, rabbit.url, mosquitto.port, sensors, rate, duration)
+    except KeyboardInterrupt:  # while starting: what was started is stopped on the way out
+        say("interrupted while starting")
+        return 130
     finally:
         if keep:
             say(f"kept {base}")
@@ -73,8 +83,10 @@ def _run_site(
             stdin=subprocess.DEVNULL,
             start_new_session=True,  # we stop it ourselves, after Ctrl-C
         )
+        tail_code = gateway_code = None
         try:
             _wait(tail, duration)
+            tail_code = tail.poll()  # None: still running, as it should
         except KeyboardInterrupt:
             print(file=sys.stderr)
         finally:
@@ -86,13 +98,17 @@ def _run_site(
             except subprocess.TimeoutExpired:
                 tail.kill()
             if gateway.running:
-                code = gateway.terminate()
-                say(f"gateway exited with {code}")
+                gateway_code = gateway.terminate()
+                say(f"gateway exited with {gateway_code}")
+            else:
+                say(f"the gateway had stopped by itself; its log: {gateway.log}")
         say(f"sensors: {sent.summary()}")
         subprocess.run(
             [sys.executable, "-m", "gateway.cli", "status", "--config", str(config)], check=False
         )
-    return 0
+    if tail_code:
+        say(f"tail ended by itself with exit status {tail_code} (see its message above)")
+    return 0 if gateway_code == 0 and not tail_code else 1
 
 
 def _wait(process: subprocess.Popen[bytes], duration: float | None) -> None:
