@@ -38,6 +38,9 @@ UNIT_STOP_TIMEOUT_S = 30.0
 BLE_STOP_S = 15.0
 """The longest BLE drivers may take to stop: ending a scan (up to 5 s) and a GATT disconnect
 (up to 10 s), counted as if one came after the other (drivers/ble/scanner.py, gatt_client.py)."""
+CLOSE_AT_STOP_S = 2.0
+"""A stop's goodbye to the broker (AMQP Connection.Close): one that does not answer, often the
+reason confirms were missing, gets no longer than this."""
 LAST_COMMIT_S = 5.0
 """Left at the end of a stop for the buffer's last commit and the exit, on a slow SD card."""
 
@@ -146,12 +149,13 @@ class GatewayConfig(StrictModel):
         """By how much the longest stop may exceed the unit's `TimeoutStopSec=` (<= 0: it fits).
 
         A stop is: the drivers stop (BLE ones take longest), in-flight publishes get
-        `amqp.shutdown_grace_s`, the buffer commits. Past the timeout, systemd kills the
-        gateway: nothing accepted is lost (the buffer keeps it), but what was confirmed
-        and not yet deleted goes again as duplicates, and the journal shows a SIGKILL.
+        `amqp.shutdown_grace_s`, the connection is closed, the buffer commits. Past the
+        timeout, systemd kills the gateway: nothing accepted is lost (the buffer keeps it),
+        but what was confirmed and not yet deleted goes again as duplicates, and the journal
+        shows a SIGKILL.
         """
         drivers_s = BLE_STOP_S if any(d.type == "ble" for d in self.drivers) else 0.0
-        longest = drivers_s + self.amqp.shutdown_grace_s + LAST_COMMIT_S
+        longest = drivers_s + self.amqp.shutdown_grace_s + CLOSE_AT_STOP_S + LAST_COMMIT_S
         return longest - UNIT_STOP_TIMEOUT_S
 
     @field_validator("drivers")

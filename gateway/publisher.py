@@ -30,7 +30,7 @@ from yarl import URL
 
 from gateway.backoff import Backoff
 from gateway.buffer import Buffer, StoredReading
-from gateway.config import AmqpSection, GatewaySection
+from gateway.config import CLOSE_AT_STOP_S, AmqpSection, GatewaySection
 from gateway.config_types import read_secret
 from gateway.logs import RateLimitedLog
 from gateway.progress import Progress
@@ -228,8 +228,11 @@ class Publisher:
         finally:
             self.counters.connected_url = None
             self._requeue_ready()
+            close_s = self.config.timeout_s
+            if self._stopping.is_set():  # the stop's time is counted (GatewayConfig.stop_overrun_s)
+                close_s = min(close_s, CLOSE_AT_STOP_S)
             with suppress(*CONNECTION_ERRORS):
-                await asyncio.wait_for(connection.close(), self.config.timeout_s)
+                await asyncio.wait_for(connection.close(), close_s)
 
     def _shown(self, url: str) -> str:
         """`url` for logs and status: with the user that logs in, the password masked."""

@@ -44,10 +44,10 @@ def test_the_constant_is_the_units_timeout_stop_sec() -> None:
     ("grace_s", "drivers", "fits"),
     [
         (5, ("ble",), True),  # the defaults fit, BLE included
-        (10, ("ble",), True),
-        (11, ("ble",), False),
-        (25, (), True),  # without BLE, drivers stop at once
-        (26, (), False),
+        (8, ("ble",), True),  # 15 s BLE + 8 s + 2 s to close + 5 s to commit
+        (9, ("ble",), False),
+        (23, (), True),  # without BLE, drivers stop at once
+        (24, (), False),
         (300, ("ble",), False),
     ],
 )
