@@ -78,13 +78,19 @@ async def run_gateway(
                 )
                 notifier.ready(reporter.status_line())
                 pinging = tasks.create_task(reporter.run())
-                while await _next_request(stop, reload) == "reload":
-                    assert load is not None, "a reload needs a way to load the configuration"
-                    notifier.reloading()
-                    config = await _reload(config, load, supervisor)
-                    notifier.ready(reporter.status_line())
-                notifier.stopping()
-                await _stop_intake_then_publisher(supervisor, publisher, publishing, config)
+                try:
+                    while await _next_request(stop, reload) == "reload":
+                        assert load is not None, "a reload needs a way to load the configuration"
+                        notifier.reloading()
+                        config = await _reload(config, load, supervisor)
+                        notifier.ready(reporter.status_line())
+                    notifier.stopping()
+                    await _stop_intake_then_publisher(supervisor, publisher, publishing, config)
+                except asyncio.CancelledError:
+                    # A sibling failed (the disk, a bug) and the group cancels this body: the
+                    # drivers still hand the buffer what they hold, or say what is lost.
+                    await supervisor.stop()
+                    raise
                 for task in (watching, reporting, pinging):
                     task.cancel()
     log.info("gateway stopped", buffered=buffer.depth)
