@@ -96,13 +96,20 @@ def read_status(state_dir: Path) -> dict[str, Any]:
 
 
 def _buffer_figures(database: Path) -> dict[str, Any]:
-    if not database.exists():
-        return {"path": str(database), "exists": False}
-    on_disk = sum(
-        Path(f"{database}{suffix}").stat().st_size
-        for suffix in ("", "-wal")
-        if Path(f"{database}{suffix}").exists()
-    )
+    try:
+        if not database.exists():
+            return {"path": str(database), "exists": False}
+        on_disk = sum(
+            Path(f"{database}{suffix}").stat().st_size
+            for suffix in ("", "-wal")
+            if Path(f"{database}{suffix}").exists()
+        )
+    except OSError as exc:  # the state directory is the service's: 0750
+        return {
+            "path": str(database),
+            "exists": True,
+            "error": f"cannot read {database.parent}: {exc.strerror}; run status with sudo",
+        }
     figures: dict[str, Any] = {"path": str(database), "exists": True, "bytes_on_disk": on_disk}
     try:
         conn = sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=5)
@@ -130,7 +137,12 @@ def format_status(report: dict[str, Any]) -> str:
     buffer = report["buffer"]
     lines = [f"buffer     {buffer['path']}"]
     if not buffer.get("exists"):
-        lines.append("           no buffer yet (the gateway has not run with this state_dir)")
+        state_dir = Path(buffer["path"]).parent
+        lines.append(
+            "           no buffer yet (the gateway has not run with this state_dir)"
+            if state_dir.is_dir()
+            else f"           {state_dir} does not exist: check gateway.state_dir"
+        )
     elif "error" in buffer:
         lines.append(f"           {buffer['error']}")
     else:

@@ -26,6 +26,7 @@ ACTION=install
 PYTHON=${PYTHON:-python3}
 
 usage() { sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
+ARGS="$*"  # for the "run as root" hint, before the loop below shifts them away
 while [ $# -gt 0 ]; do
     case $1 in
         --uninstall) ACTION=uninstall ;;
@@ -64,7 +65,10 @@ put() {
 
 preflight() {
     if live && [ "$(id -u)" -ne 0 ]; then
-        die "run as root: sudo $0 $*"
+        die "run as root: sudo $0 $ARGS"
+    fi
+    if [ "$ACTION" = uninstall ]; then
+        return  # removing needs no Python
     fi
     "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null \
         || die "$PYTHON 3.11 or newer is needed (Raspberry Pi OS bookworm has it)"
@@ -218,7 +222,7 @@ uninstall() {
     say "    sudo rm -r $ETC $STATE && sudo userdel $NAME"
 }
 
-preflight "$@"
+preflight
 if [ "$ACTION" = uninstall ]; then
     uninstall
     exit 0
