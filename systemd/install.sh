@@ -5,8 +5,9 @@
 #   sudo systemd/install.sh                # install or upgrade; safe to run again
 #   sudo systemd/install.sh --uninstall    # remove the program, unit and rules; keep config
 #                                          # (/etc/edge-gateway) and buffer (/var/lib/edge-gateway)
-#   systemd/install.sh --root DIR          # lay the files down under DIR (image builds, tests):
-#                                          # no user, no udev or systemd reload, nothing started
+#   systemd/install.sh --root DIR          # lay the files down under DIR (tests, inspection):
+#                                          # no user, no udev or systemd reload, nothing started;
+#                                          # not for images (scripts name DIR/opt/...)
 #
 # What it does, each step only when needed (it says which it did):
 #   - the system user and group edge-gateway (and the group bluetooth if missing);
@@ -15,7 +16,8 @@
 #     (an existing configuration is never overwritten), and /etc/edge-gateway/credentials/;
 #   - the unit /etc/systemd/system/edge-gateway.service (enabled: it starts at boot), the udev
 #     rules systemd/*.rules in /etc/udev/rules.d/, /etc/modules-load.d/edge-gateway.conf.
-# An upgrade restarts a running gateway; a first install leaves starting it to you.
+# An upgrade checks the configuration, then restarts a running gateway; a first install
+# leaves starting it to you.
 set -euo pipefail
 umask 022  # the service user must read the program; secrets get their own modes below
 
@@ -25,7 +27,7 @@ ROOT=
 ACTION=install
 PYTHON=${PYTHON:-python3}
 
-usage() { sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
+usage() { sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
 ARGS="$*"  # for the "run as root" hint, before the loop below shifts them away
 while [ $# -gt 0 ]; do
     case $1 in
