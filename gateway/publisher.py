@@ -20,12 +20,13 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import partial
 from itertools import cycle
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import aio_pika
 import aiormq
 import structlog
 from aio_pika.abc import AbstractExchange, AbstractRobustConnection
+from aio_pika.connection import make_url
 from yarl import URL
 
 from gateway.backoff import Backoff
@@ -150,6 +151,21 @@ def _surface_failure(task: asyncio.Task[None], broken: asyncio.Future[BaseExcept
         broken.set_result(error)
 
 
+async def open_connection(
+    url: str | URL, deadline_s: float, **options: Any
+) -> aio_pika.abc.AbstractConnection:
+    """`aio_pika.connect`, except that a connection which fails to open is closed: aio-pika
+    leaves it to its `__del__`, which warns "coroutine 'Connection.close' was never awaited"
+    after every failed attempt while a broker is away."""
+    connection = aio_pika.Connection(make_url(url), **options)
+    try:
+        await connection.connect(timeout=deadline_s)
+    except BaseException:
+        await connection.close()
+        raise
+    return connection
+
+
 def redact(url: str) -> str:
     """A broker URL safe to log: the password replaced."""
     parsed = URL(url)
@@ -250,10 +266,10 @@ class Publisher:
             parsed = parsed.with_password(read_secret(self.config.password_file))
         parsed = parsed.update_query(heartbeat=self.config.heartbeat_s)
         connection = await self._deadline(
-            aio_pika.connect(
+            open_connection(
                 parsed,
+                self.config.timeout_s,
                 ssl_context=ssl_context,
-                timeout=self.config.timeout_s,
                 client_properties={"connection_name": f"edge-gateway {self.gateway.id}"},
             )
         )

@@ -9,7 +9,7 @@ import sys
 import aio_pika
 import aiormq
 
-from gateway.publisher import redact
+from gateway.publisher import open_connection, redact
 
 
 async def tail_readings(
@@ -17,7 +17,7 @@ async def tail_readings(
 ) -> int:
     """Print each reading (or message) as one JSON line; return an exit code."""
     try:
-        connection = await aio_pika.connect(url, timeout=10)
+        connection = await open_connection(url, 10)
     except (OSError, aiormq.exceptions.AMQPError, TimeoutError, ValueError) as exc:
         print(
             f"cannot connect to {redact(url)}: {exc or type(exc).__name__}; check the URL "

@@ -18,6 +18,8 @@ from typing import Any
 import aio_pika
 from aio_pika.abc import AbstractConnection, AbstractIncomingMessage
 
+from gateway.publisher import open_connection
+
 
 @dataclass(slots=True)
 class Received:
@@ -98,7 +100,7 @@ class ReadingCollector:
             await self._connection.close()
 
     async def _subscribe(self) -> None:
-        connection = await aio_pika.connect(self.url, timeout=10)
+        connection = await open_connection(self.url, 10)
         try:
             channel = await connection.channel()
             await channel.set_qos(prefetch_count=1000)
