@@ -21,10 +21,13 @@ import pytest
 from structlog.testing import capture_logs
 
 from drivers.serial.lines_config import SerialLinesConfig
+from gateway.app import run_gateway
 from gateway.buffer import Buffer
 from gateway.cli import EXIT_CONFIG, main
+from gateway.config import GatewayConfig
 from gateway.errors import BufferFull, ConfigError
 from gateway.model import Reading
+from gateway.publisher import Publisher
 from gateway.supervisor import DriverSupervisor
 
 
@@ -207,3 +210,54 @@ async def test_the_drivers_other_threads_read_are_one_tuple_replaced_whole_on_re
             (old,) = before  # unchanged by the reload
             (new,) = supervisor.drivers
             assert new is not old
+
+
+async def test_when_a_sibling_task_fails_what_the_drivers_held_is_put_or_logged_as_lost(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bug in the publisher ends the gateway: the serial driver still hands over what it
+    held (here the buffer is full, so it is logged as lost, with its count), not in silence."""
+    failing = asyncio.Event()
+
+    async def buggy_publisher(_self: Publisher) -> None:
+        await failing.wait()
+        raise RuntimeError("a bug in the publisher")
+
+    monkeypatch.setattr(Publisher, "run", buggy_publisher)
+    with pty() as (device, port), capture_logs() as logs:
+        config = GatewayConfig.model_validate(
+            {
+                "gateway": {"id": "gw", "state_dir": str(tmp_path)},
+                "buffer": {"max_bytes": "1KB", "when_full": "reject_new"},  # refuses every put
+                "drivers": [dict(lines_config(port))],
+            }
+        )
+
+        async def reading() -> bool:
+            return running is not None and running.drivers[0].stats.state == "reading"
+
+        async def held() -> bool:
+            return running is not None and len(running.drivers[0].outbox or ()) >= 3
+
+        async def held_three_then_fail() -> None:
+            await until("port open", reading)
+            os.write(device, b'{"seq": 1}\n{"seq": 2}\n{"seq": 3}\n')
+            await until("the driver holds the three lines", held)
+            failing.set()
+
+        running: DriverSupervisor | None = None
+        start = DriverSupervisor.start
+
+        def keep(self: DriverSupervisor, configs: Any) -> None:
+            nonlocal running
+            running = self
+            start(self, configs)
+
+        monkeypatch.setattr(DriverSupervisor, "start", keep)
+        helper = asyncio.create_task(held_three_then_fail())
+        with pytest.raises(ExceptionGroup) as failed:
+            await run_gateway(config, asyncio.Event())
+        await helper
+    assert failed.group_contains(RuntimeError, match="a bug in the publisher")
+    lost = [e for e in logs if e["event"].startswith("readings a stopped driver held were lost")]
+    assert [(e["driver"], e["lost"]) for e in lost] == [("thermo", 3)]
