@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -149,21 +150,36 @@ async def test_refused_logins_say_why_and_readings_flow_once_the_user_may_publis
     assert site.gateway.terminate() == 0
 
 
+async def refused_then_flowing(
+    site: Any, problem: str, fix: Callable[[], Awaitable[None]], hint: str
+) -> None:
+    """Readings are accepted while the broker refuses (`problem` logged, with `hint`); once
+    `fix` has run and a consumer's queue is bound, every one of them arrives."""
+    site.gateway.start()
+    sent = await asyncio.to_thread(site.fleet(sensors=2, rate=100).run, 100)
+    await until(f"{problem!r} logged", lambda: problem in site.gateway.log.read_text())
+    await fix()
+    async with site.collector() as collector:  # declares the exchange and binds a queue
+        await collector.wait_until(lambda got: got.unique >= 100, timeout=30)
+    assert collector.received.missing(sent.last_seq) == {}
+    assert hint in site.gateway.log.read_text()
+    assert site.gateway.terminate() == 0
+
+
 async def test_a_missing_exchange_is_named_and_readings_flow_once_it_exists(
     make_site: Any, rabbitmq: RabbitMQNode, mosquitto: MosquittoBroker
 ) -> None:
     site = make_site(rabbitmq, mosquitto, extra_amqp="declare_exchange: false\nretry_max_s: 1")
-    site.gateway.start()
-    sent = await asyncio.to_thread(site.fleet(sensors=2, rate=100).run, 100)
-    await until(
-        "the missing exchange is logged",
-        lambda: "the exchange does not exist on the broker" in site.gateway.log.read_text(),
+
+    async def nothing() -> None:  # the consumer declares it
+        pass
+
+    await refused_then_flowing(
+        site,
+        "the exchange does not exist on the broker",
+        nothing,
+        "set amqp.declare_exchange: true",
     )
-    async with site.collector() as collector:  # declares the exchange and binds a queue
-        await collector.wait_until(lambda got: got.unique >= 100, timeout=30)
-    assert collector.received.missing(sent.last_seq) == {}
-    assert "set amqp.declare_exchange: true" in site.gateway.log.read_text()
-    assert site.gateway.terminate() == 0
 
 
 async def test_an_exchange_of_another_type_is_named_and_readings_flow_once_it_is_gone(
@@ -173,21 +189,17 @@ async def test_an_exchange_of_another_type_is_named_and_readings_flow_once_it_is
     connection = await aio_pika.connect(rabbitmq.url)
     channel = await connection.channel()
     squatter = await channel.declare_exchange(site.name, aio_pika.ExchangeType.FANOUT)
-    site.gateway.start()  # it declares a durable topic exchange of that name: refused
-    sent = await asyncio.to_thread(site.fleet(sensors=2, rate=100).run, 100)
-    await until(
-        "the clash is logged",
-        lambda: (
-            "the exchange exists on the broker with other settings" in site.gateway.log.read_text()
-        ),
+
+    async def remove_it() -> None:
+        await squatter.delete()
+        await connection.close()
+
+    await refused_then_flowing(  # the gateway declares a durable topic exchange of that name
+        site,
+        "the exchange exists on the broker with other settings",
+        remove_it,
+        "set amqp.exchange_type to the type it has",
     )
-    await squatter.delete()
-    await connection.close()
-    async with site.collector() as collector:
-        await collector.wait_until(lambda got: got.unique >= 100, timeout=30)
-    assert collector.received.missing(sent.last_seq) == {}
-    assert "set amqp.exchange_type to the type it has" in site.gateway.log.read_text()
-    assert site.gateway.terminate() == 0
 
 
 async def test_sigterm_mid_stream_exits_0_and_the_restart_delivers_the_rest(
