@@ -62,7 +62,8 @@ def configure_logging(
         logging.getLogger(name).setLevel(logging.CRITICAL)
 
 
-_PRIORITIES = {"critical": 2, "exception": 3, "error": 3, "warning": 4, "info": 6, "debug": 7}
+_PRIORITIES = {"critical": 2, "error": 3, "warning": 4, "info": 6, "debug": 7}
+"""Syslog priorities by structlog level (`log.exception` is level "error")."""
 
 
 class _WithPriority:

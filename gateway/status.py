@@ -98,7 +98,7 @@ def read_status(state_dir: Path) -> dict[str, Any]:
 def _buffer_figures(database: Path) -> dict[str, Any]:
     try:
         if not database.exists():
-            return {"path": str(database), "exists": False}
+            return {"path": str(database), "exists": False, "dir_exists": database.parent.is_dir()}
         on_disk = sum(
             Path(f"{database}{suffix}").stat().st_size
             for suffix in ("", "-wal")
@@ -137,11 +137,10 @@ def format_status(report: dict[str, Any]) -> str:
     buffer = report["buffer"]
     lines = [f"buffer     {buffer['path']}"]
     if not buffer.get("exists"):
-        state_dir = Path(buffer["path"]).parent
         lines.append(
             "           no buffer yet (the gateway has not run with this state_dir)"
-            if state_dir.is_dir()
-            else f"           {state_dir} does not exist: check gateway.state_dir"
+            if buffer["dir_exists"]
+            else f"           {Path(buffer['path']).parent} does not exist: check gateway.state_dir"
         )
     elif "error" in buffer:
         lines.append(f"           {buffer['error']}")

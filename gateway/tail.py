@@ -26,12 +26,15 @@ async def tail_readings(
         )
         return 1
     printed = 0
-    done = asyncio.Event()
-    lost: asyncio.Future[object] = asyncio.get_running_loop().create_future()
+    ended: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
+    """None once `count` readings are printed; why, if the connection is lost first."""
+
+    def end(why: str | None) -> None:
+        if not ended.done():
+            ended.set_result(why)
 
     def on_close(_sender: object, exc: BaseException | None = None) -> None:
-        if not lost.done():
-            lost.set_result(str(exc or "closed by the broker"))
+        end(str(exc or "closed by the broker"))
 
     async with connection:
         try:
@@ -68,7 +71,7 @@ async def tail_readings(
                     print(line, flush=True)
                     printed += 1
                     if count and printed >= count:
-                        done.set()
+                        end(None)
 
         await queue.consume(on_message)
         connection.close_callbacks.add(on_close)
@@ -76,16 +79,13 @@ async def tail_readings(
             f"listening on exchange {exchange!r} with binding {binding!r}; Ctrl-C to stop",
             file=sys.stderr,
         )
-        waits: list[asyncio.Future[object]] = [asyncio.ensure_future(done.wait()), lost]
         try:
-            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            why = await ended
         finally:
-            waits[0].cancel()
             connection.close_callbacks.discard(on_close)
-        if not done.is_set():
+        if why is not None:
             print(
-                f"connection to {redact(url)} lost ({lost.result()}); run tail again once "
-                "the broker is back",
+                f"connection to {redact(url)} lost ({why}); run tail again once the broker is back",
                 file=sys.stderr,
             )
             return 1
