@@ -15,7 +15,7 @@ from typing import Annotated, Literal
 from pydantic import ByteSize, Field, ValidationError, field_validator, model_validator
 
 from drivers.ble.config import BleDriverConfig
-from drivers.mqtt.config import MqttDriverConfig
+from drivers.mqtt.config import CONNECT_TIMEOUT_S, MqttDriverConfig
 from drivers.serial.lines_config import SerialLinesConfig
 from drivers.serial.modbus_config import ModbusRtuConfig
 from drivers.serial.nmea_config import SerialNmeaConfig
@@ -38,6 +38,9 @@ UNIT_STOP_TIMEOUT_S = 30.0
 BLE_STOP_S = 15.0
 """The longest BLE drivers may take to stop: ending a scan (up to 5 s) and a GATT disconnect
 (up to 10 s), counted as if one came after the other (drivers/ble/scanner.py, gatt_client.py)."""
+DRIVER_STOP_S = {"ble": BLE_STOP_S, "mqtt": CONNECT_TIMEOUT_S}
+"""The longest a driver of each type may take to stop (drivers stop together; others at once).
+An MQTT driver's stop waits for a connect in progress."""
 CLOSE_AT_STOP_S = 2.0
 """A stop's goodbye to the broker (AMQP Connection.Close): one that does not answer, often the
 reason confirms were missing, gets no longer than this."""
@@ -154,7 +157,7 @@ class GatewayConfig(StrictModel):
         but what was confirmed and not yet deleted goes again as duplicates, and the journal
         shows a SIGKILL.
         """
-        drivers_s = BLE_STOP_S if any(d.type == "ble" for d in self.drivers) else 0.0
+        drivers_s = max((DRIVER_STOP_S.get(d.type, 0.0) for d in self.drivers), default=0.0)
         longest = drivers_s + self.amqp.shutdown_grace_s + CLOSE_AT_STOP_S + LAST_COMMIT_S
         return longest - UNIT_STOP_TIMEOUT_S
 

@@ -8,6 +8,10 @@ from pydantic import BeforeValidator, Field, field_validator, model_validator
 
 from gateway.config_types import Name, Seconds, SecretFile, StrictModel, TlsConfig
 
+CONNECT_TIMEOUT_S = 10.0
+"""paho's TCP connect timeout. The connect blocks a thread that a stop cannot interrupt, so a
+stop while the broker does not answer waits up to this long (GatewayConfig.stop_overrun_s)."""
+
 
 class FieldSpec(StrictModel):
     """Where a value sits in a JSON payload (`path`, dotted for nested objects) and its unit."""

@@ -30,7 +30,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from drivers.base import DriverStats, Sink, put_until_accepted
-from drivers.mqtt.config import MqttDriverConfig, Subscription
+from drivers.mqtt.config import CONNECT_TIMEOUT_S, MqttDriverConfig, Subscription
 from drivers.mqtt.decode import decode
 from drivers.mqtt.paho_loop import LoopBinding, LoopClient
 from drivers.mqtt.topics import DeviceTemplate, topic_matches
@@ -227,7 +227,7 @@ class MqttSource:
             clean_session=None if v5 else False,
             manual_ack=True,
         )
-        client.connect_timeout = 10.0
+        client.connect_timeout = CONNECT_TIMEOUT_S
         if self.config.username is not None:
             password = read_secret(self.config.password_file) if self.config.password_file else None
             client.username_pw_set(self.config.username, password)

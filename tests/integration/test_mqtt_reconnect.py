@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import time
 from collections.abc import Sequence
 
@@ -59,3 +60,36 @@ async def test_the_backoff_is_told_how_long_each_connection_lasted(
     lost, *failed = runs
     assert lost >= 1.0  # the connection's whole life, not the moment it ended
     assert all(run < 0.5 for run in failed)  # a refused connect is a run of no length
+
+
+async def test_a_stop_while_the_broker_does_not_answer_waits_at_most_the_connect_timeout(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A broker host that is down drops the SYN: paho's connect blocks its thread until the
+    connect timeout, and the stop waits for it (GatewayConfig.stop_overrun_s counts this)."""
+    connect_timeout_s = 2.0
+    monkeypatch.setattr("drivers.mqtt.source.CONNECT_TIMEOUT_S", connect_timeout_s)
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(0)
+        port = silent.getsockname()[1]
+        # One connection fills the accept queue: Linux drops the SYNs of the next ones.
+        with socket.create_connection(("127.0.0.1", port)):
+            config = MqttDriverConfig.model_validate(
+                {
+                    "type": "mqtt",
+                    "name": "silent",
+                    "port": port,
+                    "subscriptions": [{"topic": "silent/#"}],
+                }
+            )
+            source = MqttSource(config, "gw", _Discard())
+            task = asyncio.create_task(source.run())
+            await asyncio.sleep(0.5)  # the connect is under way
+            assert source.stats.state != "connected"
+            stop_started = time.monotonic()
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            stop_s = time.monotonic() - stop_started
+    assert stop_s <= connect_timeout_s + 1.0

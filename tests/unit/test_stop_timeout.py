@@ -20,8 +20,15 @@ WARNING = (
 )
 
 
+MINIMAL_DRIVERS: dict[str, dict[str, Any]] = {
+    "ble": {"type": "ble"},
+    "mqtt": {"type": "mqtt", "subscriptions": [{"topic": "s/+/x", "device": "s/{device}/x"}]},
+    "serial": {"type": "serial", "protocol": "lines", "format": "json", "port": "/dev/ttyUSB0"},
+}
+
+
 def config(grace_s: float, *driver_types: str) -> GatewayConfig:
-    drivers = [{"type": kind, "name": f"d{i}"} for i, kind in enumerate(driver_types)]
+    drivers = [{**MINIMAL_DRIVERS[kind], "name": f"d{i}"} for i, kind in enumerate(driver_types)]
     return GatewayConfig.model_validate(
         {"gateway": {"id": "gw"}, "amqp": {"shutdown_grace_s": grace_s}, "drivers": drivers},
         context={"check_files": False},
@@ -46,8 +53,13 @@ def test_the_constant_is_the_units_timeout_stop_sec() -> None:
         (5, ("ble",), True),  # the defaults fit, BLE included
         (8, ("ble",), True),  # 15 s BLE + 8 s + 2 s to close + 5 s to commit
         (9, ("ble",), False),
-        (23, (), True),  # without BLE, drivers stop at once
-        (24, (), False),
+        (13, ("mqtt",), True),  # a connect in progress: 10 s + 13 s + 2 s + 5 s
+        (14, ("mqtt",), False),
+        (8, ("mqtt", "ble"), True),  # drivers stop together: the longest counts
+        (9, ("ble", "mqtt"), False),
+        (23, ("serial",), True),  # serial drivers stop at once
+        (24, ("serial",), False),
+        (23, (), True),
         (300, ("ble",), False),
     ],
 )
