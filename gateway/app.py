@@ -86,9 +86,10 @@ async def run_gateway(
                         notifier.ready(reporter.status_line())
                     notifier.stopping()
                     await _stop_intake_then_publisher(supervisor, publisher, publishing, config)
-                except asyncio.CancelledError:
-                    # A sibling failed (the disk, a bug) and the group cancels this body: the
-                    # drivers still hand the buffer what they hold, or say what is lost.
+                except BaseException:
+                    # A sibling failed (the disk, a bug) and the group cancels this body, or
+                    # the body failed itself: the drivers still hand the buffer what they
+                    # hold, or say what is lost.
                     await supervisor.stop()
                     raise
                 for task in (watching, reporting, pinging):

@@ -52,9 +52,15 @@ def config_files(path: Path | str) -> list[Path]:
     """The main file, then its drop-ins (`<name>.d/*.yaml` and `*.yml`) in name order."""
     path = Path(path)
     drop_ins = path.with_suffix(".d")
-    if not drop_ins.is_dir():
-        return [path]
-    found = [p for p in drop_ins.iterdir() if p.suffix in (".yaml", ".yml") and p.is_file()]
+    try:
+        if not drop_ins.is_dir():
+            return [path]
+        found = [p for p in drop_ins.iterdir() if p.suffix in (".yaml", ".yml") and p.is_file()]
+    except OSError as exc:
+        raise ConfigError(
+            f"{drop_ins}: cannot list the drop-in directory: {exc.strerror}; check that the "
+            "user running the gateway may read it"
+        ) from None
     return [path, *sorted(found, key=lambda p: p.name)]
 
 

@@ -212,18 +212,25 @@ async def test_the_drivers_other_threads_read_are_one_tuple_replaced_whole_on_re
             assert new is not old
 
 
-async def test_when_a_sibling_task_fails_what_the_drivers_held_is_put_or_logged_as_lost(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("bug", ["in the publisher", "while reloading"])
+async def test_when_the_gateway_fails_what_the_drivers_held_is_put_or_logged_as_lost(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, bug: str
 ) -> None:
-    """A bug in the publisher ends the gateway: the serial driver still hands over what it
-    held (here the buffer is full, so it is logged as lost, with its count), not in silence."""
+    """A bug ends the gateway, in a sibling task (the publisher) or in the main one (a
+    reload): the serial driver still hands over what it held (here the buffer is full, so it is
+    logged as lost, with its count), not in silence."""
     failing = asyncio.Event()
+    reload = asyncio.Event()
 
     async def buggy_publisher(_self: Publisher) -> None:
         await failing.wait()
         raise RuntimeError("a bug in the publisher")
 
-    monkeypatch.setattr(Publisher, "run", buggy_publisher)
+    def buggy_load() -> GatewayConfig:
+        raise RuntimeError("a bug while reloading")
+
+    if bug == "in the publisher":
+        monkeypatch.setattr(Publisher, "run", buggy_publisher)
     with pty() as (device, port), capture_logs() as logs:
         config = GatewayConfig.model_validate(
             {
@@ -243,7 +250,7 @@ async def test_when_a_sibling_task_fails_what_the_drivers_held_is_put_or_logged_
             await until("port open", reading)
             os.write(device, b'{"seq": 1}\n{"seq": 2}\n{"seq": 3}\n')
             await until("the driver holds the three lines", held)
-            failing.set()
+            (failing if bug == "in the publisher" else reload).set()
 
         running: DriverSupervisor | None = None
         start = DriverSupervisor.start
@@ -256,8 +263,8 @@ async def test_when_a_sibling_task_fails_what_the_drivers_held_is_put_or_logged_
         monkeypatch.setattr(DriverSupervisor, "start", keep)
         helper = asyncio.create_task(held_three_then_fail())
         with pytest.raises(ExceptionGroup) as failed:
-            await run_gateway(config, asyncio.Event())
+            await run_gateway(config, asyncio.Event(), reload, buggy_load)
         await helper
-    assert failed.group_contains(RuntimeError, match="a bug in the publisher")
+    assert failed.group_contains(RuntimeError, match=f"a bug {bug}")
     lost = [e for e in logs if e["event"].startswith("readings a stopped driver held were lost")]
     assert [(e["driver"], e["lost"]) for e in lost] == [("thermo", 3)]

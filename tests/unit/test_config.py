@@ -6,7 +6,10 @@ line and the path exactly and the problem by its key words.
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 from textwrap import dedent
 
@@ -194,6 +197,31 @@ def test_a_driver_name_used_in_two_files_is_refused(tmp_path: Path) -> None:
     path = write(tmp_path, MINIMAL, MQTT_DRIVER.format(name="shed"))
     drop_in(tmp_path, "shed.yaml", MQTT_DRIVER.format(name="shed"))
     assert "two drivers are named 'shed'" in config_error(path)
+
+
+def test_an_unreadable_drop_in_directory_is_a_configuration_error(tmp_path: Path) -> None:
+    """An admin's 0700 root-owned gateway.d: `check` (and a start or reload) name the
+    directory instead of crashing with a traceback."""
+    path = write(tmp_path, MINIMAL)
+    folder = drop_in(tmp_path, "shed.yaml", MQTT_DRIVER.format(name="shed")).parent
+    folder.chmod(0)
+    try:
+        checked = unprivileged([sys.executable, "-m", "gateway.cli", "check", "--config", path])
+    finally:
+        folder.chmod(0o755)
+    assert checked.returncode == 2, checked.stderr  # a configuration error
+    assert checked.stderr.strip() == (
+        f"configuration error:\n{folder}: cannot list the drop-in directory: Permission denied; "
+        "check that the user running the gateway may read it"
+    )
+
+
+def unprivileged(args: list[str | Path]) -> subprocess.CompletedProcess[str]:
+    """Run without the power to override file permissions: root runs it without the
+    capabilities that bypass them (tests run as root in CI)."""
+    if os.geteuid() == 0:
+        args = ["setpriv", "--bounding-set=-dac_override,-dac_read_search", *args]
+    return subprocess.run(args, capture_output=True, text=True, timeout=60)
 
 
 def test_a_drop_in_that_is_not_a_mapping_is_an_error(tmp_path: Path) -> None:
