@@ -21,7 +21,7 @@ from drivers.serial.modbus_config import ModbusRtuConfig
 from drivers.serial.nmea_config import SerialNmeaConfig
 from gateway.config_loader import config_files as config_files  # where callers find it
 from gateway.config_loader import describe, read_config
-from gateway.config_types import Name, Seconds, SecretFile, StrictModel, TlsConfig
+from gateway.config_types import Name, PasswordFile, Seconds, StrictModel, TlsConfig
 from gateway.errors import ConfigError
 
 SerialDriverConfig = Annotated[
@@ -77,7 +77,7 @@ class AmqpSection(StrictModel):
     url: str | list[str] = "amqp://guest:guest@127.0.0.1:5672/"
     """One broker URL, or a list tried in turn (a cluster)."""
     username: str | None = None
-    password_file: SecretFile | None = None
+    password_file: PasswordFile | None = None
     exchange: str = "edge-gateway"
     exchange_type: Literal["topic", "direct", "fanout", "headers"] = "topic"
     declare_exchange: bool = True

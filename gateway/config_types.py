@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import os
+import ssl
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, model_validator
+
+from gateway.errors import ConfigError
 
 
 class StrictModel(BaseModel):
@@ -33,6 +36,22 @@ def _resolve_secret_file(path: Path, info: ValidationInfo) -> Path:
     return _resolve_file(path, info)
 
 
+def _resolve_password_file(path: Path, info: ValidationInfo) -> Path:
+    """Like `_resolve_secret_file`, and the file must hold a password: UTF-8 text, not empty
+    (aiormq would quietly log in as "guest" with an empty one)."""
+    path = _resolve_secret_file(path, info)
+    if (info.context or {}).get("check_files", True):
+        try:
+            password = read_secret(path)
+        except UnicodeDecodeError as exc:
+            raise ValueError(
+                f"{path} is not UTF-8 text (byte {exc.start}); save the password as UTF-8"
+            ) from None
+        if not password:
+            raise ValueError(f"{path} is empty; write the password into it")
+    return path
+
+
 def _readable(path: Path) -> Path:
     try:
         path.read_bytes()
@@ -49,12 +68,15 @@ ConfigFile = Annotated[Path, AfterValidator(_resolve_file)]
 """A file the gateway reads (a CA certificate); checked readable at load time."""
 
 SecretFile = Annotated[Path, AfterValidator(_resolve_secret_file)]
-"""A file holding one secret (a password, a key); checked readable at load time."""
+"""A file holding a secret (a TLS key); checked readable at load time."""
+
+PasswordFile = Annotated[Path, AfterValidator(_resolve_password_file)]
+"""A file holding one password; checked at load time, so that `check` finds what a start would."""
 
 
 def read_secret(path: Path) -> str:
-    """The secret in a file, without the trailing newline editors add."""
-    return path.read_text(encoding="utf-8").rstrip("\r\n")
+    """The secret in a file, without the trailing newline editors add, nor a byte order mark."""
+    return path.read_text(encoding="utf-8-sig").rstrip("\r\n")
 
 
 Seconds = Annotated[float, Field(gt=0, le=86_400)]
@@ -67,3 +89,34 @@ class TlsConfig(StrictModel):
     cert_file: ConfigFile | None = None
     key_file: SecretFile | None = None
     verify: bool = True
+
+    @model_validator(mode="after")
+    def _loadable(self, info: ValidationInfo) -> TlsConfig:
+        """Files that OpenSSL cannot load fail here, when `check` runs, not at the first
+        connect of a started gateway."""
+        if self.key_file is not None and self.cert_file is None:
+            raise ValueError("key_file needs cert_file, the certificate it belongs to")
+        files = (self.ca_file, self.cert_file, self.key_file)
+        if (info.context or {}).get("check_files", True) and any(files):
+            try:
+                self.client_context()
+            except ConfigError as exc:
+                raise ValueError(str(exc)) from None
+        return self
+
+    def client_context(self) -> ssl.SSLContext:
+        """A verifying client context; a client certificate when one is configured."""
+        try:
+            context = ssl.create_default_context(cafile=str(self.ca_file) if self.ca_file else None)
+            if self.cert_file is not None:
+                key = str(self.key_file) if self.key_file else None
+                context.load_cert_chain(str(self.cert_file), key)
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(
+                f"TLS files cannot be loaded ({exc}); check tls.ca_file, tls.cert_file and "
+                "tls.key_file"
+            ) from None
+        if not self.verify:
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+        return context

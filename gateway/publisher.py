@@ -32,10 +32,9 @@ from yarl import URL
 from gateway.backoff import Backoff
 from gateway.buffer import Buffer, StoredReading
 from gateway.config import CLOSE_AT_STOP_S, AmqpSection, GatewaySection
-from gateway.config_types import read_secret
+from gateway.config_types import TlsConfig, read_secret
 from gateway.logs import RateLimitedLog
 from gateway.progress import Progress
-from gateway.tls import client_ssl_context
 
 log = structlog.get_logger("gateway.publisher")
 
@@ -257,8 +256,8 @@ class Publisher:
         return redact(str(URL(url).with_user(self.config.username)))
 
     async def _connect(self, url: str) -> AbstractRobustConnection:
-        tls = self.config.tls
-        ssl_context = client_ssl_context(tls) if url.startswith("amqps") else None
+        tls = self.config.tls or TlsConfig()
+        ssl_context = tls.client_context() if url.startswith("amqps") else None
         parsed = URL(url)
         if self.config.username is not None:
             parsed = parsed.with_user(self.config.username)

@@ -6,7 +6,7 @@ from typing import Annotated, Literal
 
 from pydantic import BeforeValidator, Field, field_validator, model_validator
 
-from gateway.config_types import Name, Seconds, SecretFile, StrictModel, TlsConfig
+from gateway.config_types import Name, PasswordFile, Seconds, StrictModel, TlsConfig
 
 CONNECT_TIMEOUT_S = 10.0
 """paho's TCP connect timeout. The connect blocks a thread that a stop cannot interrupt, so a
@@ -82,7 +82,7 @@ class MqttDriverConfig(StrictModel):
     """Fixed id of the persistent session; default `edge-gateway-<gateway.id>-<name>`."""
     protocol: Annotated[Literal["5", "3.1.1"], BeforeValidator(str)] = "5"
     username: str | None = None
-    password_file: SecretFile | None = None
+    password_file: PasswordFile | None = None
     tls: TlsConfig | None = None
     keepalive_s: Annotated[int, Field(ge=5, le=3600)] = 30
     session_expiry_s: Annotated[int, Field(ge=0)] = 7 * 86_400

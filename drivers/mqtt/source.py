@@ -39,7 +39,6 @@ from gateway.config_types import read_secret
 from gateway.errors import BufferFull, DecodeError, GatewayError, StorageError
 from gateway.logs import RateLimitedLog
 from gateway.model import Reading
-from gateway.tls import client_ssl_context
 
 log = structlog.get_logger("drivers.mqtt")
 
@@ -232,7 +231,7 @@ class MqttSource:
             password = read_secret(self.config.password_file) if self.config.password_file else None
             client.username_pw_set(self.config.username, password)
         if self.config.tls is not None:
-            client.tls_set_context(client_ssl_context(self.config.tls))
+            client.tls_set_context(self.config.tls.client_context())
         client.suppress_exceptions = True  # a callback bug must not end paho's network thread
         client.enable_logger(logging.getLogger("paho.mqtt"))
         client.on_connect = self._on_connect

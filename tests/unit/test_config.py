@@ -436,8 +436,22 @@ def test_tls_needs_amqps_urls(tmp_path: Path) -> None:
     assert_one_error(config_error(path), path, 3, "amqp", "tls is set", "amqps://")
 
 
+TEST_CA = """\
+-----BEGIN CERTIFICATE-----
+MIIBQTCB6KADAgECAgEBMAoGCCqGSM49BAMCMB8xHTAbBgNVBAMMFGVkZ2UtZ2F0
+ZXdheSB0ZXN0IENBMCAXDTI2MDEwMTAwMDAwMFoYDzIxMjUxMjA4MDAwMDAwWjAf
+MR0wGwYDVQQDDBRlZGdlLWdhdGV3YXkgdGVzdCBDQTBZMBMGByqGSM49AgEGCCqG
+SM49AwEHA0IABCurymEYKJMXV0KbzLmOTYS3zYyqmxzi8JsBqJBv5cQtt3G1nEEh
+lThDRBmwlh0uvPfz/TuBFdavPnCrJiQhuZGjEzARMA8GA1UdEwEB/wQFMAMBAf8w
+CgYIKoZIzj0EAwIDSAAwRQIgVxB6DoMZ34T+qm9t6kPq+wNY4uetplR6Tjq/gZ2h
+4NQCIQCZeouJsLejF5SDZ7vAlu20J8NlouRVqk7Yg0u+REXVNQ==
+-----END CERTIFICATE-----
+"""
+"""A self-signed CA certificate (EC P-256, valid 2026 to 2125): a CA file OpenSSL loads."""
+
+
 def test_tls_ca_file_is_read_relative_to_the_config_file(tmp_path: Path) -> None:
-    (tmp_path / "ca.pem").write_text("-----BEGIN CERTIFICATE-----\n")
+    (tmp_path / "ca.pem").write_text(TEST_CA)
     path = write(tmp_path, MINIMAL, "amqp:\n  url: amqps://h/\n  tls: {ca_file: ca.pem}\n")
     tls = load_config(path).amqp.tls
     assert tls is not None
@@ -449,6 +463,22 @@ def test_missing_tls_ca_file_is_an_error(tmp_path: Path) -> None:
     assert_one_error(
         config_error(path), path, 6, "amqp.tls.ca_file", f"cannot read {tmp_path / 'nope.pem'}"
     )
+
+
+def test_a_tls_file_openssl_cannot_load_is_an_error_at_check_not_at_the_first_connect(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "ca.pem").write_text("-----BEGIN CERTIFICATE-----\nnot base64\n")
+    path = write(tmp_path, MINIMAL, "amqp:\n  url: amqps://h/\n  tls:\n    ca_file: ca.pem\n")
+    assert_one_error(
+        config_error(path), path, 5, "amqp.tls", "TLS files cannot be loaded", "tls.ca_file"
+    )
+
+
+def test_a_tls_key_without_its_certificate_is_an_error(tmp_path: Path) -> None:
+    (tmp_path / "client.key").write_text("key")
+    path = write(tmp_path, MINIMAL, "amqp:\n  url: amqps://h/\n  tls: {key_file: client.key}\n")
+    assert_one_error(config_error(path), path, 5, "amqp.tls", "key_file needs cert_file")
 
 
 # --- ${ENV} substitution ---------------------------------------------------------------------
@@ -557,6 +587,33 @@ def test_missing_password_file_is_an_error_naming_the_path(tmp_path: Path) -> No
         f"cannot read {tmp_path / 'nowhere.txt'}",
         "No such file",
     )
+
+
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [
+        (b"", "is empty; write the password into it"),
+        (b"\n", "is empty; write the password into it"),
+        (b"guest\xe9\n", "is not UTF-8 text (byte 5); save the password as UTF-8"),
+    ],
+)
+def test_a_password_file_that_holds_no_usable_password_is_an_error(
+    tmp_path: Path, content: bytes, problem: str
+) -> None:
+    """Found by `check`: an empty one would log in as "guest", one in Latin-1 crashed the
+    started gateway at its first connect."""
+    (tmp_path / "amqp-password").write_bytes(content)
+    path = write(tmp_path, MINIMAL + "amqp:\n  username: gw\n  password_file: amqp-password\n")
+    message = f"{tmp_path / 'amqp-password'} {problem}"
+    assert_one_error(config_error(path), path, 5, "amqp.password_file", message)
+
+
+def test_a_password_file_saved_with_a_byte_order_mark_gives_the_password(tmp_path: Path) -> None:
+    (tmp_path / "amqp-password").write_bytes(b"\xef\xbb\xbfs3cret\r\n")  # Windows Notepad
+    path = write(tmp_path, MINIMAL + "amqp:\n  username: gw\n  password_file: amqp-password\n")
+    password_file = load_config(path).amqp.password_file
+    assert password_file is not None
+    assert read_secret(password_file) == "s3cret"
 
 
 def test_mqtt_password_file_needs_a_username_and_the_error_names_the_driver(tmp_path: Path) -> None:
