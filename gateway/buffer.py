@@ -442,9 +442,9 @@ class Buffer:
                 with self._cond:
                     puts, self._state.puts = self._state.puts, []
                     damaged, self._state.damaged = self._state.damaged, []
-                    acks: list[int] = []
-                    if closing or time.monotonic() - last_delete >= _DELETE_INTERVAL_S:
-                        acks, self._state.acks = self._state.acks, []
+                acks = []
+                if closing or time.monotonic() - last_delete >= _DELETE_INTERVAL_S:
+                    acks = self._take_acks()
                 if damaged:
                     self._set_aside_now(conn, damaged)
                 if not puts and not acks:
@@ -485,6 +485,11 @@ class Buffer:
                     conn.execute("INSERT OR REPLACE INTO meta VALUES ('clean', '1')")
             conn.close()
 
+    def _take_acks(self) -> list[int]:
+        with self._cond:
+            acks, self._state.acks = self._state.acks, []
+        return acks
+
     def _commit(
         self, conn: sqlite3.Connection, puts: list[_Put], acks: list[int], retry_acks: bool
     ) -> None:
@@ -498,6 +503,10 @@ class Buffer:
         deleted = 0
         try:
             conn.execute("BEGIN IMMEDIATE")
+            if entries and self._used_bytes(conn) + len(data) > self.max_bytes:
+                # Deletes wait to be batched (fewer page writes), but confirmed chunks make
+                # room before unconfirmed ones are dropped or new readings refused.
+                acks = [*acks, *self._take_acks()]
             if acks:
                 deleted = self._delete(conn, acks)
             if entries:

@@ -21,7 +21,7 @@ import tempfile
 import textwrap
 import time
 from collections.abc import AsyncIterator
-from contextlib import closing
+from contextlib import closing, suppress
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -31,7 +31,14 @@ from hypothesis import strategies as st
 from structlog.testing import capture_logs
 
 import gateway.buffer
-from gateway.buffer import Buffer, Chunk, StoredReading, decode_chunk, encode_chunk
+from gateway.buffer import (
+    Buffer,
+    Chunk,
+    StoredReading,
+    WhenFull,
+    decode_chunk,
+    encode_chunk,
+)
 from gateway.errors import BufferFull, StorageError
 from gateway.model import Reading
 
@@ -286,6 +293,25 @@ async def test_the_latest_commits_come_from_memory_and_older_ones_from_disk(
         assert disk_reads > 0
     assert [r.seq for r in behind] == list(range(31, 61))
     assert [r.body for r in behind] == [reading(i).to_json() for i in range(30, 60)]
+
+
+@pytest.mark.parametrize("when_full", ["reject_new", "drop_oldest"])
+async def test_confirmed_readings_make_room_before_a_full_buffer_drops_or_refuses(
+    db: Path, when_full: WhenFull
+) -> None:
+    """Deletes of confirmed chunks wait up to a second to be batched; meanwhile a full buffer
+    must neither count confirmed readings as dropped nor refuse new ones."""
+    async with Buffer(db, max_bytes=32 * 1024, when_full=when_full, commit_interval=0) as buf:
+        while buf.counters.dropped + buf.counters.rejected == 0:  # fill it up
+            with suppress(BufferFull):
+                await buf.put([reading(buf.last_seq, pad_bytes=600)])
+        before = (buf.counters.dropped, buf.counters.rejected)
+        chunks = await buf.fetch(0, 10_000)
+        buf.ack([chunk.first_seq for chunk in chunks])  # the broker confirmed all of them
+        await buf.put([reading(2000, pad_bytes=600), reading(2001, pad_bytes=600)])
+        assert (buf.counters.dropped, buf.counters.rejected) == before
+        assert buf.depth == 2
+    assert len(chunks) > 5
 
 
 async def test_acks_survive_a_rejected_put(db: Path, monkeypatch: pytest.MonkeyPatch) -> None:
