@@ -185,6 +185,8 @@ class Publisher:
         self._ready: deque[Batch] = deque()
         self._retry: list[Batch] = []
         self._retry_readings = 0
+        self._parked = asyncio.Event()
+        """Set when a batch joins `_retry`: a fill waiting for new readings must see it."""
         self._cursor = 0
         self._outstanding: dict[int, int] = {}
         self._routing_keys: dict[tuple[str, str], str] = {}
@@ -457,6 +459,7 @@ class Publisher:
     def _park(self, batch: Batch) -> None:
         heapq.heappush(self._retry, batch)
         self._retry_readings += batch.count
+        self._parked.set()
 
     def _requeue_ready(self) -> None:
         while self._ready:
@@ -487,6 +490,7 @@ class Publisher:
         Cancellation-safe: fetched readings live in `self._pending` from the moment
         the cursor passes them, so an interrupted fill loses nothing.
         """
+        self._parked.clear()  # a batch parked from here on cuts the wait below short
         budget = min(self.config.max_in_flight * self.config.batch.max_readings, FETCH_READINGS)
         if self._retry_readings >= MAX_RETRY_READINGS:
             budget = 0  # memory stays bounded; the rest waits on disk
@@ -498,7 +502,10 @@ class Publisher:
             pending, self._pending = self._pending, []
             self._ready.extend(self._batches(pending))
             return
-        waits: list[asyncio.Future[object]] = [asyncio.ensure_future(self._stopping.wait())]
+        waits: list[asyncio.Future[object]] = [
+            asyncio.ensure_future(self._stopping.wait()),
+            asyncio.ensure_future(self._parked.wait()),  # its due time may come before others
+        ]
         if budget > 0:  # with no room for new readings, only a due retry may wake us
             waits.append(asyncio.ensure_future(self.buffer.wait_for_data(self._cursor)))
         timeout = None
