@@ -209,14 +209,20 @@ class Publisher:
         for url in cycle(self.config.urls):
             if self._stopping.is_set():
                 return
+            started = time.monotonic()
+            confirmed = self.counters.published_messages
             try:
-                await self._session(url, backoff)
+                await self._session(url)
                 return  # stopped
             except* (*CONNECTION_ERRORS, ConnectionLost) as group:
                 error = group.exceptions[0]
             self.counters.connection_failures += 1
             self.counters.connected_url = None
-            delay = backoff.next_delay()
+            if self.counters.published_messages > confirmed:
+                backoff.reset()  # it delivered: the next failure starts afresh
+            # A session that opened but never delivered (a refused publish) grows the backoff,
+            # unless it lasted long (an idle connection that ended).
+            delay = backoff.delay_after(started)
             problem, hint = _explain(error)
             log.warning(
                 f"{problem}; readings stay buffered",
@@ -233,14 +239,13 @@ class Publisher:
         """Take no new batches; `run()` returns once the batches in flight are settled."""
         self._stopping.set()
 
-    async def _session(self, url: str, backoff: Backoff) -> None:
+    async def _session(self, url: str) -> None:
         connection = await self._connect(url)
         try:
             self.counters.connected_url = self._shown(url)
             channel = await self._deadline(connection.channel(publisher_confirms=True))
             exchange = await self._exchange(channel)
             log.info("connected to broker", url=self._shown(url), exchange=self.config.exchange)
-            backoff.reset()
             await self._pump(connection, exchange)
         finally:
             self.counters.connected_url = None

@@ -7,6 +7,7 @@ simulated sensors handed to Mosquitto: no accepted reading may be missing.
 from __future__ import annotations
 
 import asyncio
+import json
 import secrets
 import time
 from collections.abc import Awaitable, Callable
@@ -147,6 +148,39 @@ async def test_refused_logins_say_why_and_readings_flow_once_the_user_may_publis
     assert "check amqp.username and amqp.password_file" in log
     assert f'"url": "amqp://{user}:***@127.0.0.1:{rabbitmq.port}/"' in log  # who logs in
     assert "broker unreachable" not in log  # the broker was there: it said no
+    assert site.gateway.terminate() == 0
+
+
+async def test_publishes_refused_after_a_good_connect_back_off_more_and_more(
+    make_site: Any, rabbitmq: RabbitMQNode, mosquitto: MosquittoBroker, tmp_path: Path
+) -> None:
+    """A user who may declare but not write: every connect succeeds and every publish closes
+    the channel. The reconnects slow down as for a broker that is away (they went on every
+    `retry_initial_s`: a connection and a warning 5 times a second)."""
+    user = f"gw-{secrets.token_hex(4)}"
+    password = tmp_path / "amqp-password"
+    password.write_text("s3cret\n")
+    await asyncio.to_thread(rabbitmq.ctl, "add_user", user, "s3cret")
+    await asyncio.to_thread(rabbitmq.ctl, "set_permissions", "-p", "/", user, ".*", "^$", ".*")
+    site = make_site(
+        rabbitmq,
+        mosquitto,
+        extra_amqp=f"username: {user}\npassword_file: {password}\n"
+        "retry_initial_s: 0.1\nretry_max_s: 2",
+    )
+
+    def delays() -> list[float]:
+        lines = [json.loads(line) for line in site.gateway.log.read_text().splitlines()]
+        return [line["retry_in_s"] for line in lines if "retry_in_s" in line]
+
+    async with site.collector() as collector:
+        site.gateway.start()
+        sent = await asyncio.to_thread(site.fleet(sensors=2, rate=100).run, 100)
+        await until("six refused sessions", lambda: len(delays()) >= 6)
+        assert delays()[5] >= 1.0  # 0.1 s doubled five times, capped at 2 s, jittered 0.5-1
+        await asyncio.to_thread(rabbitmq.ctl, "set_permissions", "-p", "/", user, ".*", ".*", ".*")
+        await collector.wait_until(lambda got: got.unique >= 100, timeout=30)
+    assert collector.received.missing(sent.last_seq) == {}
     assert site.gateway.terminate() == 0
 
 
