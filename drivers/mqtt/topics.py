@@ -7,8 +7,15 @@ from gateway.errors import DecodeError
 _MAX_KNOWN = 10_000
 
 
+SHARED = "$share/"
+"""A shared subscription, `$share/<group>/<filter>`: the broker hands each message to one
+subscriber of the group (MQTT 5, and Mosquitto for 3.1.1 too), on its own topic."""
+
+
 def topic_matches(topic_filter: str, topic: str) -> bool:
     """MQTT filter matching (`+` one level, `#` the rest), as the broker does it."""
+    if topic_filter.startswith(SHARED):
+        topic_filter = topic_filter.split("/", 2)[2]
     filter_levels = topic_filter.split("/")
     levels = topic.split("/")
     if topic.startswith("$") and not topic_filter.startswith("$"):

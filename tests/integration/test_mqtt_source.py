@@ -235,3 +235,34 @@ async def test_a_poison_payload_is_skipped_and_the_messages_behind_it_arrive(
             assert gateway.terminate() == 0
     assert driver["malformed"] == 1
     assert driver["errors"] == 0  # no restart of the driver
+
+
+async def test_a_shared_subscription_delivers_its_messages(
+    rabbitmq: RabbitMQNode, mosquitto: MosquittoBroker, tmp_path: Path
+) -> None:
+    """`$share/<group>/<filter>`: the broker sends the messages on their own topics, which
+    must match the filter inside (they were all counted as malformed)."""
+    exchange = "shared"
+    config = _config(
+        tmp_path,
+        rabbitmq,
+        mosquitto.port,
+        exchange,
+        """\
+    subscriptions:
+      - topic: $share/gateways/shared/+/state
+        device: "shared/{device}/state"
+""",
+    )
+    async with ReadingCollector(
+        rabbitmq.url, exchange, queue="shared", validate=validate_message, keep_readings=True
+    ) as collector:
+        with GatewayProcess(config, tmp_path / "gateway.log") as gateway:
+            gateway.start()
+            messages = [(f"shared/d{i}/state", json.dumps({"n": i}).encode()) for i in range(5)]
+            await asyncio.to_thread(_publish, mosquitto.port, messages)
+            assert await collector.wait_until(lambda got: got.unique >= 5, timeout=20)
+            driver = (await report_after_now(tmp_path / "state"))["drivers"]["field"]
+            assert gateway.terminate() == 0
+    assert sorted(r["device"] for r in collector.received.kept) == [f"d{i}" for i in range(5)]
+    assert driver["malformed"] == 0

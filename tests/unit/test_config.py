@@ -341,8 +341,20 @@ def test_driver_without_type_says_so(tmp_path: Path) -> None:
     assert_one_error(config_error(path), path, 4, "drivers[0]", "'type' is missing")
 
 
-@pytest.mark.parametrize("topic", ["sensors/#/state", "sensors/a+", "sensors/#x", "a/b+/c"])
-def test_bad_mqtt_topic_filter(tmp_path: Path, topic: str) -> None:
+@pytest.mark.parametrize(
+    ("topic", "problem"),
+    [
+        ("sensors/#/state", "invalid MQTT topic filter"),
+        ("sensors/a+", "invalid MQTT topic filter"),
+        ("sensors/#x", "invalid MQTT topic filter"),
+        ("a/b+/c", "invalid MQTT topic filter"),
+        ("$share/g/a/#/b", "invalid MQTT topic filter"),
+        ("$share//a/b", "invalid shared subscription"),
+        ("$share/g+/a", "invalid shared subscription"),
+        ("$share/g/", "invalid shared subscription"),
+    ],
+)
+def test_bad_mqtt_topic_filter(tmp_path: Path, topic: str, problem: str) -> None:
     path = write(
         tmp_path,
         MINIMAL,
@@ -359,11 +371,11 @@ def test_bad_mqtt_topic_filter(tmp_path: Path, topic: str) -> None:
         path,
         7,
         "drivers[0].subscriptions[0].topic",
-        f"invalid MQTT topic filter {topic!r}",
+        f"{problem} {topic!r}",
     )
 
 
-@pytest.mark.parametrize("topic", ["#", "+", "a/+/b/#", "$SYS/#", "a//b"])
+@pytest.mark.parametrize("topic", ["#", "+", "a/+/b/#", "$SYS/#", "a//b", "$share/g/a/+/b"])
 def test_good_mqtt_topic_filters_load(tmp_path: Path, topic: str) -> None:
     path = write(
         tmp_path,

@@ -453,6 +453,10 @@ def test_decode_dispatches_on_the_subscription_format() -> None:
         ("+/broker/uptime", "$SYS/broker/uptime", False),
         ("$SYS/#", "$SYS/broker/uptime", True),
         ("$SYS/broker/+", "$SYS/broker/uptime", True),
+        # a shared subscription's messages come on their own topics
+        ("$share/gateways/sensors/+/state", "sensors/kitchen/state", True),
+        ("$share/gateways/sensors/+/state", "sensors/kitchen/attr", False),
+        ("$share/gateways/#", "$SYS/broker/uptime", False),
     ],
 )
 def test_topic_matches_like_the_broker(topic_filter: str, topic: str, matches: bool) -> None:
