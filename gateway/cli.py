@@ -12,10 +12,10 @@ from pathlib import Path
 import structlog
 
 from gateway import __version__
-from gateway.config import GatewayConfig, load_config
+from gateway.config import GatewayConfig, load_config, state_dir_of
 from gateway.errors import ConfigError, GatewayError
 from gateway.logs import configure_logging
-from gateway.publisher import redact
+from gateway.publisher import shown_url
 from gateway.status import BUFFER_FILE, format_status, is_running, read_status
 
 EXIT_OK, EXIT_FAILURE, EXIT_CONFIG, EXIT_NOT_RUNNING = 0, 1, 2, 3
@@ -63,17 +63,17 @@ def main(argv: list[str] | None = None) -> int:
         except KeyboardInterrupt:
             return EXIT_OK
     try:
-        config = load_config(args.config, check_files=args.command != "status")
+        if args.command == "status":
+            report = read_status(state_dir_of(args.config))
+            print(json.dumps(report, indent=2) if args.json else format_status(report))
+            return EXIT_OK if is_running(report) else EXIT_NOT_RUNNING
+        config = load_config(args.config)
     except ConfigError as exc:
         print(f"configuration error:\n{exc}", file=sys.stderr)
         return EXIT_CONFIG
     if args.command == "check":
         print(summarise(args.config, config))
         return EXIT_OK
-    if args.command == "status":
-        report = read_status(config.gateway.state_dir)
-        print(json.dumps(report, indent=2) if args.json else format_status(report))
-        return EXIT_OK if is_running(report) else EXIT_NOT_RUNNING
     configure_logging(config.logging.level, config.logging.format)
     return asyncio.run(_run(args.config, config))
 
@@ -125,7 +125,7 @@ def summarise(path: Path, config: GatewayConfig) -> str:
         f"  buffer   {config.gateway.state_dir / BUFFER_FILE}, "
         f"max {buffer.max_bytes.human_readable()}, when full: {buffer.when_full}, "
         f"commit every {buffer.commit_interval_ms:g} ms",
-        f"  broker   {', '.join(redact(u) for u in amqp.urls)}",
+        f"  broker   {', '.join(shown_url(u, amqp.username) for u in amqp.urls)}",
         f"           exchange {amqp.exchange!r} ({amqp.exchange_type}), "
         f"routing key {amqp.routing_key!r}, up to {amqp.batch.max_readings} readings/message",
     ]

@@ -12,7 +12,7 @@ import string
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import ByteSize, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ByteSize, Field, ValidationError, field_validator, model_validator
 
 from drivers.ble.config import BleDriverConfig
 from drivers.mqtt.config import CONNECT_TIMEOUT_S, MqttDriverConfig
@@ -172,12 +172,32 @@ class GatewayConfig(StrictModel):
         return drivers
 
 
+class _GatewayOnly(BaseModel):
+    """The `gateway` section alone; the other sections are not looked at."""
+
+    gateway: GatewaySection
+
+
+def state_dir_of(path: Path | str) -> Path:
+    """Where the gateway of a configuration keeps its state: all that `status` needs.
+
+    Environment variables that only the service has (`Environment=` in the unit) may be
+    unset here, and the other sections are not checked: neither must hide the status.
+    """
+    path = Path(path)
+    data, where = read_config(path, keep_unset_env=True)
+    try:
+        return _GatewayOnly.model_validate(data).gateway.state_dir
+    except ValidationError as exc:
+        raise ConfigError(describe(f"{path}:1", data, where, exc, _GatewayOnly)) from None
+
+
 def load_config(path: Path | str, check_files: bool = True) -> GatewayConfig:
     """Read, substitute `${ENV}` and validate a configuration file and its drop-ins; raise
     `ConfigError`.
 
-    `check_files=False` skips checking that secret and TLS files are readable: for
-    commands that only look (status), run by users who may not read the secrets.
+    `check_files=False` skips checking that secret and TLS files are readable and loadable,
+    for callers that only look at the settings.
     Relative file paths, in drop-ins too, are relative to the main file's directory.
     """
     path = Path(path)

@@ -34,15 +34,20 @@ expand to millions of values (the "billion laughs") and hang the gateway at star
 KeyPath = tuple[str | int, ...]
 
 
-def read_config(path: Path) -> tuple[dict[str, Any], dict[KeyPath, str]]:
+def read_config(
+    path: Path, keep_unset_env: bool = False
+) -> tuple[dict[str, Any], dict[KeyPath, str]]:
     """A file and its drop-ins, merged, with `${ENV}` substituted, and the `file:line` each key
-    path came from; raise `ConfigError` if one cannot be read or parsed, or the file is empty."""
+    path came from; raise `ConfigError` if one cannot be read or parsed, or the file is empty.
+
+    `keep_unset_env`: leave `${NAME}` of unset variables as written instead of refusing them.
+    """
     files = config_files(path)
-    data, where = _read(path)
+    data, where = _read(path, keep_unset_env)
     if data is None:
         raise ConfigError(f"{path}: the file is empty; see config/gateway.example.yaml")
     for drop_in in files[1:]:
-        more, more_where = _read(drop_in)
+        more, more_where = _read(drop_in, keep_unset_env)
         if more is not None:
             _merge(data, where, more, more_where)
     return data, where
@@ -64,7 +69,7 @@ def config_files(path: Path | str) -> list[Path]:
     return [path, *sorted(found, key=lambda p: p.name)]
 
 
-def _read(path: Path) -> tuple[dict[str, Any] | None, dict[KeyPath, str]]:
+def _read(path: Path, keep_unset_env: bool) -> tuple[dict[str, Any] | None, dict[KeyPath, str]]:
     """One file's data (None when it holds nothing) and the `file:line` of each key path."""
     try:
         text = path.read_text(encoding="utf-8")
@@ -77,7 +82,7 @@ def _read(path: Path) -> tuple[dict[str, Any] | None, dict[KeyPath, str]]:
         raise ConfigError(
             f"{path}: the file is not UTF-8 text (byte {exc.start}); save it as UTF-8"
         ) from None
-    data, lines = _parse_yaml(path, text)
+    data, lines = _parse_yaml(path, text, keep_unset_env)
     if data is not None and not isinstance(data, dict):
         raise ConfigError(f"{path}:1: the top level must be a mapping of keys (gateway, amqp, ...)")
     return data, {at: f"{path}:{line}" for at, line in lines.items()}
@@ -113,7 +118,7 @@ def _merge(
             )
 
 
-def _parse_yaml(path: Path, text: str) -> tuple[Any, dict[KeyPath, int]]:
+def _parse_yaml(path: Path, text: str, keep_unset_env: bool) -> tuple[Any, dict[KeyPath, int]]:
     """YAML to plain data plus the line of every key path, for error messages."""
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
@@ -178,7 +183,7 @@ def _parse_yaml(path: Path, text: str) -> tuple[Any, dict[KeyPath, int]]:
             return [build(item, (*at, i)) for i, item in enumerate(node.value)]
         value = scalar(node)
         if isinstance(value, str):
-            value = _substitute_env(value, f"{path}:{node.start_mark.line + 1}", at)
+            value = _substitute_env(value, f"{path}:{node.start_mark.line + 1}", at, keep_unset_env)
         return value
 
     return (build(root, ()) if root is not None else None), lines
@@ -194,13 +199,15 @@ def _merge_sources(path: Path, node: yaml.Node) -> list[yaml.Node]:
     return list(sources)
 
 
-def _substitute_env(value: str, where: str, at: KeyPath) -> str:
+def _substitute_env(value: str, where: str, at: KeyPath, keep_unset: bool) -> str:
     def replace(match: re.Match[str]) -> str:
         name, default = match.group(1), match.group(2)
         if name in os.environ:
             return os.environ[name]
         if default is not None:
             return default
+        if keep_unset:
+            return match.group(0)
         raise ConfigError(
             f"{where}: {_dotted(at)}: environment variable {name} is not set; "
             f"set it or write ${{{name}:-default}}"

@@ -165,6 +165,14 @@ async def open_connection(
     return connection
 
 
+def shown_url(url: str, username: str | None) -> str:
+    """`url` for logs, status and `check`: with the user that logs in (`amqp.username`
+    replaces the URL's), the password masked."""
+    if username is None:
+        return redact(url)
+    return redact(str(URL(url).with_user(username)))
+
+
 def redact(url: str) -> str:
     """A broker URL safe to log: the password replaced."""
     parsed = URL(url)
@@ -257,10 +265,7 @@ class Publisher:
                 await asyncio.wait_for(connection.close(), close_s)
 
     def _shown(self, url: str) -> str:
-        """`url` for logs and status: with the user that logs in, the password masked."""
-        if self.config.username is None:
-            return redact(url)
-        return redact(str(URL(url).with_user(self.config.username)))
+        return shown_url(url, self.config.username)
 
     async def _connect(self, url: str) -> AbstractRobustConnection:
         tls = self.config.tls or TlsConfig()

@@ -182,9 +182,13 @@ next_step() {
         say "then start it:  sudo systemctl start $NAME && journalctl -u $NAME -f"
     elif systemctl is-active --quiet "$NAME.service"; then
         # The new version may check more strictly: a configuration it refuses must not stop
-        # a gateway that runs (exit 2 is not restarted by systemd).
-        if ! CREDENTIALS_DIRECTORY="$ETC/credentials" "$VENV/bin/edge-gateway" check \
-            --config "$ETC/gateway.yaml" >/dev/null; then
+        # a gateway that runs (exit 2 is not restarted by systemd). It is checked with the
+        # unit's Environment= (for ${VAR} in the file), as systemd lists it: space-separated.
+        local unit_env
+        unit_env=$(systemctl show -p Environment --value "$NAME.service" 2>/dev/null || true)
+        # shellcheck disable=SC2086  # word splitting wanted: one NAME=value per word
+        if ! env $unit_env CREDENTIALS_DIRECTORY="$ETC/credentials" "$VENV/bin/edge-gateway" \
+            check --config "$ETC/gateway.yaml" >/dev/null; then
             say "NOT restarted: the new version refuses $ETC/gateway.yaml (above); the running"
             say "gateway goes on with the old one. Fix the file, check it, then restart:"
             say "    sudo CREDENTIALS_DIRECTORY=$ETC/credentials $VENV/bin/edge-gateway check \\"

@@ -855,6 +855,16 @@ def test_cli_check_prints_the_summary_and_returns_0(
     assert "rabbit.lan" in out
 
 
+def test_cli_check_shows_the_user_that_logs_in(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "amqp-password").write_text("s3cret\n")
+    amqp = "amqp:\n  url: amqp://guest:guest@rabbit.lan/\n  username: gw-user\n"
+    path = write(tmp_path, MINIMAL, amqp + "  password_file: amqp-password\n")
+    assert main(["check", "--config", str(path)]) == 0
+    assert "  broker   amqp://gw-user:***@rabbit.lan/" in capsys.readouterr().out.splitlines()
+
+
 def test_cli_check_without_drivers_says_nothing_will_be_read(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
+from gateway.cli import EXIT_CONFIG, EXIT_NOT_RUNNING, main
 from gateway.status import format_status, read_status
 
 
@@ -16,3 +19,28 @@ def test_a_state_dir_that_does_not_exist_is_named() -> None:
 def test_an_empty_state_dir_has_no_buffer_yet(tmp_path: Path) -> None:
     shown = format_status(read_status(tmp_path))
     assert "no buffer yet (the gateway has not run with this state_dir)" in shown
+
+
+def test_status_needs_only_the_state_dir_not_the_services_environment(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`${BROKER_HOST}` set by the unit's `Environment=` is unset in an admin's shell; and a
+    file half edited elsewhere must not hide the status either."""
+    monkeypatch.delenv("BROKER_HOST", raising=False)
+    config = tmp_path / "gateway.yaml"
+    config.write_text(
+        f"gateway: {{id: gw, state_dir: {tmp_path / 'state'}}}\n"
+        "amqp: {url: 'amqp://${BROKER_HOST}/', max_in_flight: lots}\n"
+    )
+    assert main(["status", "--config", str(config)]) == EXIT_NOT_RUNNING
+    assert f"{tmp_path / 'state'} does not exist" in capsys.readouterr().out
+    assert main(["check", "--config", str(config)]) == EXIT_CONFIG  # check still says what is wrong
+
+
+def test_status_with_a_bad_gateway_section_says_where(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "gateway.yaml"
+    config.write_text("gateway:\n  id: gw\n  state_dri: /tmp\n")
+    assert main(["status", "--config", str(config)]) == EXIT_CONFIG
+    assert f"{config}:3: gateway.state_dri: unknown key" in capsys.readouterr().err
