@@ -46,6 +46,7 @@ class StatusWriter:
         self.publisher = publisher
         self.drivers = drivers
         self.started = time.time()
+        self._started_monotonic = time.monotonic()
         self._rate_limited = RateLimitedLog(structlog.get_logger("gateway.status"), 60.0)
 
     async def run(self) -> None:
@@ -62,6 +63,7 @@ class StatusWriter:
             "running": running,
             "started": self.started,
             "updated": time.time(),
+            "uptime_s": round(time.monotonic() - self._started_monotonic, 1),
             "buffer": {"depth": self.buffer.depth, **asdict(self.buffer.counters)},
             "publisher": {
                 **asdict(self.publisher.counters),
@@ -197,4 +199,8 @@ def format_status(report: dict[str, Any]) -> str:
 
 
 def _uptime(live: dict[str, Any]) -> float:
-    return float(live["updated"] - live["started"])
+    """From the monotonic clock: a Pi without a real-time clock steps its wall clock by days
+    when NTP first answers, after the gateway started."""
+    if "uptime_s" in live:
+        return float(live["uptime_s"])
+    return float(live["updated"] - live["started"])  # written by an older version

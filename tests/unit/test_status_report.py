@@ -6,8 +6,11 @@ from pathlib import Path
 
 import pytest
 
+from gateway.buffer import Buffer
 from gateway.cli import EXIT_CONFIG, EXIT_NOT_RUNNING, main
-from gateway.status import format_status, read_status
+from gateway.config import AmqpSection, GatewaySection
+from gateway.publisher import Publisher
+from gateway.status import StatusWriter, format_status, read_status
 
 
 def test_a_state_dir_that_does_not_exist_is_named() -> None:
@@ -44,3 +47,16 @@ def test_status_with_a_bad_gateway_section_says_where(
     config.write_text("gateway:\n  id: gw\n  state_dri: /tmp\n")
     assert main(["status", "--config", str(config)]) == EXIT_CONFIG
     assert f"{config}:3: gateway.state_dri: unknown key" in capsys.readouterr().err
+
+
+async def test_uptime_comes_from_the_monotonic_clock(tmp_path: Path) -> None:
+    """A Pi without a real-time clock boots at an old time and NTP steps it forward later:
+    the gateway was not up for the size of that step."""
+    async with Buffer(tmp_path / "buffer.db", max_bytes=1 << 20) as buffer:
+        publisher = Publisher(AmqpSection(), GatewaySection(id="gw"), buffer)
+        writer = StatusWriter(tmp_path, buffer, publisher, lambda: [])
+        writer.started -= 86_400  # as if the wall clock had been stepped a day since the start
+        writer.write()
+        shown = format_status(read_status(tmp_path))
+    assert "gateway    running, pid" in shown
+    assert ", up 0 s" in shown
