@@ -62,7 +62,8 @@ def parse_timestamp(raw: Any, payload: bytes) -> datetime | None:
             return utc_from_epoch(seconds)
     elif isinstance(raw, str):
         try:
-            parsed = datetime.fromisoformat(raw.replace("Z", "+00:00"))
+            # RFC 3339 allows a lower-case z (and t, which fromisoformat takes already).
+            parsed = datetime.fromisoformat(raw.replace("Z", "+00:00").replace("z", "+00:00"))
         except ValueError:
             pass
         else:

@@ -97,8 +97,17 @@ def test_json_field_holding_an_object_is_a_decode_error() -> None:
         ('"2024-05-06T07:08:09Z"', datetime(2024, 5, 6, 7, 8, 9, tzinfo=UTC)),
         ('"2024-05-06T07:08:09.5Z"', datetime(2024, 5, 6, 7, 8, 9, 500_000, tzinfo=UTC)),
         ('"2024-05-06T09:08:09+02:00"', datetime(2024, 5, 6, 7, 8, 9, tzinfo=UTC)),
+        ('"2024-05-06t07:08:09z"', datetime(2024, 5, 6, 7, 8, 9, tzinfo=UTC)),
     ],
-    ids=["epoch-s", "epoch-s-fraction", "epoch-ms", "rfc3339-z", "rfc3339-fraction", "offset"],
+    ids=[
+        "epoch-s",
+        "epoch-s-fraction",
+        "epoch-ms",
+        "rfc3339-z",
+        "rfc3339-fraction",
+        "offset",
+        "rfc3339-lower-case",
+    ],
 )
 def test_json_timestamp_field_sets_the_reading_time(raw: str, expected: datetime) -> None:
     payload = f'{{"ts": {raw}, "temp": 20}}'.encode()
