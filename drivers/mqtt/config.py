@@ -6,7 +6,7 @@ from typing import Annotated, Literal
 
 from pydantic import BeforeValidator, Field, field_validator, model_validator
 
-from drivers.mqtt.topics import SHARED
+from drivers.mqtt.topics import SHARED, covers, overlaps
 from gateway.config_types import Name, PasswordFile, Seconds, StrictModel, TlsConfig
 
 CONNECT_TIMEOUT_S = 10.0
@@ -103,6 +103,29 @@ class MqttDriverConfig(StrictModel):
     reconnect_min_s: Seconds = 1.0
     reconnect_max_s: Seconds = 60.0
     subscriptions: list[Subscription] = Field(min_length=1)
+
+    def broker_filters(self) -> list[tuple[str, int]]:
+        """What to subscribe to at the broker, with the QoS: the filters that no other one
+        covers. A broker sends a message once per matching subscription (MQTT 5 says so), and
+        a message is decoded by the first subscription that matches it, so a filter that
+        another covers is left to that one (two readings per message otherwise)."""
+        subs = self.subscriptions
+        kept: list[tuple[str, int]] = []
+        for i, sub in enumerate(subs):
+            if any(
+                covers(other.topic, sub.topic) and (j < i or not covers(sub.topic, other.topic))
+                for j, other in enumerate(subs)
+                if j != i
+            ):
+                continue
+            kept.append((sub.topic, max(o.qos for o in subs if covers(sub.topic, o.topic))))
+        return kept
+
+    def partial_overlaps(self) -> list[tuple[str, str]]:
+        """Broker filters that share topics without one covering the other: a message on
+        such a topic comes once per subscription (MQTT 5), and each copy is a reading."""
+        filters = [topic for topic, _ in self.broker_filters()]
+        return [(a, b) for i, a in enumerate(filters) for b in filters[i + 1 :] if overlaps(a, b)]
 
     def summary(self) -> str:
         """One line for `edge-gateway check`."""

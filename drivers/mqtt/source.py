@@ -30,7 +30,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from drivers.base import DriverStats, Sink, put_until_accepted
-from drivers.mqtt.config import CONNECT_TIMEOUT_S, MqttDriverConfig, Subscription
+from drivers.mqtt.config import CONNECT_TIMEOUT_S, MqttDriverConfig
 from drivers.mqtt.decode import decode
 from drivers.mqtt.paho_loop import LoopBinding, LoopClient
 from drivers.mqtt.topics import DeviceTemplate, topic_matches
@@ -95,6 +95,17 @@ class MqttSource:
         self._sink = sink
         self._client_id = config.client_id or f"edge-gateway-{gateway_id}-{config.name}"
         self._templates = [DeviceTemplate(sub.device) for sub in config.subscriptions]
+        self._filters = config.broker_filters()
+        if config.protocol == "5":  # MQTT 3.1.1 brokers (Mosquitto) send one copy
+            for a, b in config.partial_overlaps():
+                log.warning(
+                    "MQTT subscriptions share topics: a message on such a topic becomes two "
+                    "readings",
+                    driver=config.name,
+                    filters=[a, b],
+                    hint="make the filters disjoint, or let one cover the other (the first "
+                    "subscription that matches decodes)",
+                )
         self._topic_cache: dict[str, int | None] = {}
         self._session = 0
         self._inbox: list[_Message] = []
@@ -291,10 +302,13 @@ class MqttSource:
             # retainHandling=1: retained messages only on a new subscription, not on every
             # reconnect of the persistent session (they would come back as new readings).
             client.subscribe(
-                [(s.topic, SubscribeOptions(qos=s.qos, retainHandling=1)) for s in self._subs]
+                [
+                    (topic, SubscribeOptions(qos=qos, retainHandling=1))
+                    for topic, qos in self._filters
+                ]
             )
         else:
-            client.subscribe([(s.topic, int(s.qos)) for s in self._subs])
+            client.subscribe(self._filters)
 
     def _on_disconnect(
         self, _client: mqtt.Client, _userdata: Any, _flags: Any, reason: Any, _props: Any
@@ -320,22 +334,18 @@ class MqttSource:
         self, _client: mqtt.Client, _userdata: Any, _mid: int, reasons: Any, _props: Any
     ) -> None:
         refused = False
-        for sub, reason in zip(self._subs, reasons, strict=False):
+        for (topic, _), reason in zip(self._filters, reasons, strict=False):
             if reason.is_failure:
                 refused = True
-                self.stats.failed(f"subscription to {sub.topic} refused: {reason}")
+                self.stats.failed(f"subscription to {topic} refused: {reason}")
                 self._log.error(
                     "MQTT broker refused a subscription",
-                    topic=sub.topic,
+                    topic=topic,
                     reason=str(reason),
                     hint="check the broker's ACL for this client",
                 )
         if not refused:
-            self._log.info("MQTT subscriptions active", topics=[s.topic for s in self._subs])
-
-    @property
-    def _subs(self) -> list[Subscription]:
-        return self.config.subscriptions
+            self._log.info("MQTT subscriptions active", topics=[t for t, _ in self._filters])
 
     # --- event loop side ---------------------------------------------------------------
 

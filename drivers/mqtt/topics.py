@@ -28,6 +28,52 @@ def topic_matches(topic_filter: str, topic: str) -> bool:
     return len(levels) == len(filter_levels)
 
 
+def _parts(topic_filter: str) -> tuple[str | None, list[str]]:
+    """A filter's shared-subscription group (None if not shared) and its levels."""
+    if topic_filter.startswith(SHARED):
+        _, group, inner = topic_filter.split("/", 2)
+        return group, inner.split("/")
+    return None, topic_filter.split("/")
+
+
+def covers(outer: str, inner: str) -> bool:
+    """Every topic that `inner` matches, `outer` matches too (within one share group)."""
+    outer_group, outer_levels = _parts(outer)
+    inner_group, inner_levels = _parts(inner)
+    if outer_group != inner_group:
+        return False  # other subscriptions: the broker delivers to each
+    for i, pattern in enumerate(outer_levels):
+        dollar = i == 0 and inner_levels[0].startswith("$")  # wildcards do not match $SYS/...
+        if pattern == "#":
+            return not dollar
+        if i >= len(inner_levels) or inner_levels[i] == "#":
+            return False
+        if pattern == "+":
+            if dollar:
+                return False
+        elif pattern != inner_levels[i]:
+            return False
+    return len(inner_levels) == len(outer_levels)
+
+
+def overlaps(a: str, b: str) -> bool:
+    """Some topic matches both filters (whatever their share groups)."""
+    a_levels, b_levels = _parts(a)[1], _parts(b)[1]
+    for i in range(max(len(a_levels), len(b_levels))):
+        x = a_levels[i] if i < len(a_levels) else None
+        y = b_levels[i] if i < len(b_levels) else None
+        if i == 0 and x is not None and y is not None:
+            if (x in ("+", "#") and y.startswith("$")) or (y in ("+", "#") and x.startswith("$")):
+                return False  # wildcards do not match $SYS/...
+        if x == "#" or y == "#":
+            return True
+        if x is None or y is None:
+            return False
+        if x != "+" and y != "+" and x != y:
+            return False
+    return True
+
+
 class DeviceTemplate:
     """`sensors/{device}/state`: the level holding `{device}` names the device; `{_}` is any."""
 

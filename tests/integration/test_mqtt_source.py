@@ -266,3 +266,39 @@ async def test_a_shared_subscription_delivers_its_messages(
             assert gateway.terminate() == 0
     assert sorted(r["device"] for r in collector.received.kept) == [f"d{i}" for i in range(5)]
     assert driver["malformed"] == 0
+
+
+async def test_a_message_matching_two_subscriptions_is_one_reading(
+    rabbitmq: RabbitMQNode, mosquitto: MosquittoBroker, tmp_path: Path
+) -> None:
+    """A catch-all after a specific filter: an MQTT 5 broker sends a message once per matching
+    subscription, so only the covering filter is subscribed, and the first subscription that
+    matches decodes (each message became two readings)."""
+    exchange = "overlap"
+    config = _config(
+        tmp_path,
+        rabbitmq,
+        mosquitto.port,
+        exchange,
+        """\
+    subscriptions:
+      - topic: overlap/+/state
+        device: "overlap/{device}/state"
+      - topic: overlap/#
+""",
+    )
+    async with ReadingCollector(
+        rabbitmq.url, exchange, queue="overlap", validate=validate_message, keep_readings=True
+    ) as collector:
+        with GatewayProcess(config, tmp_path / "gateway.log") as gateway:
+            gateway.start()
+            messages = [(f"overlap/d{i}/state", json.dumps({"n": i}).encode()) for i in range(5)]
+            messages.append(("overlap/hall/power", b'{"n": 5}'))
+            await asyncio.to_thread(_publish, mosquitto.port, messages)
+            assert await collector.wait_until(lambda got: got.unique >= 6, timeout=20)
+            await asyncio.sleep(1)  # time for a second copy, if the broker sent one
+            driver = (await report_after_now(tmp_path / "state"))["drivers"]["field"]
+            assert gateway.terminate() == 0
+    devices = sorted(r["device"] for r in collector.received.kept)
+    assert devices == [*(f"d{i}" for i in range(5)), "overlap/hall/power"]
+    assert driver["readings"] == 6

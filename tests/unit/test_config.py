@@ -10,6 +10,7 @@ import os
 import re
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from textwrap import dedent
 
@@ -17,11 +18,15 @@ import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from structlog.testing import capture_logs
 
+from drivers.mqtt.config import MqttDriverConfig
+from drivers.mqtt.source import MqttSource
 from gateway.cli import main
 from gateway.config import GatewayConfig, load_config
 from gateway.config_types import read_secret
 from gateway.errors import ConfigError
+from gateway.model import Reading
 
 MINIMAL = """\
 gateway:
@@ -373,6 +378,57 @@ def test_bad_mqtt_topic_filter(tmp_path: Path, topic: str, problem: str) -> None
         "drivers[0].subscriptions[0].topic",
         f"{problem} {topic!r}",
     )
+
+
+def test_a_filter_another_covers_is_not_subscribed_at_the_broker(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        MINIMAL,
+        """\
+        drivers:
+          - type: mqtt
+            name: local
+            subscriptions:
+              - {topic: sensors/+/state, qos: 0}
+              - {topic: meters/+/power, qos: 0}
+              - {topic: sensors/#, qos: 1}
+              - {topic: sensors/#, qos: 0}
+        """,
+    )
+    (driver,) = load_config(path).drivers
+    assert isinstance(driver, MqttDriverConfig)
+    assert driver.broker_filters() == [("meters/+/power", 0), ("sensors/#", 1)]
+
+
+async def test_filters_that_share_topics_without_covering_are_warned_about(
+    tmp_path: Path,
+) -> None:
+    path = write(
+        tmp_path,
+        MINIMAL,
+        """\
+        drivers:
+          - type: mqtt
+            name: local
+            subscriptions: [{topic: a/+/x}, {topic: a/b/+}, {topic: c/#}]
+        """,
+    )
+    (driver,) = load_config(path).drivers
+    assert isinstance(driver, MqttDriverConfig)
+    assert driver.partial_overlaps() == [("a/+/x", "a/b/+")]
+    with capture_logs() as logs:
+        MqttSource(driver, "gw", _Discard())
+    assert [(e["event"], e["filters"]) for e in logs] == [
+        (
+            "MQTT subscriptions share topics: a message on such a topic becomes two readings",
+            ["a/+/x", "a/b/+"],
+        )
+    ]
+
+
+class _Discard:
+    async def put(self, readings: Sequence[Reading]) -> None:
+        pass
 
 
 @pytest.mark.parametrize("topic", ["#", "+", "a/+/b/#", "$SYS/#", "a//b", "$share/g/a/+/b"])

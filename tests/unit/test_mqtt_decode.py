@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from drivers.mqtt.config import FieldSpec, Subscription
 from drivers.mqtt.decode import DECODERS, decode, decode_json, decode_number, decode_senml
-from drivers.mqtt.topics import DeviceTemplate, topic_matches
+from drivers.mqtt.topics import DeviceTemplate, covers, overlaps, topic_matches
 from gateway.errors import DecodeError
 from gateway.model import Reading
 
@@ -665,3 +665,29 @@ def test_senml_fields_unknown_but_not_must_understand_are_ignored() -> None:
     payload = b'[{"n":"a","v":1,"note":"x","note_x":0}]'
     [reading] = decode_senml(sub(format="senml"), "d", payload, RECEIVED, SOURCE)
     assert reading.values == {"a": 1.0}
+
+
+@pytest.mark.parametrize(
+    ("outer", "inner", "covered", "overlapping"),
+    [
+        ("s/#", "s/+/state", True, True),
+        ("s/+/state", "s/#", False, True),
+        ("s/#", "s", True, True),  # '#' matches the parent level too
+        ("a/+", "a", False, False),
+        ("a/+", "a/#", False, True),
+        ("a/+/x", "a/b/+", False, True),  # a/b/x matches both; neither covers the other
+        ("a/b", "a/b", True, True),
+        ("a/b", "a/c", False, False),
+        ("#", "$SYS/broker/uptime", False, False),  # wildcards do not match $ topics
+        ("$SYS/#", "$SYS/broker/uptime", True, True),
+        ("$share/g/s/#", "$share/g/s/x", True, True),
+        ("$share/g/s/#", "s/x", False, True),  # two subscriptions: the broker sends both
+        ("/+", "/a", True, True),
+    ],
+)
+def test_covering_and_overlapping_filters(
+    outer: str, inner: str, covered: bool, overlapping: bool
+) -> None:
+    assert covers(outer, inner) is covered
+    assert overlaps(outer, inner) is overlapping
+    assert overlaps(inner, outer) is overlapping
