@@ -16,10 +16,11 @@ whole itself, hands it to `on_arrival` as (topic, payload, qos, mid), and skips 
 properties (the gateway asks for none: no topic aliases). paho still reads every other
 packet, and a PUBLISH that straddles two reads.
 
-It overrides paho's private `_sock_recv`, `_sock_send`, `_packet_write`, `_handle_publish`
-and `_sock_close`, and uses `_in_packet`, `_msgtime_mutex`, `_loop_rc_handle` and
-`_call_socket_register_write`; tests/integration/test_mqtt_publish_packets.py fails should
-paho change them.
+It overrides paho's private `_sock_recv`, `_sock_send`, `_packet_write`, `_handle_publish`,
+`_sock_close` and `_check_keepalive`, and uses `_in_packet`, `_msgtime_mutex`,
+`_last_bytes_received`, `_loop_rc_handle` and `_call_socket_register_write`;
+tests/integration/test_mqtt_publish_packets.py and test_mqtt_flood.py fail should paho change
+them.
 """
 
 from __future__ import annotations
@@ -46,6 +47,17 @@ class LoopClient(mqtt.Client):
     _gathering = False
     on_arrival: Callable[[bytes, bytes, int, int], None] | None = None
     """Receives (topic, payload, qos, mid) of each QoS 0 and 1 PUBLISH, in order."""
+    reading_paused = False
+    """Set while `LoopBinding` leaves the socket unread on purpose."""
+
+    def _check_keepalive(self) -> None:
+        """paho closes a connection whose broker sent nothing for a keepalive interval. While
+        reading is paused the broker's packets, its PINGRESP among them, wait unread in the
+        socket: that is no dead broker. PINGREQs still go out, so the broker keeps us too."""
+        if self.reading_paused:
+            with self._msgtime_mutex:
+                self._last_bytes_received = mqtt.time_func()
+        super()._check_keepalive()
 
     def loop_read(self, max_packets: int = 1) -> MQTTErrorCode:
         """Read one packet: one that `_reads_itself` takes, wholly inside the last read, here;
@@ -227,14 +239,14 @@ class LoopBinding:
 
     def pause_reading(self) -> None:
         if not self._paused:
-            self._paused = True
+            self._paused = self._client.reading_paused = True
             sock = self._client.socket()
             if sock is not None:
                 self._loop.remove_reader(sock)
 
     def resume_reading(self) -> None:
         if self._paused:
-            self._paused = False
+            self._paused = self._client.reading_paused = False
             sock = self._client.socket()
             if sock is not None:
                 self._loop.add_reader(sock, self._read)
@@ -266,8 +278,13 @@ class LoopBinding:
             self._loop.call_soon_threadsafe(change, *args)
 
     def _on_open(self, _client: mqtt.Client, _userdata: Any, sock: Any) -> None:
-        if not self._paused:
-            self._in_loop(self._loop.add_reader, sock, self._read)
+        self._in_loop(self._opened, sock)
+
+    def _opened(self, sock: Any) -> None:
+        """A new connection is read even while intake is behind: its CONNACK comes first, and
+        unread it would make paho close the connection again; a message pauses it anew."""
+        self._paused = self._client.reading_paused = False
+        self._loop.add_reader(sock, self._read)
 
     def _on_close(self, _client: mqtt.Client, _userdata: Any, sock: Any) -> None:
         self._in_loop(self._loop.remove_reader, sock)
