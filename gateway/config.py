@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ByteSize, Field, ValidationError, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 from drivers.ble.config import BleDriverConfig
 from drivers.mqtt.config import CONNECT_TIMEOUT_S, MqttDriverConfig
@@ -165,9 +166,13 @@ class GatewayConfig(StrictModel):
     @classmethod
     def _unique_driver_names(cls, drivers: list[DriverConfig]) -> list[DriverConfig]:
         seen: set[str] = set()
-        for driver in drivers:
+        for i, driver in enumerate(drivers):
             if driver.name in seen:
-                raise ValueError(f"two drivers are named {driver.name!r}; names must be unique")
+                raise PydanticCustomError(
+                    "duplicate_name",
+                    "two drivers are named '{name}'; names must be unique",
+                    {"name": driver.name, "at": (i, "name")},  # the second, in its own file
+                )
             seen.add(driver.name)
         return drivers
 

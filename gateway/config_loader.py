@@ -229,7 +229,15 @@ def describe(
     """One line per problem: `file:line: key.path: what is wrong (got X)`; `root` is the model
     validated, which says what keys an unknown one could have meant."""
     located = [
-        (_data_path(data, error["loc"], error["type"] in ("missing", "extra_forbidden")), error)
+        (
+            _data_path(
+                data,
+                # A validator of a list can name the item at fault: ctx["at"], below its loc.
+                (*error["loc"], *error.get("ctx", {}).get("at", ())),
+                error["type"] in ("missing", "extra_forbidden"),
+            ),
+            error,
+        )
         for error in exc.errors()
     ]
     messages = []

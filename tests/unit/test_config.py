@@ -200,8 +200,9 @@ def test_a_setting_replaced_by_a_drop_in_is_reported_at_the_drop_in(tmp_path: Pa
 
 def test_a_driver_name_used_in_two_files_is_refused(tmp_path: Path) -> None:
     path = write(tmp_path, MINIMAL, MQTT_DRIVER.format(name="shed"))
-    drop_in(tmp_path, "shed.yaml", MQTT_DRIVER.format(name="shed"))
-    assert "two drivers are named 'shed'" in config_error(path)
+    extra = drop_in(tmp_path, "shed.yaml", MQTT_DRIVER.format(name="shed"))
+    # named where the second one is, in the drop-in (it used to be the main file's drivers:)
+    assert_one_error(config_error(path), extra, 3, "drivers[1].name", "two drivers are named")
 
 
 def test_an_unreadable_drop_in_directory_is_a_configuration_error(tmp_path: Path) -> None:
@@ -333,7 +334,8 @@ drivers:
 
 def test_duplicate_driver_names_are_refused(tmp_path: Path) -> None:
     path = write(tmp_path, TWO_DRIVERS_NAMED_A)
-    assert_one_error(config_error(path), path, 2, "drivers", "two drivers are named 'a'", "unique")
+    message = config_error(path)
+    assert_one_error(message, path, 7, "drivers[1].name", "two drivers are named 'a'", "unique")
 
 
 def test_unknown_driver_type_lists_the_known_types(tmp_path: Path) -> None:
