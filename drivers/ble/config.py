@@ -132,6 +132,18 @@ class GattDevice(StrictModel):
     reconnect_max_s: Seconds = 300.0
     tags: dict[str, str] = Field(default_factory=dict)
 
+    @model_validator(mode="after")
+    def _distinct_values(self) -> GattDevice:
+        """The characteristics read together make one reading: one name, one value."""
+        names = [c.format.name for c in self.characteristics if c.read]
+        twice = sorted({name for name in names if names.count(name) > 1})
+        if twice:
+            raise ValueError(
+                f"two characteristics read the value {twice[0]!r}, and one reading holds it "
+                "once; set `value` on one of them to another name"
+            )
+        return self
+
 
 class BleDriverConfig(StrictModel):
     """One Bluetooth adapter: a scanner for advertisements, connections to GATT devices."""

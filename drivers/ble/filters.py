@@ -137,7 +137,8 @@ class AdvertFilter:
         min_interval = self.config.min_interval_s
         if known is not None and known.min_interval_s is not None:
             min_interval = known.min_interval_s
-        if state.last_reading is not None and heard.received - state.last_reading < min_interval:
+        since = None if state.last_reading is None else heard.received - state.last_reading
+        if since is not None and 0 <= since < min_interval:  # < 0: the clock was stepped back
             self.stats.bump("throttled")
             return None
         if not measurement.values:

@@ -62,18 +62,19 @@ class BleSource:
 
     def _on_advert(self, device: BLEDevice, data: Any) -> None:
         if len(self._heard) >= _INBOX_LIMIT:
-            self._overflow(len(self._heard))
+            self._overflow(len(self._heard), dropped=1)
             return
         self._heard.append(from_bleak(device.address, data, time.time()))
         self._arrived.set()
 
     def _emit(self, readings: Sequence[Reading]) -> None:
         if not self.outbox.add(readings):
-            self._overflow(len(self.outbox))
+            self._overflow(len(self.outbox), dropped=len(readings))
 
-    def _overflow(self, waiting: int) -> None:
-        """Memory stays bounded while the buffer refuses readings: the excess is counted."""
-        self.stats.bump("inbox_overflow")
+    def _overflow(self, waiting: int, dropped: int) -> None:
+        """Memory stays bounded while the buffer refuses readings: the excess is counted, one
+        per advertisement or reading dropped."""
+        self.stats.bump("inbox_overflow", dropped)
         self._rate_limited.warning(
             "inbox-overflow",
             "BLE data arrives faster than the buffer takes it; dropping the newest",
@@ -96,4 +97,4 @@ class BleSource:
         heard, self._heard = self._heard, []
         readings = [r for r in map(intake.reading, heard) if r is not None]
         if not self.outbox.add(readings):
-            self._overflow(len(self.outbox))
+            self._overflow(len(self.outbox), dropped=len(readings))

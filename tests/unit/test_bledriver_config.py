@@ -93,6 +93,11 @@ def test_a_gatt_characteristic_takes_its_sig_format_or_a_configured_one(tmp_path
             "[{uuid: 1234abcd, value: x, struct: h}]}]\n",
             "must start with a byte order",
         ),
+        (
+            "    gatt: [{address: AA:BB:CC:DD:EE:FF, characteristics: "
+            "[{uuid: 2a6e}, {uuid: 1234abcd, value: temperature, struct: <h}]}]\n",
+            "two characteristics read the value 'temperature'",  # one would overwrite the other
+        ),
         ("    scaning: passive\n", "did you mean 'scanning'?"),
     ],
 )

@@ -1,7 +1,9 @@
-"""The BLE driver's advert filter: allow-list, repeats, packet ids, minimum interval, bad input."""
+"""The BLE driver's advert filter: allow-list, repeats, packet ids, minimum interval, bad input;
+and what it counts when the buffer refuses."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -13,6 +15,8 @@ from drivers.base import DriverStats
 from drivers.ble.adverts import Advertisement
 from drivers.ble.config import BleDriverConfig
 from drivers.ble.filters import AdvertFilter, Heard
+from drivers.ble.source import BleSource
+from gateway.model import Reading
 
 ADDRESS = "A4:C1:38:00:00:01"
 BTHOME = "0000fcd2-0000-1000-8000-00805f9b34fb"
@@ -64,6 +68,14 @@ def test_minimum_interval_per_device_drops_packets_in_between() -> None:
     assert [r.ts.timestamp() - 1_700_000_000 for r in kept] == [1, 4, 7]
     assert {r.device for r in kept} == {"kitchen"}
     assert stats.counters["throttled"] == 5
+
+
+def test_a_clock_stepped_back_does_not_throttle_every_packet() -> None:
+    rules, stats = _rules()  # min_interval_s 0: every new packet is a reading
+    assert rules.reading(_bthome(1)) is not None
+    hour_back = [replace(_bthome(i), received=1_700_000_000.0 - 3600 + i) for i in range(2, 6)]
+    assert all(rules.reading(heard) is not None for heard in hour_back)
+    assert stats.counters.get("throttled", 0) == 0
 
 
 def test_allow_list_admits_by_address_name_or_service_uuid_only() -> None:
@@ -203,3 +215,18 @@ def test_malformed_adverts_from_many_addresses_log_once_and_keep_memory_flat() -
     warnings = [log for log in logs if log["event"].startswith("malformed")]
     assert len(warnings) == 1 and warnings[0]["address"] == "7A:00:00:00:00:00"
     assert len(rules._rate_limited._last) == 1
+
+
+async def test_readings_dropped_while_the_buffer_refuses_are_counted_one_each() -> None:
+    """The outbox takes a batch whole or not at all: a refused batch of 20 is 20 dropped."""
+    source = BleSource(BleDriverConfig(type="ble", name="radio"), "gw", sink=_Unused())
+    one = _rules()[0].reading(_bthome(1))
+    assert one is not None
+    assert source.outbox.add([one] * source.outbox.limit)  # full: the buffer refused for long
+    source._emit([one] * 20)  # what a GATT poller hands over
+    assert source.stats.counters["inbox_overflow"] == 20
+
+
+class _Unused:
+    async def put(self, readings: Sequence[Reading]) -> None:
+        raise AssertionError("nothing is delivered in this test")
