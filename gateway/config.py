@@ -12,11 +12,11 @@ import string
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ByteSize, Field, ValidationError, field_validator, model_validator
+from pydantic import ByteSize, Field, ValidationError, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 from drivers.ble.config import BleDriverConfig
-from drivers.mqtt.config import CONNECT_TIMEOUT_S, MqttDriverConfig
+from drivers.mqtt.config import MqttDriverConfig
 from drivers.serial.lines_config import SerialLinesConfig
 from drivers.serial.modbus_config import ModbusRtuConfig
 from drivers.serial.nmea_config import SerialNmeaConfig
@@ -34,14 +34,8 @@ DriverConfig = Annotated[
 
 ROUTING_KEY_FIELDS = frozenset({"gateway", "site", "device", "source"})
 
-UNIT_STOP_TIMEOUT_S = 30.0
+UNIT_STOP_TIMEOUT_S = 45.0
 """`TimeoutStopSec=` of systemd/edge-gateway.service: systemd SIGKILLs a longer stop."""
-BLE_STOP_S = 15.0
-"""The longest BLE drivers may take to stop: ending a scan (up to 5 s) and a GATT disconnect
-(up to 10 s), counted as if one came after the other (drivers/ble/scanner.py, gatt_client.py)."""
-DRIVER_STOP_S = {"ble": BLE_STOP_S, "mqtt": CONNECT_TIMEOUT_S}
-"""The longest a driver of each type may take to stop (drivers stop together; others at once).
-An MQTT driver's stop waits for a connect in progress."""
 CLOSE_AT_STOP_S = 2.0
 """A stop's goodbye to the broker (AMQP Connection.Close): one that does not answer, often the
 reason confirms were missing, gets no longer than this."""
@@ -152,13 +146,13 @@ class GatewayConfig(StrictModel):
     def stop_overrun_s(self) -> float:
         """By how much the longest stop may exceed the unit's `TimeoutStopSec=` (<= 0: it fits).
 
-        A stop is: the drivers stop (BLE ones take longest), in-flight publishes get
+        A stop is: the drivers stop (together: the slowest counts), in-flight publishes get
         `amqp.shutdown_grace_s`, the connection is closed, the buffer commits. Past the
         timeout, systemd kills the gateway: nothing accepted is lost (the buffer keeps it),
         but what was confirmed and not yet deleted goes again as duplicates, and the journal
         shows a SIGKILL.
         """
-        drivers_s = max((DRIVER_STOP_S.get(d.type, 0.0) for d in self.drivers), default=0.0)
+        drivers_s = max((d.longest_stop_s for d in self.drivers), default=0.0)  # together
         longest = drivers_s + self.amqp.shutdown_grace_s + CLOSE_AT_STOP_S + LAST_COMMIT_S
         return longest - UNIT_STOP_TIMEOUT_S
 
@@ -177,24 +171,32 @@ class GatewayConfig(StrictModel):
         return drivers
 
 
-class _GatewayOnly(BaseModel):
-    """The `gateway` section alone; the other sections are not looked at."""
-
-    gateway: GatewaySection
-
-
 def state_dir_of(path: Path | str) -> Path:
     """Where the gateway of a configuration keeps its state: all that `status` needs.
 
     Environment variables that only the service has (`Environment=` in the unit) may be
-    unset here, and the other sections are not checked: neither must hide the status.
+    unset here, and nothing else is validated: neither must hide the status.
     """
     path = Path(path)
     data, where = read_config(path, keep_unset_env=True)
-    try:
-        return _GatewayOnly.model_validate(data).gateway.state_dir
-    except ValidationError as exc:
-        raise ConfigError(describe(f"{path}:1", data, where, exc, _GatewayOnly)) from None
+    section = data.get("gateway")
+    if not isinstance(section, dict):
+        raise ConfigError(f"{where.get(('gateway',), f'{path}:1')}: gateway: a section is needed")
+    for key in section:
+        if key not in GatewaySection.model_fields:
+            raise ConfigError(
+                f"{where[('gateway', key)]}: gateway.{key}: unknown key; allowed here: "
+                + ", ".join(GatewaySection.model_fields)
+            )
+    state_dir = section.get("state_dir")
+    if state_dir is None:
+        return _default_state_dir()
+    if not isinstance(state_dir, str) or "${" in state_dir:
+        raise ConfigError(
+            f"{where[('gateway', 'state_dir')]}: gateway.state_dir: {state_dir!r} is no path "
+            "(an environment variable in it is not set?); set it as the unit does"
+        )
+    return Path(state_dir)
 
 
 def load_config(path: Path | str, check_files: bool = True) -> GatewayConfig:

@@ -106,12 +106,24 @@ class TlsConfig(StrictModel):
 
     def client_context(self) -> ssl.SSLContext:
         """A verifying client context; a client certificate when one is configured."""
+        asked: list[bool] = []
+
+        def no_passphrase() -> bytes:  # else OpenSSL asks for one on the terminal, or hangs
+            asked.append(True)
+            return b""
+
         try:
             context = ssl.create_default_context(cafile=str(self.ca_file) if self.ca_file else None)
             if self.cert_file is not None:
                 key = str(self.key_file) if self.key_file else None
-                context.load_cert_chain(str(self.cert_file), key)
+                context.load_cert_chain(str(self.cert_file), key, password=no_passphrase)
         except (OSError, ssl.SSLError) as exc:
+            if asked:
+                raise ConfigError(
+                    "the TLS key is encrypted with a passphrase, which a service cannot type; "
+                    "store it unencrypted, readable by the service only (openssl pkey -in KEY "
+                    "-out PLAIN), as tls.key_file"
+                ) from None
             raise ConfigError(
                 f"TLS files cannot be loaded ({exc}); check tls.ca_file, tls.cert_file and "
                 "tls.key_file"

@@ -165,6 +165,12 @@ class BleDriverConfig(StrictModel):
     """Scanner recreations in a row without an advertisement before the adapter is unhealthy."""
     gatt: list[GattDevice] = Field(default_factory=list)
 
+    @property
+    def longest_stop_s(self) -> float:
+        """Ending a scan (up to 5 s) and a GATT disconnect (up to 10 s), counted as if one came
+        after the other (drivers/ble/scanner.py, gatt_client.py)."""
+        return 15.0
+
     def summary(self) -> str:
         """One line for `edge-gateway check`."""
         allow = self.allow

@@ -10,8 +10,8 @@ from drivers.mqtt.topics import SHARED, covers, overlaps
 from gateway.config_types import Name, PasswordFile, Seconds, StrictModel, TlsConfig
 
 CONNECT_TIMEOUT_S = 10.0
-"""paho's TCP connect timeout. The connect blocks a thread that a stop cannot interrupt, so a
-stop while the broker does not answer waits up to this long (GatewayConfig.stop_overrun_s)."""
+"""paho's connect timeout, for the TCP connect and again for a TLS handshake. The connect
+blocks a thread that a stop cannot interrupt (see `MqttDriverConfig.longest_stop_s`)."""
 
 
 class FieldSpec(StrictModel):
@@ -126,6 +126,13 @@ class MqttDriverConfig(StrictModel):
         such a topic comes once per subscription (MQTT 5), and each copy is a reading."""
         filters = [topic for topic, _ in self.broker_filters()]
         return [(a, b) for i, a in enumerate(filters) for b in filters[i + 1 :] if overlaps(a, b)]
+
+    @property
+    def longest_stop_s(self) -> float:
+        """A stop waits for a connect in progress, to a broker that does not answer: the TCP
+        connect, then the TLS handshake, each up to `CONNECT_TIMEOUT_S` (a host name with
+        several addresses, or a resolver that does not answer, can take longer)."""
+        return CONNECT_TIMEOUT_S * (2 if self.tls else 1)
 
     def summary(self) -> str:
         """One line for `edge-gateway check`."""

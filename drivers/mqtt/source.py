@@ -309,6 +309,11 @@ class MqttSource:
             )
         else:
             client.subscribe(self._filters)
+        if flags.session_present:  # it may hold filters subscribed by an older configuration
+            subscribed = {topic for topic, _ in self._filters}
+            covered = [s.topic for s in self.config.subscriptions if s.topic not in subscribed]
+            if covered:  # each would make its messages come twice (MQTT 5)
+                client.unsubscribe(covered)
 
     def _on_disconnect(
         self, _client: mqtt.Client, _userdata: Any, _flags: Any, reason: Any, _props: Any

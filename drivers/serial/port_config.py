@@ -80,6 +80,11 @@ class SerialPortConfig(StrictModel):
         ]
         return "usb " + " ".join(parts)
 
+    @property
+    def longest_stop_s(self) -> float:
+        """A serial driver stops at once: its reads and polls are cancelled on the event loop."""
+        return 0.0
+
     def summary(self) -> str:
         """One line for `edge-gateway check`."""
         return f"serial {self.protocol} {self.wanted()} at {self.baudrate} baud"

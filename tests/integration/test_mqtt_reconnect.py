@@ -1,5 +1,7 @@
-"""The MQTT driver's reconnect backoff: a connection that lasted starts it afresh, failed
-connects (a broker that stays away) make it grow. In-process, against a private Mosquitto."""
+"""The MQTT driver across connections: a connection that lasted starts the backoff afresh,
+failed connects (a broker that stays away) make it grow; a stop waits at most for the connect
+timeout; a resumed session loses filters the configuration no longer subscribes. In-process,
+against a private Mosquitto."""
 
 from __future__ import annotations
 
@@ -9,9 +11,12 @@ import socket
 import time
 from collections.abc import Sequence
 
+import paho.mqtt.client as mqtt
 import pytest
 from edge_gateway_sim.brokers import MosquittoBroker
 from harness import until
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from drivers.mqtt.config import MqttDriverConfig
 from drivers.mqtt.source import MqttSource
@@ -93,3 +98,75 @@ async def test_a_stop_while_the_broker_does_not_answer_waits_at_most_the_connect
                 await task
             stop_s = time.monotonic() - stop_started
     assert stop_s <= connect_timeout_s + 1.0
+
+
+class _Kept:
+    def __init__(self) -> None:
+        self.readings: list[Reading] = []
+
+    async def put(self, readings: Sequence[Reading]) -> None:
+        self.readings.extend(readings)
+
+
+def _session_holding(port: int, client_id: str, topics: list[str]) -> None:
+    """What an older configuration left: a persistent MQTT 5 session with these filters."""
+    properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+    properties.SessionExpiryInterval = 3600
+    client = mqtt.Client(
+        mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5
+    )
+    client.connect("127.0.0.1", port, clean_start=False, properties=properties)
+    client.loop_start()
+    info = client.subscribe([(topic, 1) for topic in topics])
+    deadline = time.monotonic() + 10
+    while not client.is_connected() or info[0] != mqtt.MQTT_ERR_SUCCESS:
+        assert time.monotonic() < deadline, "the old session's subscribe did not go out"
+        time.sleep(0.05)
+    time.sleep(0.5)  # the SUBACK
+    client.disconnect()
+    client.loop_stop()
+
+
+async def test_a_resumed_session_drops_a_filter_another_one_now_covers(
+    mosquitto_broker: MosquittoBroker,
+) -> None:
+    """The session kept `old/+/state` from before; the configuration has it and `old/#`, so only
+    `old/#` is subscribed, and the kept one must go too, or each message comes twice."""
+    await asyncio.to_thread(
+        _session_holding, mosquitto_broker.port, "resumed", ["old/+/state", "old/#"]
+    )
+    config = MqttDriverConfig.model_validate(
+        {
+            "type": "mqtt",
+            "name": "resumed",
+            "port": mosquitto_broker.port,
+            "client_id": "resumed",
+            "subscriptions": [
+                {"topic": "old/+/state", "device": "old/{device}/state"},
+                {"topic": "old/#"},
+            ],
+        }
+    )
+    sink = _Kept()
+    source = MqttSource(config, "gw", sink)
+    task = asyncio.create_task(source.run())
+    try:
+        await until("connected", lambda: source.stats.state == "connected")
+        await asyncio.sleep(0.5)  # SUBACK and UNSUBACK
+        await asyncio.to_thread(publish_one, mosquitto_broker.port, "old/kitchen/state")
+        await until("a reading", lambda: len(sink.readings) >= 1)
+        await asyncio.sleep(1.0)  # time for a second copy, had the broker sent one
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    assert [r.device for r in sink.readings] == ["kitchen"]
+
+
+def publish_one(port: int, topic: str) -> None:
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="one-publisher")
+    client.connect("127.0.0.1", port)
+    client.loop_start()
+    client.publish(topic, b'{"n": 1}', qos=1).wait_for_publish(10)
+    client.disconnect()
+    client.loop_stop()

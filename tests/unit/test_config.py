@@ -6,6 +6,7 @@ line and the path exactly and the problem by its key words.
 
 from __future__ import annotations
 
+import datetime
 import os
 import re
 import subprocess
@@ -16,6 +17,10 @@ from textwrap import dedent
 
 import pytest
 import yaml
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from structlog.testing import capture_logs
@@ -543,6 +548,33 @@ def test_a_tls_file_openssl_cannot_load_is_an_error_at_check_not_at_the_first_co
     assert_one_error(
         config_error(path), path, 5, "amqp.tls", "TLS files cannot be loaded", "tls.ca_file"
     )
+
+
+def test_an_encrypted_tls_key_is_an_error_not_a_passphrase_prompt(tmp_path: Path) -> None:
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "gateway")])
+    now = datetime.datetime.now(datetime.UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(1)
+        .not_valid_before(now)
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .sign(key, hashes.SHA256())
+    )
+    (tmp_path / "client.pem").write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    (tmp_path / "client.key").write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.BestAvailableEncryption(b"s3cret"),
+        )
+    )
+    tls = "  tls: {cert_file: client.pem, key_file: client.key}\n"
+    path = write(tmp_path, MINIMAL, "amqp:\n  url: amqps://h/\n" + tls)
+    assert_one_error(config_error(path), path, 5, "amqp.tls", "encrypted with a passphrase")
 
 
 def test_a_tls_key_without_its_certificate_is_an_error(tmp_path: Path) -> None:

@@ -30,14 +30,25 @@ def test_status_needs_only_the_state_dir_not_the_services_environment(
     """`${BROKER_HOST}` set by the unit's `Environment=` is unset in an admin's shell; and a
     file half edited elsewhere must not hide the status either."""
     monkeypatch.delenv("BROKER_HOST", raising=False)
+    monkeypatch.delenv("GATEWAY_ID", raising=False)
     config = tmp_path / "gateway.yaml"
     config.write_text(
-        f"gateway: {{id: gw, state_dir: {tmp_path / 'state'}}}\n"
+        f"gateway: {{id: '${{GATEWAY_ID}}', state_dir: {tmp_path / 'state'}}}\n"
         "amqp: {url: 'amqp://${BROKER_HOST}/', max_in_flight: lots}\n"
     )
     assert main(["status", "--config", str(config)]) == EXIT_NOT_RUNNING
     assert f"{tmp_path / 'state'} does not exist" in capsys.readouterr().out
     assert main(["check", "--config", str(config)]) == EXIT_CONFIG  # check still says what is wrong
+
+
+def test_status_with_an_unset_variable_in_the_state_dir_names_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("GW_STATE", raising=False)
+    config = tmp_path / "gateway.yaml"
+    config.write_text("gateway:\n  id: gw\n  state_dir: ${GW_STATE}\n")
+    assert main(["status", "--config", str(config)]) == EXIT_CONFIG
+    assert f"{config}:3: gateway.state_dir: '${{GW_STATE}}' is no path" in capsys.readouterr().err
 
 
 def test_status_with_a_bad_gateway_section_says_where(

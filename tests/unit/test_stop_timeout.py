@@ -23,6 +23,7 @@ WARNING = (
 MINIMAL_DRIVERS: dict[str, dict[str, Any]] = {
     "ble": {"type": "ble"},
     "mqtt": {"type": "mqtt", "subscriptions": [{"topic": "s/+/x", "device": "s/{device}/x"}]},
+    "mqtt-tls": {"type": "mqtt", "tls": {}, "subscriptions": [{"topic": "t/#"}]},
     "serial": {"type": "serial", "protocol": "lines", "format": "json", "port": "/dev/ttyUSB0"},
 }
 
@@ -50,16 +51,18 @@ def test_the_constant_is_the_units_timeout_stop_sec() -> None:
 @pytest.mark.parametrize(
     ("grace_s", "drivers", "fits"),
     [
-        (5, ("ble",), True),  # the defaults fit, BLE included
-        (8, ("ble",), True),  # 15 s BLE + 8 s + 2 s to close + 5 s to commit
-        (9, ("ble",), False),
-        (13, ("mqtt",), True),  # a connect in progress: 10 s + 13 s + 2 s + 5 s
-        (14, ("mqtt",), False),
-        (8, ("mqtt", "ble"), True),  # drivers stop together: the longest counts
-        (9, ("ble", "mqtt"), False),
-        (23, ("serial",), True),  # serial drivers stop at once
-        (24, ("serial",), False),
-        (23, (), True),
+        (5, ("ble", "mqtt-tls", "serial"), True),  # the defaults fit, whatever the drivers
+        (23, ("ble",), True),  # 15 s BLE + 23 s + 2 s to close + 5 s to commit
+        (24, ("ble",), False),
+        (28, ("mqtt",), True),  # a connect in progress: 10 s + 28 s + 2 s + 5 s
+        (29, ("mqtt",), False),
+        (18, ("mqtt-tls",), True),  # connect, then the TLS handshake: 20 s + 18 s + 7 s
+        (19, ("mqtt-tls",), False),
+        (23, ("mqtt", "ble"), True),  # drivers stop together: the longest counts
+        (24, ("ble", "mqtt"), False),
+        (38, ("serial",), True),  # serial drivers stop at once
+        (39, ("serial",), False),
+        (38, (), True),
         (300, ("ble",), False),
     ],
 )
