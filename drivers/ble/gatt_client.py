@@ -91,6 +91,7 @@ class GattPoller:
             timeout=self.device.connect_timeout_s,
         )
         await self._answer("connect", client.connect())
+        self._scanner.connected(self.device.address, True)
         try:
             self._stats.bump("gatt_connects")
             self._log.info("GATT device connected", address=self.device.address)
@@ -111,6 +112,7 @@ class GattPoller:
                 except TimeoutError:
                     pass
         finally:
+            self._scanner.connected(self.device.address, False)
             if not lost.is_set():  # errors here must not replace the one (or the cancel) at hand
                 with contextlib.suppress(BleakError, TimeoutError, OSError, EOFError):
                     async with asyncio.timeout(10.0):

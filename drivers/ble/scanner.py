@@ -6,6 +6,8 @@ reliable sign is silence, so when no advertisement arrives for `watchdog_s` whil
 are expected, the scanner is stopped (errors ignored) and a new one started. After
 `unhealthy_after` recreations in a row without a single advertisement the adapter is
 reported unhealthy (`edge-gateway status`: state `adapter-unhealthy`) until one arrives.
+A GATT device that is connected is not expected to advertise (most stop while connected):
+a site whose only devices are connected ones is silent, and healthy.
 
 bleak allows one discovery per adapter and process (a second fails with
 org.bluez.Error.InProgress), so GATT clients do not scan for their devices: they wait
@@ -53,10 +55,13 @@ class AdapterScanner:
         self.stats = stats
         self._on_advert = on_advert
         self._gatt = {device.address for device in config.gatt}
+        self._connected: set[str] = set()
+        """GATT devices connected now (`GattPoller` says so)."""
         self._devices: dict[str, BLEDevice] = {}
         self._seen: dict[str, asyncio.Event] = {}
         self._last_heard = 0.0
-        self._ever_heard = False
+        self._heard_others = False
+        """An advertisement came from a device that is not a GATT one."""
         self._failures = 0
         self._rate_limited = RateLimitedLog(log)
         self._log = log.bind(driver=config.name, adapter=config.adapter)
@@ -66,6 +71,14 @@ class AdapterScanner:
         while address not in self._devices:
             await self._seen.setdefault(address, asyncio.Event()).wait()
         return self._devices[address]
+
+    def connected(self, address: str, now: bool) -> None:
+        """A GATT device's connection began (`now` True) or ended."""
+        if now:
+            self._connected.add(address)
+        else:
+            self._connected.discard(address)
+            self._last_heard = max(self._last_heard, time.monotonic())  # silence counts anew
 
     def forget(self, address: str) -> None:
         """Drop a device whose object went away (a connect said "not found"): wait for a new one."""
@@ -147,12 +160,15 @@ class AdapterScanner:
 
     @property
     def _expected(self) -> bool:
+        """Whether silence means a dead scan: some device should be advertising. A passing
+        phone says little where GATT devices are configured: they are what matters there."""
         config = self.config
-        return self._ever_heard or bool(config.devices or config.gatt or config.allow.addresses)
+        if config.devices or config.allow.addresses or self._gatt - self._connected:
+            return True
+        return self._heard_others and not self._gatt
 
     def _detected(self, device: BLEDevice, data: Any) -> None:
         self._last_heard = time.monotonic()
-        self._ever_heard = True
         if self._failures:
             self._failures = 0
             self.stats.state = "scanning"
@@ -161,6 +177,8 @@ class AdapterScanner:
         if address in self._gatt:  # only these: phones alone bring a new address every minute
             self._devices[address] = device
             self._seen.setdefault(address, asyncio.Event()).set()
+        else:
+            self._heard_others = True
         self._on_advert(device, data)
 
     def _failed(self, message: str) -> None:

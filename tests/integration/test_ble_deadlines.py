@@ -1,9 +1,11 @@
 """Every BLE D-Bus call has a deadline: a bluetoothd that never answers is timed out, counted
-and retried with backoff, and data flows again once it answers."""
+and retried with backoff, and data flows again once it answers. The scanner's watchdog tells
+a dead scan from a quiet one."""
 
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -78,3 +80,35 @@ async def test_a_start_notify_without_an_answer_times_out_and_the_device_is_reco
     assert "StartNotify 00002a6e-0000-1000-8000-00805f9b34fb got no answer within 2 s" in (
         stats.last_error
     )
+
+
+async def test_a_site_whose_gatt_devices_are_connected_and_quiet_is_healthy(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Most peripherals stop advertising while connected: with only GATT devices configured
+    that silence is no dead scan (the watchdog recreated the scanner every watchdog_s and
+    reported the adapter unhealthy while readings flowed)."""
+    gatt: dict[str, Any] = {
+        "address": ENV,
+        "name": "env",
+        "interval_s": 0.5,
+        "characteristics": [{"uuid": "2a19"}],
+    }
+    config = BleDriverConfig(
+        type="ble", name="radio", gatt=[gatt], watchdog_s=1.0, unhealthy_after=2
+    )
+    stats = DriverStats(type="ble")
+    readings: list[Reading] = []
+    scanner = AdapterScanner(config, stats, lambda _device, _data: None)
+    poller = GattPoller(config.gatt[0], "radio", scanner, stats, readings.extend)
+    quiet = replace(devices.environmental(ENV, "env"), quiet_when_connected=True)
+    async with fake_radio(monkeypatch, [quiet]):
+        async with asyncio.TaskGroup() as tasks:
+            running = [tasks.create_task(scanner.run()), tasks.create_task(poller.run())]
+            await until("connected and reading", lambda: len(readings) >= 2)
+            await asyncio.sleep(4 * config.watchdog_s)
+            for task in running:
+                task.cancel()
+    assert stats.state == "scanning"
+    assert stats.counters.get("scanner_restarts", 0) == 0
+    assert len(readings) >= 6  # it kept reading meanwhile

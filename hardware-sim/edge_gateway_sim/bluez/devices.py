@@ -54,6 +54,8 @@ class SimDevice:
     gatt: GattProfile | None = None
     in_range: bool = True
     refuses: bool = False
+    quiet_when_connected: bool = False
+    """Stops advertising while a central is connected, as most GATT peripherals do."""
     sent: int = field(default=0)
 
 

@@ -185,7 +185,7 @@ class FakeBlueZ:
                 )
                 self._objects[device.address] = obj
                 self._bus.export(obj.path, obj)
-            else:
+            elif not (device.quiet_when_connected and obj.connected):
                 obj.advertise(device.rssi - device.sent % 3, service_data, manufacturer)
 
     def _remove_device(self, address: str) -> None:
