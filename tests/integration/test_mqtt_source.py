@@ -208,33 +208,44 @@ async def test_an_unreachable_broker_is_reported_and_its_readings_arrive_once_it
             assert gateway.terminate() == 0
 
 
+async def _through_a_gateway(
+    tmp_path: Path,
+    rabbit: RabbitMQNode,
+    mosquitto: MosquittoBroker,
+    driver: str,
+    messages: list[tuple[str, bytes]],
+    count: int,
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """A gateway with `driver`'s settings takes `messages`: the first `count` readings that
+    arrive, and the driver's status reported after them (time for any more to come)."""
+    exchange = tmp_path.name[:40]
+    config = _config(tmp_path, rabbit, mosquitto.port, exchange, driver)
+    async with ReadingCollector(
+        rabbit.url, exchange, queue=exchange, validate=validate_message, keep_readings=True
+    ) as collector:
+        with GatewayProcess(config, tmp_path / "gateway.log") as gateway:
+            gateway.start()
+            await asyncio.to_thread(_publish, mosquitto.port, messages)
+            assert await collector.wait_until(lambda got: got.unique >= count, timeout=20)
+            status = (await report_after_now(tmp_path / "state"))["drivers"]["field"]
+            assert gateway.terminate() == 0
+    return collector.received.kept, status
+
+
 async def test_a_poison_payload_is_skipped_and_the_messages_behind_it_arrive(
     rabbitmq: RabbitMQNode, mosquitto: MosquittoBroker, tmp_path: Path
 ) -> None:
-    exchange = "poison"
-    config = _config(
-        tmp_path,
-        rabbitmq,
-        mosquitto.port,
-        exchange,
-        """\
+    good = [(f"poison/d{i}", json.dumps({"n": i}).encode()) for i in range(10)]
+    messages = [*good[:3], ("poison/bad", b"[" * 50_000), *good[3:]]
+    driver = """\
     subscriptions:
       - topic: poison/+
         device: "poison/{device}"
-""",
-    )
-    good = [(f"poison/d{i}", json.dumps({"n": i}).encode()) for i in range(10)]
-    async with ReadingCollector(rabbitmq.url, exchange, queue="poison") as collector:
-        with GatewayProcess(config, tmp_path / "gateway.log") as gateway:
-            gateway.start()
-            await asyncio.to_thread(
-                _publish, mosquitto.port, [*good[:3], ("poison/bad", b"[" * 50_000), *good[3:]]
-            )
-            assert await collector.wait_until(lambda got: got.unique >= 10, timeout=20)
-            driver = (await report_after_now(tmp_path / "state"))["drivers"]["field"]
-            assert gateway.terminate() == 0
-    assert driver["malformed"] == 1
-    assert driver["errors"] == 0  # no restart of the driver
+"""
+    readings, status = await _through_a_gateway(tmp_path, rabbitmq, mosquitto, driver, messages, 10)
+    assert sorted(r["values"]["n"] for r in readings) == list(range(10))
+    assert status["malformed"] == 1
+    assert status["errors"] == 0  # no restart of the driver
 
 
 async def test_a_shared_subscription_delivers_its_messages(
@@ -242,30 +253,15 @@ async def test_a_shared_subscription_delivers_its_messages(
 ) -> None:
     """`$share/<group>/<filter>`: the broker sends the messages on their own topics, which
     must match the filter inside (they were all counted as malformed)."""
-    exchange = "shared"
-    config = _config(
-        tmp_path,
-        rabbitmq,
-        mosquitto.port,
-        exchange,
-        """\
+    driver = """\
     subscriptions:
       - topic: $share/gateways/shared/+/state
         device: "shared/{device}/state"
-""",
-    )
-    async with ReadingCollector(
-        rabbitmq.url, exchange, queue="shared", validate=validate_message, keep_readings=True
-    ) as collector:
-        with GatewayProcess(config, tmp_path / "gateway.log") as gateway:
-            gateway.start()
-            messages = [(f"shared/d{i}/state", json.dumps({"n": i}).encode()) for i in range(5)]
-            await asyncio.to_thread(_publish, mosquitto.port, messages)
-            assert await collector.wait_until(lambda got: got.unique >= 5, timeout=20)
-            driver = (await report_after_now(tmp_path / "state"))["drivers"]["field"]
-            assert gateway.terminate() == 0
-    assert sorted(r["device"] for r in collector.received.kept) == [f"d{i}" for i in range(5)]
-    assert driver["malformed"] == 0
+"""
+    messages = [(f"shared/d{i}/state", json.dumps({"n": i}).encode()) for i in range(5)]
+    readings, status = await _through_a_gateway(tmp_path, rabbitmq, mosquitto, driver, messages, 5)
+    assert sorted(r["device"] for r in readings) == [f"d{i}" for i in range(5)]
+    assert status["malformed"] == 0
 
 
 async def test_a_message_matching_two_subscriptions_is_one_reading(
@@ -274,31 +270,15 @@ async def test_a_message_matching_two_subscriptions_is_one_reading(
     """A catch-all after a specific filter: an MQTT 5 broker sends a message once per matching
     subscription, so only the covering filter is subscribed, and the first subscription that
     matches decodes (each message became two readings)."""
-    exchange = "overlap"
-    config = _config(
-        tmp_path,
-        rabbitmq,
-        mosquitto.port,
-        exchange,
-        """\
+    driver = """\
     subscriptions:
       - topic: overlap/+/state
         device: "overlap/{device}/state"
       - topic: overlap/#
-""",
-    )
-    async with ReadingCollector(
-        rabbitmq.url, exchange, queue="overlap", validate=validate_message, keep_readings=True
-    ) as collector:
-        with GatewayProcess(config, tmp_path / "gateway.log") as gateway:
-            gateway.start()
-            messages = [(f"overlap/d{i}/state", json.dumps({"n": i}).encode()) for i in range(5)]
-            messages.append(("overlap/hall/power", b'{"n": 5}'))
-            await asyncio.to_thread(_publish, mosquitto.port, messages)
-            assert await collector.wait_until(lambda got: got.unique >= 6, timeout=20)
-            await asyncio.sleep(1)  # time for a second copy, if the broker sent one
-            driver = (await report_after_now(tmp_path / "state"))["drivers"]["field"]
-            assert gateway.terminate() == 0
-    devices = sorted(r["device"] for r in collector.received.kept)
+"""
+    messages = [(f"overlap/d{i}/state", json.dumps({"n": i}).encode()) for i in range(5)]
+    messages.append(("overlap/hall/power", b'{"n": 5}'))
+    readings, status = await _through_a_gateway(tmp_path, rabbitmq, mosquitto, driver, messages, 6)
+    devices = sorted(r["device"] for r in readings)
     assert devices == [*(f"d{i}" for i in range(5)), "overlap/hall/power"]
-    assert driver["readings"] == 6
+    assert status["readings"] == 6

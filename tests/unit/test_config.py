@@ -13,7 +13,7 @@ import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from textwrap import dedent
+from textwrap import dedent, indent
 
 import pytest
 import yaml
@@ -50,6 +50,12 @@ def write(tmp_path: Path, *parts: str) -> Path:
     path = tmp_path / "gateway.yaml"
     path.write_text("".join(dedent(part) for part in parts), encoding="utf-8")
     return path
+
+
+def local_mqtt(tmp_path: Path, settings: str) -> Path:
+    """MINIMAL and one MQTT driver named `local` with `settings` (its keys, as YAML lines)."""
+    driver = "drivers:\n  - type: mqtt\n    name: local\n"
+    return write(tmp_path, MINIMAL, driver + indent(dedent(settings), "    "))
 
 
 def config_error(path: Path) -> str:
@@ -260,15 +266,11 @@ def test_unknown_key_without_close_match_lists_the_allowed_keys(tmp_path: Path) 
 
 
 def test_unknown_key_in_a_driver_suggests_the_drivers_key(tmp_path: Path) -> None:
-    path = write(
+    path = local_mqtt(
         tmp_path,
-        MINIMAL,
         """\
-        drivers:
-          - type: mqtt
-            name: local
-            hots: broker.lan
-            subscriptions: [{topic: a/b}]
+        hots: broker.lan
+        subscriptions: [{topic: a/b}]
         """,
     )
     assert_one_error(config_error(path), path, 6, "drivers[0].hots", "unknown key", "'host'")
@@ -367,15 +369,11 @@ def test_driver_without_type_says_so(tmp_path: Path) -> None:
     ],
 )
 def test_bad_mqtt_topic_filter(tmp_path: Path, topic: str, problem: str) -> None:
-    path = write(
+    path = local_mqtt(
         tmp_path,
-        MINIMAL,
         f"""\
-        drivers:
-          - type: mqtt
-            name: local
-            subscriptions:
-              - topic: {topic}
+        subscriptions:
+          - topic: {topic}
         """,
     )
     assert_one_error(
@@ -388,18 +386,14 @@ def test_bad_mqtt_topic_filter(tmp_path: Path, topic: str, problem: str) -> None
 
 
 def test_a_filter_another_covers_is_not_subscribed_at_the_broker(tmp_path: Path) -> None:
-    path = write(
+    path = local_mqtt(
         tmp_path,
-        MINIMAL,
         """\
-        drivers:
-          - type: mqtt
-            name: local
-            subscriptions:
-              - {topic: sensors/+/state, qos: 0}
-              - {topic: meters/+/power, qos: 0}
-              - {topic: sensors/#, qos: 1}
-              - {topic: sensors/#, qos: 0}
+        subscriptions:
+          - {topic: sensors/+/state, qos: 0}
+          - {topic: meters/+/power, qos: 0}
+          - {topic: sensors/#, qos: 1}
+          - {topic: sensors/#, qos: 0}
         """,
     )
     (driver,) = load_config(path).drivers
@@ -410,14 +404,10 @@ def test_a_filter_another_covers_is_not_subscribed_at_the_broker(tmp_path: Path)
 async def test_filters_that_share_topics_without_covering_are_warned_about(
     tmp_path: Path,
 ) -> None:
-    path = write(
+    path = local_mqtt(
         tmp_path,
-        MINIMAL,
         """\
-        drivers:
-          - type: mqtt
-            name: local
-            subscriptions: [{topic: a/+/x}, {topic: a/b/+}, {topic: c/#}]
+        subscriptions: [{topic: a/+/x}, {topic: a/b/+}, {topic: c/#}]
         """,
     )
     (driver,) = load_config(path).drivers
@@ -450,16 +440,12 @@ def test_good_mqtt_topic_filters_load(tmp_path: Path, topic: str) -> None:
 
 @pytest.mark.parametrize("template", ["sensors/{id}/state", "sensors/state", "sensors/x{device}"])
 def test_bad_device_template(tmp_path: Path, template: str) -> None:
-    path = write(
+    path = local_mqtt(
         tmp_path,
-        MINIMAL,
         f"""\
-        drivers:
-          - type: mqtt
-            name: local
-            subscriptions:
-              - topic: sensors/+/state
-                device: {template}
+        subscriptions:
+          - topic: sensors/+/state
+            device: {template}
         """,
     )
     assert_one_error(
@@ -720,15 +706,11 @@ def test_a_password_file_saved_with_a_byte_order_mark_gives_the_password(tmp_pat
 
 def test_mqtt_password_file_needs_a_username_and_the_error_names_the_driver(tmp_path: Path) -> None:
     (tmp_path / "mqtt-password").write_text("pw")
-    path = write(
+    path = local_mqtt(
         tmp_path,
-        MINIMAL,
         """\
-        drivers:
-          - type: mqtt
-            name: local
-            password_file: mqtt-password
-            subscriptions: [{topic: a}]
+        password_file: mqtt-password
+        subscriptions: [{topic: a}]
         """,
     )
     assert_one_error(config_error(path), path, 4, "drivers[0]", "password_file needs a username")
