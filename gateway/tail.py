@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sys
 
 import aio_pika
@@ -60,15 +61,18 @@ async def tail_readings(
         async def on_message(message: aio_pika.abc.AbstractIncomingMessage) -> None:
             nonlocal printed
             async with message.process():
-                if whole_messages:
-                    lines = [message.body.decode("utf-8", "replace")]
-                else:
-                    try:
-                        lines = [json.dumps(r) for r in json.loads(message.body)["readings"]]
-                    except (ValueError, KeyError, TypeError):
-                        lines = [message.body.decode("utf-8", "replace")]
+                lines = [message.body.decode("utf-8", "replace")]
+                if not whole_messages:
+                    lines = _readings(message.body) or lines
                 for line in lines:
-                    print(line, flush=True)
+                    if ended.done():
+                        return  # --count reached, or the connection is gone
+                    try:
+                        print(line, flush=True)
+                    except BrokenPipeError:  # `tail | head`: head has what it wanted
+                        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+                        end(None)
+                        return
                     printed += 1
                     if count and printed >= count:
                         end(None)
@@ -90,3 +94,14 @@ async def tail_readings(
             )
             return 1
     return 0
+
+
+def _readings(body: bytes) -> list[str] | None:
+    """One JSON line per reading of a gateway message; None for any other message."""
+    try:
+        readings = json.loads(body)["readings"]
+    except (ValueError, KeyError, TypeError):
+        return None
+    if not isinstance(readings, list) or not all(isinstance(r, dict) for r in readings):
+        return None
+    return [json.dumps(r) for r in readings]

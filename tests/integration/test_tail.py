@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -45,14 +46,18 @@ def tail() -> Iterator[Tail]:
 
 
 async def _publish(url: str, readings: list[dict[str, object]]) -> None:
+    body = json.dumps({"v": 1, "gateway": "gw", "site": "s", "readings": readings})
+    await _send(url, body.encode())
+
+
+async def _send(url: str, body: bytes) -> None:
     connection = await aio_pika.connect(url)
     async with connection:
         channel = await connection.channel()
         exchange = await channel.declare_exchange(
             EXCHANGE, aio_pika.ExchangeType.TOPIC, durable=True
         )
-        body = json.dumps({"v": 1, "gateway": "gw", "site": "s", "readings": readings})
-        await exchange.publish(aio_pika.Message(body.encode()), routing_key="s")
+        await exchange.publish(aio_pika.Message(body), routing_key="s")
 
 
 async def _listening(tail: subprocess.Popen[str], rabbit: RabbitMQNode) -> None:
@@ -81,6 +86,51 @@ async def test_tail_prints_each_reading_and_says_when_the_broker_goes(
     assert watching.returncode == 1
     assert f"connection to amqp://guest:***@127.0.0.1:{rabbitmq_node.port}/ lost" in err
     assert "run tail again once the broker is back" in err
+
+
+async def test_tail_prints_no_more_than_its_count_and_other_messages_whole(
+    rabbitmq_node: RabbitMQNode, tail: Tail
+) -> None:
+    await _publish(rabbitmq_node.url, [])
+    counted = tail(rabbitmq_node.url, "--count", "2")
+    await _listening(counted, rabbitmq_node)
+    await _send(rabbitmq_node.url, b'{"readings": "abc"}')  # not the gateway's: shown whole
+    await _publish(rabbitmq_node.url, [{"device": "a"}, {"device": "b"}, {"device": "c"}])
+    out, err = await asyncio.to_thread(counted.communicate, timeout=30)
+    assert counted.returncode == 0, err
+    assert out.splitlines() == ['{"readings": "abc"}', '{"device": "a"}']
+
+
+async def test_tail_into_a_pipe_whose_reader_ends_ends_too(rabbitmq_node: RabbitMQNode) -> None:
+    """`edge-gateway tail ... | head -n 1`: once head has exited, tail's next line ends it,
+    quietly (it went on for ever, logging a BrokenPipeError per message)."""
+    await _publish(rabbitmq_node.url, [])
+    reading, writing = os.pipe()
+    piped = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "gateway.cli", "tail", "--url", rabbitmq_node.url,
+        "--exchange", EXCHANGE, stdout=writing, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    head = await asyncio.create_subprocess_exec(
+        "head", "-n", "1", stdin=reading, stdout=asyncio.subprocess.PIPE
+    )
+    os.close(reading)  # head alone reads the pipe, tail alone writes it
+    os.close(writing)
+    try:
+        await until(
+            "tail is listening", lambda: "amq.gen" in rabbitmq_node.ctl("list_queues", "name")
+        )
+        await _publish(rabbitmq_node.url, [{"device": "a"}, {"device": "b"}])
+        first, _ = await asyncio.wait_for(head.communicate(), 30)
+        await _publish(rabbitmq_node.url, [{"device": "c"}])  # into the closed pipe
+        _, err = await asyncio.wait_for(piped.communicate(), 30)
+    finally:
+        for process in (piped, head):
+            if process.returncode is None:
+                process.kill()
+                await process.wait()
+    assert json.loads(first) == {"device": "a"}
+    assert piped.returncode == 0
+    assert b"Error" not in err
 
 
 async def test_tail_with_nothing_at_the_url_says_what_to_check(tail: Tail) -> None:
