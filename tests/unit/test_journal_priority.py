@@ -1,4 +1,5 @@
-"""Under systemd, every log line starts with its syslog priority, for `journalctl -p`."""
+"""Under systemd, every log line starts with its syslog priority, for `journalctl -p`; and a
+library's line is rendered as ours are, its traceback included."""
 
 from __future__ import annotations
 
@@ -17,6 +18,10 @@ log.info("fine")
 log.warning("careful", hint="do this")
 log.error("broken")
 logging.getLogger("some.library").error("from a library")
+try:
+    1 / 0
+except ZeroDivisionError:
+    logging.getLogger("asyncio").error("Exception in callback", exc_info=True)
 """
 
 
@@ -32,7 +37,7 @@ def _run(tmp_path: Path, journal: bool) -> list[str]:
 
 def test_lines_to_the_journal_start_with_their_priority(tmp_path: Path) -> None:
     lines = _run(tmp_path, journal=True)
-    assert [line[:3] for line in lines] == ["<6>", "<4>", "<3>", "<3>"]
+    assert [line[:3] for line in lines] == ["<6>", "<4>", "<3>", "<3>", "<3>"]
     assert json.loads(lines[1][3:])["hint"] == "do this"  # the rest is the JSON line
 
 
@@ -43,4 +48,8 @@ def test_lines_elsewhere_are_plain(tmp_path: Path) -> None:
         "careful",
         "broken",
         "from a library",
+        "Exception in callback",
     ]
+    traceback = json.loads(lines[-1])["exception"]  # was a repr of the exc_info tuple
+    assert traceback.startswith("Traceback (most recent call last):")
+    assert traceback.endswith("ZeroDivisionError: division by zero")
