@@ -53,6 +53,9 @@ class GatewayCollector:
         yield counter("buffer_rejected_readings", "Readings refused (buffer full)", buffer.rejected)
         yield counter("buffer_dropped_readings", "Readings dropped by drop_oldest", buffer.dropped)
         yield counter("buffer_commits", "Group commits (fsyncs)", buffer.commits)
+        yield counter(
+            "buffer_damaged_chunks", "Chunks set aside as damaged (never sent)", buffer.damaged
+        )
         yield gauge(
             "uplink_connected", "1 while connected to a broker", pub.connected_url is not None
         )
@@ -105,6 +108,11 @@ class GatewayCollector:
                 ("errors", "Errors (connection, buffer refusals, failures)"),
             )
         }
+        events = CounterMetricFamily(
+            "edge_gateway_driver_events",
+            "The driver's own counters (status `counters`), by kind",
+            labels=[*labels, "kind"],
+        )
         for driver in self.drivers():
             stats = driver.stats
             names = [driver.name, stats.type]
@@ -112,9 +120,12 @@ class GatewayCollector:
             last.add_metric(names, stats.last_reading or 0)
             for field, family in counts.items():
                 family.add_metric(names, getattr(stats, field))
+            for kind, value in stats.counters.items():
+                events.add_metric([*names, kind], value)
         yield state
         yield last
         yield from counts.values()
+        yield events
 
 
 @contextlib.contextmanager
