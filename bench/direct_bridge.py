@@ -172,9 +172,8 @@ class Bridge:
                 delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
             )
             async with self.window:
-                await asyncio.wait_for(
-                    exchange.publish(message, f"{self.args.site}.{device}", mandatory=True), 10
-                )
+                key = f"{self.args.site}.{device}"
+                await exchange.publish(message, key, mandatory=True, timeout=10)
         except Exception as exc:  # no retry: the MQTT broker resends what we do not ack
             self.failed += 1
             print(f"publish failed: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
