@@ -8,6 +8,7 @@ nothing for them; prometheus-client is imported only when the endpoint is on.
 from __future__ import annotations
 
 import contextlib
+import errno
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -146,10 +147,22 @@ def metrics_endpoint(settings: MetricsSection, collector: GatewayCollector) -> I
     try:
         server, thread = start_http_server(settings.port, settings.host, registry=registry)
     except OSError as exc:
-        raise ConfigError(
-            f"metrics: cannot listen on {settings.host}:{settings.port} ({exc}); "
-            "choose another metrics.port or stop what uses it"
-        ) from None
+        if exc.errno in (errno.EADDRINUSE, errno.EACCES):  # the settings must change
+            raise ConfigError(
+                f"metrics: cannot listen on {settings.host}:{settings.port} ({exc}); "
+                "choose another metrics.port or stop what uses it"
+            ) from None
+        # An address not assigned yet (DHCP at boot), a name that does not resolve: passing
+        # trouble of an optional endpoint must not stop the readings.
+        log.error(
+            "metrics endpoint not started; the gateway runs without it",
+            host=settings.host,
+            port=settings.port,
+            error=str(exc),
+            hint="check metrics.host; restart the gateway once the address exists",
+        )
+        yield
+        return
     log.info("prometheus metrics served", url=f"http://{settings.host}:{settings.port}/metrics")
     try:
         yield

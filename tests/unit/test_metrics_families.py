@@ -1,16 +1,24 @@
-"""The metrics carry what `status` shows, driver counters and damaged chunks included."""
+"""The metrics carry what `status` shows, driver counters and damaged chunks included; an
+endpoint that cannot start stops the gateway only when its settings are at fault."""
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import os
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 
+import pytest
 from prometheus_client import CollectorRegistry, generate_latest
+from structlog.testing import capture_logs
 
 from drivers.base import DriverStats
 from gateway.buffer import Buffer
-from gateway.config import AmqpSection, GatewaySection
-from gateway.metrics import GatewayCollector
+from gateway.config import AmqpSection, GatewaySection, MetricsSection
+from gateway.errors import ConfigError
+from gateway.metrics import GatewayCollector, metrics_endpoint
 from gateway.publisher import Publisher
 
 
@@ -36,3 +44,33 @@ async def test_driver_counters_and_damaged_chunks_are_exported(tmp_path: Path) -
     assert f"edge_gateway_driver_events_total{{{labels}}} 9.0" in lines
     labels = 'driver="meter",kind="bad_crc",type="serial"'
     assert f"edge_gateway_driver_events_total{{{labels}}} 1.0" in lines
+
+
+@pytest.mark.parametrize(
+    ("error", "stops"),
+    [(errno.EADDRINUSE, True), (errno.EACCES, True), (errno.EADDRNOTAVAIL, False)],
+)
+async def test_an_address_not_there_yet_leaves_the_gateway_running_without_metrics(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, error: int, stops: bool
+) -> None:
+    """A port in use or refused is the settings' fault (exit 2, not restarted); an address
+    not assigned yet (DHCP at boot) must not stop the readings for an optional endpoint."""
+
+    def refuse(_sock: socket.socket, _address: object) -> None:  # what the kernel answers
+        raise OSError(error, os.strerror(error))
+
+    monkeypatch.setattr(socket.socket, "bind", refuse)
+    settings = MetricsSection(enabled=True, host="127.0.0.1", port=9108)
+    async with Buffer(tmp_path / "buffer.db", max_bytes=1 << 20) as buffer:
+        publisher = Publisher(AmqpSection(), GatewaySection(id="gw"), buffer)
+        collector = GatewayCollector(buffer, publisher, lambda: [])
+        ran = False
+        with capture_logs() as logs, contextlib.ExitStack() as stack:
+            if stops:
+                stack.enter_context(pytest.raises(ConfigError, match="choose another"))
+            with metrics_endpoint(settings, collector):
+                ran = True
+    assert ran is not stops
+    if not stops:
+        [logged] = [e for e in logs if e["log_level"] == "error"]
+        assert logged["event"] == "metrics endpoint not started; the gateway runs without it"
