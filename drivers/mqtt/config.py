@@ -6,7 +6,7 @@ from typing import Annotated, Literal
 
 from pydantic import BeforeValidator, Field, field_validator, model_validator
 
-from drivers.mqtt.topics import SHARED, covers, overlaps
+from drivers.mqtt.topics import covers, overlaps, shared_parts
 from gateway.config_types import Name, PasswordFile, Seconds, StrictModel, TlsConfig
 
 CONNECT_TIMEOUT_S = 10.0
@@ -44,15 +44,12 @@ class Subscription(StrictModel):
     @field_validator("topic")
     @classmethod
     def _valid_filter(cls, topic: str) -> str:
-        topic_filter = topic
-        if topic.startswith(SHARED):
-            share = topic.split("/", 2)
-            if len(share) < 3 or not share[1] or not share[2] or "+" in share[1] or "#" in share[1]:
-                raise ValueError(
-                    f"invalid shared subscription {topic!r}: write $share/<group>/<filter>, "
-                    "the group a name without '+' or '#'"
-                )
-            topic_filter = share[2]
+        group, topic_filter = shared_parts(topic)
+        if group is not None and (not group or not topic_filter or "+" in group or "#" in group):
+            raise ValueError(
+                f"invalid shared subscription {topic!r}: write $share/<group>/<filter>, "
+                "the group a name without '+' or '#'"
+            )
         levels = topic_filter.split("/")
         for i, level in enumerate(levels):
             if ("#" in level and (level != "#" or i != len(levels) - 1)) or (

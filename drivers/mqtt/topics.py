@@ -12,10 +12,18 @@ SHARED = "$share/"
 subscriber of the group (MQTT 5, and Mosquitto for 3.1.1 too), on its own topic."""
 
 
+def shared_parts(topic_filter: str) -> tuple[str | None, str]:
+    """A filter's share group (None when it is not a shared subscription) and the filter
+    inside, which is what matches topics."""
+    if not topic_filter.startswith(SHARED):
+        return None, topic_filter
+    parts = topic_filter.split("/", 2)
+    return parts[1], parts[2] if len(parts) > 2 else ""
+
+
 def topic_matches(topic_filter: str, topic: str) -> bool:
     """MQTT filter matching (`+` one level, `#` the rest), as the broker does it."""
-    if topic_filter.startswith(SHARED):
-        topic_filter = topic_filter.split("/", 2)[2]
+    topic_filter = shared_parts(topic_filter)[1]
     filter_levels = topic_filter.split("/")
     levels = topic.split("/")
     if topic.startswith("$") and not topic_filter.startswith("$"):
@@ -29,11 +37,9 @@ def topic_matches(topic_filter: str, topic: str) -> bool:
 
 
 def _parts(topic_filter: str) -> tuple[str | None, list[str]]:
-    """A filter's shared-subscription group (None if not shared) and its levels."""
-    if topic_filter.startswith(SHARED):
-        _, group, inner = topic_filter.split("/", 2)
-        return group, inner.split("/")
-    return None, topic_filter.split("/")
+    """A filter's share group (None if not shared) and the levels of the filter inside."""
+    group, inner = shared_parts(topic_filter)
+    return group, inner.split("/")
 
 
 def covers(outer: str, inner: str) -> bool:
