@@ -61,9 +61,9 @@ async def tail_readings(
         async def on_message(message: aio_pika.abc.AbstractIncomingMessage) -> None:
             nonlocal printed
             async with message.process():
-                lines = [message.body.decode("utf-8", "replace")]
-                if not whole_messages:
-                    lines = _readings(message.body) or lines
+                lines = None if whole_messages else _readings(message.body)
+                if lines is None:
+                    lines = [message.body.decode("utf-8", "replace")]
                 for line in lines:
                     if ended.done():
                         return  # --count reached, or the connection is gone
