@@ -193,6 +193,8 @@ class Publisher:
         self._ready: deque[Batch] = deque()
         self._retry: list[Batch] = []
         self._retry_readings = 0
+        self._alarm_watch: asyncio.Future[None] | None = None
+        """Waits for the end of the broker's resource alarm, shared by all who wait for it."""
         self._parked = asyncio.Event()
         """Set when a batch joins `_retry`: a fill waiting for new readings must see it."""
         self._cursor = 0
@@ -321,13 +323,15 @@ class Publisher:
                 else:
                     await window.acquire()
                 if not _ready_now(connection):
-                    await self._unless_broken(self._unblocked(connection), broken)
+                    await self._unless_broken(self._alarm(connection), broken)
                 batch = None if self._stopping.is_set() else self._batch_at_hand()
                 if batch is None:
                     batch = await self._unless_broken(self._next_batch(), broken)
                 if batch is None:
                     break  # stopping: settle what is in flight, below
-                task = asyncio.create_task(self._publish(exchange, batch, window, broken))
+                task = asyncio.create_task(
+                    self._publish(connection, exchange, batch, window, broken)
+                )
                 in_flight.add(task)
                 task.add_done_callback(in_flight.discard)
                 task.add_done_callback(partial(_surface_failure, broken=broken))
@@ -336,6 +340,10 @@ class Publisher:
             for task in in_flight:
                 task.cancel()
             await asyncio.gather(*in_flight, return_exceptions=True)
+            if self._alarm_watch is not None:
+                self._alarm_watch.cancel()
+                await asyncio.gather(self._alarm_watch, return_exceptions=True)
+                self._alarm_watch = None
             connection.close_callbacks.discard(on_close)
 
     @staticmethod
@@ -355,6 +363,12 @@ class Publisher:
         if task.done() and not task.cancelled():
             return task.result()
         raise _lost(broken.result())
+
+    def _alarm(self, connection: AbstractRobustConnection) -> asyncio.Future[None]:
+        """Done when the broker lifts its resource alarm; one watch (and log line) for all."""
+        if self._alarm_watch is None or self._alarm_watch.done():
+            self._alarm_watch = asyncio.ensure_future(self._unblocked(connection))
+        return asyncio.shield(self._alarm_watch)
 
     async def _unblocked(self, connection: AbstractRobustConnection) -> None:
         """Pause while the broker has said `connection.blocked` (a memory or disk alarm)."""
@@ -381,6 +395,7 @@ class Publisher:
 
     async def _publish(
         self,
+        connection: AbstractRobustConnection,
         exchange: AbstractExchange,
         batch: Batch,
         window: asyncio.Semaphore,
@@ -403,13 +418,13 @@ class Publisher:
             },
         )
         try:
-            result = await exchange.publish(
-                message, batch.routing_key, mandatory=True, timeout=self.config.timeout_s
+            result = await self._settled(
+                exchange.publish(message, batch.routing_key, mandatory=True), connection
             )
         except aiormq.exceptions.DeliveryError as exc:
             self.counters.nacked += 1
             self._retry_later(batch, "broker refused the message (nack)", str(exc))
-        except CONNECTION_ERRORS as exc:
+        except (*CONNECTION_ERRORS, ConnectionLost) as exc:
             self._retry_now(batch)
             if not broken.done():
                 broken.set_result(exc)
@@ -430,6 +445,38 @@ class Publisher:
             self.counters.in_flight -= 1
             self.progress.end()
             window.release()
+
+    async def _settled(self, publish: Awaitable[T], connection: AbstractRobustConnection) -> T:
+        """A publish's confirm, within `timeout_s` of the broker being able to send it.
+
+        A blocked connection (a resource alarm) is not read by RabbitMQ, so no confirm
+        can come: the clock stops until the alarm ends. Timing out would only reconnect,
+        be blocked again, and send the batch twice (every `timeout_s`, as long as the
+        alarm lasted). Meanwhile the watchdog sees a wait, not a wedged publisher.
+        """
+        task = asyncio.ensure_future(publish)
+        try:
+            while True:
+                done, _ = await asyncio.wait((task,), timeout=self.config.timeout_s)
+                if done:
+                    return task.result()
+                if _ready_now(connection):
+                    raise TimeoutError(
+                        f"no confirm within amqp.timeout_s ({self.config.timeout_s} s)"
+                    )
+                alarm = self._alarm(connection)
+                self.progress.end()
+                try:
+                    await asyncio.wait((task, alarm), return_when=asyncio.FIRST_COMPLETED)
+                    if alarm.done():
+                        alarm.result()  # ConnectionLost if it closed meanwhile
+                finally:
+                    self.progress.begin()
+                    alarm.cancel()  # our view of the shared watch, not the watch
+        finally:
+            if not task.done():
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
 
     def _confirmed(self, batch: Batch) -> None:
         self.counters.published_readings += batch.count

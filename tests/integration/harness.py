@@ -64,6 +64,11 @@ class Site:
             yield collector, fleet
 
 
+def publisher_of(site: Site) -> dict[str, Any]:
+    """The publisher's counters in the running gateway's last status report ({} before one)."""
+    return dict((site.status()["gateway"] or {}).get("publisher", {}))
+
+
 def report(name: str, received: Any, extra: str = "") -> None:
     print(
         f"\n[{name}] unique={received.unique} messages={received.messages} "

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from edge_gateway_sim.brokers import MosquittoBroker, RabbitMQNode
-from harness import Site, delivered, report, report_after_now, until
+from harness import Site, delivered, publisher_of, report, report_after_now, until
 
 
 async def test_ten_thousand_readings_arrive_once_each_and_match_the_schema(
@@ -120,11 +120,7 @@ async def test_a_returned_reading_on_a_quiet_gateway_is_retried_without_new_read
     site = make_site(rabbitmq, mosquitto, extra_amqp="retry_max_s: 1")
     site.gateway.start()
     sent = await asyncio.to_thread(site.fleet(sensors=1, rate=10).run, 1)
-
-    def returned() -> bool:
-        return (site.status()["gateway"] or {}).get("publisher", {}).get("returned", 0) > 0
-
-    await until("the broker returns the reading", returned)
+    await until("the broker returns the reading", lambda: publisher_of(site).get("returned", 0) > 0)
     async with site.collector() as collector:
         await collector.wait_until(lambda got: got.unique >= 1, timeout=10)
     assert collector.received.missing(sent.last_seq) == {}

@@ -168,6 +168,32 @@ async def test_watchdog_pings_stop_while_confirms_are_overdue_and_resume_after(
     assert site.gateway.terminate() == 0
 
 
+async def test_a_broker_alarm_longer_than_the_watchdog_period_is_a_wait_not_a_stall(
+    make_site: Any, rabbitmq_node: RabbitMQNode, mosquitto: MosquittoBroker
+) -> None:
+    # The publishes a blocked broker holds back have work in hand and nothing settling,
+    # but the broker has said why, and a restart would not help: the pings go on.
+    site = make_site(rabbitmq_node, mosquitto, extra_amqp="timeout_s: 0.5")
+    with NotifyListener() as systemd:
+        site.gateway.env = systemd.env(watchdog_s=WATCHDOG_S)
+        async with site.streaming(sensors=4, rate=100, duration=12) as (collector, fleet):
+            await asyncio.to_thread(systemd.wait_for, is_ping, 5)
+            await asyncio.to_thread(rabbitmq_node.ctl, "set_vm_memory_high_watermark", "0")
+            blocked = await asyncio.to_thread(
+                systemd.wait_for, lambda f: "(BLOCKED)" in f.get("STATUS", ""), 10
+            )
+            await asyncio.sleep(4 * WATCHDOG_S)
+            lifted = time.monotonic()
+            await asyncio.to_thread(rabbitmq_node.ctl, "set_vm_memory_high_watermark", "0.4")
+            sent, total = await delivered(fleet, collector)
+        during = [n for n in systemd.since(blocked.at) if n.at < lifted]
+    report("alarm", collector.received, f"sent={total}")
+    assert [n.fields["STATUS"] for n in during if "STALLED" in n.fields.get("STATUS", "")] == []
+    assert sum(is_ping(n.fields) for n in during) >= 6  # one every 0.5 s
+    assert collector.received.missing(sent.last_seq) == {}
+    assert site.gateway.terminate() == 0
+
+
 async def test_sigterm_with_confirms_missing_exits_0_and_loses_nothing(
     make_site: Any, rabbitmq: RabbitMQNode, mosquitto: MosquittoBroker
 ) -> None:

@@ -16,7 +16,7 @@ from typing import Any
 
 import aio_pika
 from edge_gateway_sim.brokers import MosquittoBroker, RabbitMQNode, free_port
-from harness import delivered, proxied_site, report, report_after_now, until
+from harness import delivered, proxied_site, publisher_of, report, report_after_now, until
 
 
 async def test_nacked_messages_are_retried_until_the_broker_takes_them(
@@ -36,7 +36,7 @@ async def test_nacked_messages_are_retried_until_the_broker_takes_them(
         sent = await asyncio.to_thread(site.fleet(sensors=4, rate=200).run, 400)
         await until(
             "the broker nacks",
-            lambda: (site.status()["gateway"] or {}).get("publisher", {}).get("nacked", 0) > 0,
+            lambda: publisher_of(site).get("nacked", 0) > 0,
         )
         await limited.delete(if_unused=False, if_empty=False)
         await connection.close()
@@ -65,6 +65,28 @@ async def test_broker_memory_alarm_pauses_publishing_until_it_clears(
     report("blocked", collector.received)
     assert collector.received.missing(sent.last_seq) == {}
     assert "broker blocked publishing (resource alarm)" in site.gateway.log.read_text()
+    assert site.gateway.terminate() == 0
+
+
+async def test_an_alarm_raised_mid_stream_holds_publishes_without_reconnecting(
+    make_site: Any, rabbitmq_node: RabbitMQNode, mosquitto: MosquittoBroker
+) -> None:
+    # RabbitMQ stops reading a connection that publishes during an alarm, so the publishes
+    # in flight get no confirm until it ends. Timing them out reconnected the uplink every
+    # timeout_s for as long as the alarm lasted, and sent each of those batches twice.
+    site = make_site(rabbitmq_node, mosquitto, extra_amqp="timeout_s: 2")
+    async with site.streaming(sensors=3, rate=150, duration=14) as (collector, fleet):
+        await collector.wait_until(lambda got: got.unique >= 300, timeout=20)
+        await asyncio.to_thread(rabbitmq_node.ctl, "set_vm_memory_high_watermark", "0")
+        await until("publishing blocked", lambda: publisher_of(site).get("blocked") is True)
+        await asyncio.sleep(3 * 2)  # three times timeout_s
+        await asyncio.to_thread(rabbitmq_node.ctl, "set_vm_memory_high_watermark", "0.4")
+        sent, total = await delivered(fleet, collector, within_s=60)
+    report("alarm-mid-stream", collector.received, f"sent={total}")
+    assert collector.received.missing(sent.last_seq) == {}
+    status = await report_after_now(site.state_dir)
+    assert status["publisher"]["connection_failures"] == 0
+    assert collector.received.duplicates == 0
     assert site.gateway.terminate() == 0
 
 
