@@ -131,20 +131,26 @@ class AdapterScanner:
     async def _start(self, scanner: BleakScanner) -> str | None:
         """Start scanning; None, or why it did not start (the caller retries with backoff).
 
-        BlueZ answers StartDiscovery in milliseconds; a bluetoothd that hangs never does,
-        so the start has a deadline, and a timeout is counted (`scan_start_timeouts`).
+        BlueZ answers StartDiscovery in milliseconds; a bluetoothd that hangs answers late,
+        or with an error when it restarts. A start past `_START_TIMEOUT_S` is counted
+        (`scan_start_timeouts`) and reported, but not abandoned: BlueZ opens a discovery
+        session for a start it answers late, and every new start on bleak's connection
+        would then fail with InProgress for as long as the gateway runs.
         """
+        start = asyncio.ensure_future(scanner.start())
         try:
-            async with asyncio.timeout(_START_TIMEOUT_S):
-                await scanner.start()
-        except TimeoutError:
-            self.stats.bump("scan_start_timeouts")
-            return (
-                f"starting the scan on {self.config.adapter} got no answer from BlueZ "
-                f"within {_START_TIMEOUT_S:g} s"
-            )
+            done, _ = await asyncio.wait((start,), timeout=_START_TIMEOUT_S)
+            if not done:
+                self.stats.bump("scan_start_timeouts")
+                self._failed(
+                    f"starting the scan on {self.config.adapter} got no answer from BlueZ "
+                    f"within {_START_TIMEOUT_S:g} s; still waiting for it"
+                )
+            await start
         except Exception as exc:  # BleakError, D-Bus errors: adapter missing, off, busy
             return f"cannot start scanning on {self.config.adapter}: {exc}"
+        finally:
+            start.cancel()  # when we are cancelled; a no-op once it is done
         return None
 
     async def _watch(self) -> None:

@@ -5,7 +5,8 @@ It runs in the caller's event loop (`async with FakeBlueZ(bus.address) as bluez:
 test controls devices and faults directly: `bluez.set_powered(False)`,
 `await bluez.restart()`, `bluez.drop_connection(address)`, `device.in_range = False`,
 `device.refuses = True`, `bluez.stalled.add("StartDiscovery")` (or "StartNotify": calls
-that never get an answer, as from a hanging bluetoothd). Only objects of the adapter and
+that get no answer, as from a hanging bluetoothd, until `bluez.answer_stalled()` or a
+restart). Only objects of the adapter and
 devices bleak uses exist; every object is exported before the name org.bluez is claimed,
 as bluetoothd does.
 """
@@ -141,8 +142,15 @@ class FakeBlueZ:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    def answer_stalled(self) -> None:
+        """Answer the calls that hang, and stall no more: a bluetoothd that was slow, not dead."""
+        self.stalled.clear()
+        for call in self._hanging:
+            if not call.done():
+                call.set_result(None)
+
     async def _stall(self, method: str) -> None:
-        """A call of a method in `stalled` hangs until the fake stops (or restarts)."""
+        """A call of a method in `stalled` hangs until answered, or the fake stops (or restarts)."""
         if method in self.stalled:
             call = asyncio.get_running_loop().create_future()
             self._hanging.add(call)
