@@ -112,7 +112,10 @@ def open_link(path: str, config: SerialPortConfig) -> Iterator[SerialLink]:
             ) from None
         raise CannotOpen(describe_open_error(path, exc)) from None
     try:
-        _reads_wait_for_a_byte(port.fileno())
+        try:
+            _reads_wait_for_a_byte(port.fileno())
+        except termios.error as exc:  # unplugged since the open: the tty is hung up (EIO)
+            raise PortGone(f"{path} went away while it was being set up: {exc}") from None
         yield SerialLink(port, path)
     finally:
         port.close()

@@ -21,6 +21,7 @@ from edge_gateway_sim.serial_sim.scenario import parse_scenario
 from edge_gateway_sim.serial_sim.sim import SerialSim
 from structlog.testing import capture_logs
 
+from drivers.serial import link
 from drivers.serial.lines_config import SerialLinesConfig
 from drivers.serial.nmea_config import SerialNmeaConfig
 from drivers.serial.source import SerialLineSource
@@ -154,6 +155,33 @@ async def test_an_unplugged_device_is_waited_for_and_read_again_under_a_new_pty(
     events = [entry["event"] for entry in logs]
     assert events.count("serial device gone; waiting for it to come back") == 1
     assert events.count("serial device not present; waiting for it to be plugged in") == 1
+
+
+async def test_a_device_unplugged_while_its_port_is_set_up_is_waited_for(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A race made certain: the unplug lands between pyserial's open and the driver's own
+    # termios call, which then fails on the hung-up terminal. It used to end the driver.
+    driver = {"protocol": "lines", "format": "json", "port": str(tmp_path / "dev/thermo")}
+    set_up = link._reads_wait_for_a_byte
+    async with rig(tmp_path, [JSON_SENSOR], driver) as r:
+        thermo = r.sim.devices["thermo"]
+        await r.wait_for("first readings", lambda: r.stats.readings >= 5)
+
+        def unplugged_first(fd: int) -> None:
+            monkeypatch.setattr(link, "_reads_wait_for_a_byte", set_up)  # this once
+            thermo.unplug()
+            set_up(fd)
+
+        monkeypatch.setattr(link, "_reads_wait_for_a_byte", unplugged_first)
+        thermo.unplug()
+        await r.wait_for("waiting", lambda: r.stats.state == "waiting for device")
+        thermo.plug()  # opened, then gone before it is set up
+        await r.wait_for("gone again", lambda: r.stats.counters["disconnects"] == 2)
+        assert "went away while it was being set up" in (r.stats.last_error or "")
+        thermo.plug()
+        readings = r.stats.readings
+        await r.wait_for("reading again", lambda: r.stats.readings >= readings + 5)
 
 
 async def test_a_device_absent_at_start_is_read_once_plugged_in(tmp_path: Path) -> None:
