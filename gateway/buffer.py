@@ -632,16 +632,18 @@ class Buffer:
         """
         dropped = through = 0
         while self._used_bytes(conn) + size > self.max_bytes:
+            row = conn.execute(
+                "SELECT first_seq, count FROM chunks ORDER BY first_seq LIMIT 1"
+            ).fetchone()
+            if row is None:
+                # The chunk alone is larger than max_bytes: take it anyway, or a source
+                # that must not drop it (MQTT unacked) would offer it again for ever.
+                break
             if self.when_full == "reject_new":
                 raise BufferFull(
                     f"buffer {self.path} is full (max_bytes {self.max_bytes}); new readings "
                     "are refused until the broker takes some (when_full: reject_new)"
                 )
-            row = conn.execute(
-                "SELECT first_seq, count FROM chunks ORDER BY first_seq LIMIT 1"
-            ).fetchone()
-            if row is None:
-                break  # the chunk alone is larger than max_bytes: take it anyway
             conn.execute("DELETE FROM chunks WHERE first_seq = ?", (row[0],))
             dropped += row[1]
             through = row[0] + row[1] - 1

@@ -319,16 +319,31 @@ async def test_acks_survive_a_rejected_put(db: Path, monkeypatch: pytest.MonkeyP
     monkeypatch.setattr(gateway.buffer, "_DELETE_INTERVAL_S", 0.0)  # acks due at every commit
     async with Buffer(db, max_bytes=64 * 1024, when_full="reject_new", commit_interval=0) as buf:
         await fill_until_full(buf)
-        # The publisher acks everything while a source puts a reading too big for even an
-        # empty buffer; a commit interval makes the writer take both into one commit.
+        # The publisher acks all but the newest chunk while a source puts a reading too big
+        # for the room that frees; a commit interval makes the writer take both into one commit.
         buf.commit_interval = 0.5
-        buf.ack([chunk.first_seq for chunk in await buf.fetch(0, 10_000)])
-        with pytest.raises(BufferFull):  # larger than the whole buffer: refused, rightly
+        *confirmed, newest = await buf.fetch(0, 10_000)
+        buf.ack([chunk.first_seq for chunk in confirmed])
+        with pytest.raises(BufferFull):
             await buf.put([reading(999, pad_bytes=100_000)])
         buf.commit_interval = 0
         await buf.put([reading(1000)])  # the acked readings' room is free again
         last = buf.last_seq
-    assert chunk_rows(db) == [(last, 1)]  # only the last reading: the acked ones are gone
+    assert chunk_rows(db) == [(newest.first_seq, 1), (last, 1)]  # the acked ones are gone
+
+
+@pytest.mark.parametrize("when_full", ["reject_new", "drop_oldest"])
+async def test_a_put_larger_than_the_whole_buffer_is_taken_when_the_buffer_is_empty(
+    db: Path, when_full: WhenFull
+) -> None:
+    """A source that must not drop what it was handed (MQTT, unacked) would offer it again
+    for ever: once nothing else is left to make room, it goes in, over max_bytes."""
+    async with Buffer(db, max_bytes=32 * 1024, when_full=when_full, commit_interval=0) as buf:
+        await buf.put([reading(1, pad_bytes=100_000)])
+        assert (buf.depth, buf.counters.dropped, buf.counters.rejected) == (1, 0, 0)
+        if when_full == "reject_new":
+            with pytest.raises(BufferFull):
+                await buf.put([reading(2)])  # until the broker takes the big one
 
 
 # --- corruption -------------------------------------------------------------------------------
