@@ -11,7 +11,7 @@ from pathlib import Path
 
 import structlog
 
-from gateway import __version__
+from gateway import __version__, state_dir
 from gateway.config import GatewayConfig, load_config, state_dir_of
 from gateway.errors import ConfigError, GatewayError
 from gateway.logs import configure_logging
@@ -97,7 +97,8 @@ async def _run(path: Path, config: GatewayConfig) -> int:
     notifier = Notifier()
     failure: BaseException | None = None
     try:
-        await run_gateway(config, stop, reload, lambda: load_config(path), notifier)
+        with state_dir.hold(config.gateway.state_dir):
+            await run_gateway(config, stop, reload, lambda: load_config(path), notifier)
     except* ConfigError as group:
         failure = group.exceptions[0]
     except* GatewayError as group:

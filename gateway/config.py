@@ -12,7 +12,15 @@ import string
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import ByteSize, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    ByteSize,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_core import PydanticCustomError
 
 from drivers.ble.config import BleDriverConfig
@@ -24,6 +32,7 @@ from gateway.config_loader import config_files as config_files  # where callers 
 from gateway.config_loader import describe, read_config
 from gateway.config_types import Name, PasswordFile, Seconds, StrictModel, TlsConfig
 from gateway.errors import ConfigError
+from gateway.state_dir import problem_with
 
 SerialDriverConfig = Annotated[
     SerialLinesConfig | SerialNmeaConfig | ModbusRtuConfig, Field(discriminator="protocol")
@@ -47,10 +56,25 @@ def _default_state_dir() -> Path:
     return Path(os.environ.get("STATE_DIRECTORY", "/var/lib/edge-gateway").split(":")[0])
 
 
+def _usable_state_dir(path: Path, info: ValidationInfo) -> Path:
+    """Absolute (systemd starts the gateway in /), and writable when files are checked."""
+    if not path.is_absolute():
+        raise ValueError(
+            f"{str(path)!r} is relative: give an absolute path (relative to what? the gateway "
+            "is started from / by systemd)"
+        )
+    problem = problem_with(path) if (info.context or {}).get("check_files", True) else None
+    if problem is not None:
+        raise ValueError(f"{path} cannot be used: {problem}")
+    return path
+
+
 class GatewaySection(StrictModel):
     id: Name
     site: Name = "default"
-    state_dir: Path = Field(default_factory=_default_state_dir)
+    state_dir: Annotated[Path, AfterValidator(_usable_state_dir)] = Field(
+        default_factory=_default_state_dir
+    )
     """Where the buffer and status live; systemd's `StateDirectory=` sets $STATE_DIRECTORY."""
 
 

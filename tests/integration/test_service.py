@@ -27,7 +27,7 @@ from typing import Any
 from edge_gateway_sim.brokers import MosquittoBroker, RabbitMQNode, free_port
 from edge_gateway_sim.consumer import ReadingCollector
 from edge_gateway_sim.mqtt_sensors import FleetConfig, MqttSensorFleet
-from harness import Site, delivered, proxied_site, report, validate_message
+from harness import Site, delivered, proxied_site, report, until, validate_message
 from notify_listener import NotifyListener
 
 WATCHDOG_S = 1.5  # a stall is declared after this long; the gateway checks every 0.5 s
@@ -333,6 +333,37 @@ async def test_reload_of_an_invalid_file_keeps_the_running_configuration(
     assert log_events(site, "configuration reloaded")[0]["drivers_kept"] == ["sim-sensors"]
     assert len(pings_after) >= 2
     assert collector.received.missing(sent.last_seq) == {}
+    assert site.gateway.terminate() == 0
+
+
+async def test_a_second_gateway_on_the_same_state_dir_exits_2_and_the_first_runs_on(
+    make_site: Any, rabbitmq: RabbitMQNode, mosquitto: MosquittoBroker
+) -> None:
+    # Both would number readings from one sequence: two readings, one id. The by-hand
+    # `edge-gateway run` of the README beside the running service is how a user does it.
+    site = make_site(rabbitmq, mosquitto)
+    async with site.collector() as collector:
+        site.gateway.start()
+        await until("the gateway runs", lambda: site.status()["gateway"] is not None)
+        second = await asyncio.to_thread(
+            subprocess.run,
+            [sys.executable, "-m", "gateway.cli", "run", "--config", str(site.gateway.config)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        sent = await asyncio.to_thread(site.fleet(sensors=2, rate=100).run, 200)
+        await collector.wait_until(lambda got: got.unique >= 200, timeout=30)
+    assert second.returncode == 2, second.stdout + second.stderr
+    [error] = [
+        doc["error"]
+        for doc in map(_json, second.stdout.splitlines())
+        if doc.get("event") == "configuration error: not restarting until it is fixed"
+    ]
+    assert f"another edge-gateway (pid {site.gateway.pid}) runs with gateway.state_dir" in error
+    assert collector.received.missing(sent.last_seq) == {}
+    assert collector.received.duplicates == 0
     assert site.gateway.terminate() == 0
 
 

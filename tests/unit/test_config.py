@@ -112,6 +112,25 @@ def test_state_dir_defaults_to_systemds_state_directory(
     assert load_config(write(tmp_path, MINIMAL)).gateway.state_dir == Path("/run/state/one")
 
 
+def test_a_state_dir_the_gateway_could_not_use_is_refused_where_it_is_written(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "afile").write_text("")
+    relative = write(tmp_path, "gateway: {id: gw, state_dir: state}\n")
+    assert_one_error(config_error(relative), relative, 1, "gateway.state_dir", "relative")
+    under_a_file = write(tmp_path, f"gateway: {{id: gw, state_dir: {tmp_path}/afile/state}}\n")
+    assert_one_error(
+        config_error(under_a_file),
+        under_a_file,
+        1,
+        "gateway.state_dir",
+        f"{tmp_path}/afile is not a directory",
+    )
+    missing = write(tmp_path, f"gateway: {{id: gw, state_dir: {tmp_path}/new/state}}\n")
+    assert load_config(missing).gateway.state_dir == tmp_path / "new/state"  # made at start
+    assert not (tmp_path / "new").exists()  # not by check
+
+
 def test_mqtt_driver_defaults_and_human_sizes(tmp_path: Path) -> None:
     path = write(
         tmp_path,
