@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import itertools
 import json
+import os
 import secrets
 import sqlite3
 import threading
@@ -53,6 +54,10 @@ CREATE TABLE IF NOT EXISTS damaged AS SELECT * FROM chunks WHERE 0;
 """
 _DELETE_INTERVAL_S = 1.0
 _COMPRESS_LEVEL = 1
+_DISK_RESERVE = 4 * 1024**2
+"""Disk space the buffer leaves free for itself: SQLite needs room on the disk to delete (new
+WAL frames) and to checkpoint, so a disk the buffer filled to the last byte could never be
+emptied, not even of what the broker confirmed. A WAL checkpoint's worth, four times."""
 _CACHE_KIB = 256
 """SQLite's page cache per connection (its default is 2 MiB). Chunks are written once and
 read once, in order: a cache saves little, and under overload both filled up."""
@@ -115,6 +120,10 @@ def _is_corruption(exc: sqlite3.DatabaseError) -> bool:
     if name is None:  # raised by us: the integrity check failed
         return "integrity check failed" in str(exc)
     return name in ("SQLITE_CORRUPT", "SQLITE_NOTADB") or name.startswith("SQLITE_CORRUPT_")
+
+
+def _is_disk_full(exc: BaseException) -> bool:
+    return getattr(exc, "sqlite_errorname", None) == "SQLITE_FULL"
 
 
 def _closed_cleanly(conn: sqlite3.Connection) -> bool:
@@ -188,6 +197,7 @@ class Buffer:
         """Puts waiting for their commit: the watchdog's view of the writer thread."""
         self._depth = 0
         self._next_seq = 1
+        self._marked_in_use = False
         self._page_size = 1024
 
     # --- lifetime -------------------------------------------------------------
@@ -246,12 +256,14 @@ class Buffer:
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=FULL")
             conn.execute("PRAGMA journal_size_limit=8388608")
+            # Debian builds SQLite with SECURE_DELETE: every deleted chunk's pages would be
+            # written again, as zeros (on the SD card, and into a full disk's last bytes).
+            conn.execute("PRAGMA secure_delete=FAST")
             if not _closed_cleanly(conn):  # a full check costs minutes on a big SD-card file
                 check = conn.execute("PRAGMA quick_check").fetchone()[0]
                 if check != "ok":
                     raise sqlite3.DatabaseError(f"integrity check failed: {check}")
             conn.executescript(_SCHEMA)
-            conn.execute("INSERT OR REPLACE INTO meta VALUES ('clean', '0')")
             row = conn.execute("SELECT value FROM meta WHERE key='stream'").fetchone()
             if row is None:
                 self.stream = secrets.token_hex(6)
@@ -502,8 +514,8 @@ class Buffer:
         dropped = dropped_through = 0
         deleted = 0
         try:
-            conn.execute("BEGIN IMMEDIATE")
-            if entries and self._used_bytes(conn) + len(data) > self.max_bytes:
+            self._begin(conn)
+            if entries and self._full_for(conn, len(data)) is not None:
                 # Deletes wait to be batched (fewer page writes), but confirmed chunks make
                 # room before unconfirmed ones are dropped or new readings refused.
                 acks = [*acks, *self._take_acks()]
@@ -523,13 +535,15 @@ class Buffer:
                 conn.execute("RELEASE intake")
             if deleted or dropped:
                 self._save_next_seq(conn)
-            conn.execute("COMMIT")
+            self._commit_transaction(conn)
         except sqlite3.Error as exc:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             deleted = dropped = dropped_through = 0
-            if retry_acks:  # not deleted: try again with the next commit (at close: a lost
-                with self._cond:  # delete costs only a duplicate after the restart)
+            if entries and acks and _is_disk_full(exc):
+                deleted = self._delete_alone(conn, acks, retry_acks)
+            elif retry_acks:  # not deleted: try again with the next commit (at close: a
+                with self._cond:  # lost delete costs only a duplicate after the restart)
                     self._state.acks.extend(acks)
             error = self._storage_error(exc)
         added = len(entries) if error is None else 0
@@ -589,7 +603,7 @@ class Buffer:
 
     def _set_aside_now(self, conn: sqlite3.Connection, first_seqs: list[int]) -> None:
         try:
-            conn.execute("BEGIN IMMEDIATE")
+            self._begin(conn)
             for first_seq in first_seqs:
                 row = conn.execute(
                     "SELECT count FROM chunks WHERE first_seq=?", (first_seq,)
@@ -603,11 +617,41 @@ class Buffer:
                 self._depth -= row[0]
                 self.counters.damaged += 1
             self._save_next_seq(conn)
-            conn.execute("COMMIT")
+            self._commit_transaction(conn)
         except sqlite3.Error as exc:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             self._storage_error(exc)
+
+    def _begin(self, conn: sqlite3.Connection) -> None:
+        """Start a write; until one has committed, it also marks the file as in use (not
+        closed cleanly). Not at the open: a full disk must not keep the gateway from starting
+        and publishing what it holds; a file this process never wrote needs no check."""
+        conn.execute("BEGIN IMMEDIATE")
+        if not self._marked_in_use:
+            conn.execute("INSERT OR REPLACE INTO meta VALUES ('clean', '0')")
+
+    def _commit_transaction(self, conn: sqlite3.Connection) -> None:
+        conn.execute("COMMIT")
+        self._marked_in_use = True
+
+    def _delete_alone(self, conn: sqlite3.Connection, acks: list[int], retry_acks: bool) -> int:
+        """The deletes of a commit that failed for a full disk, on their own: they need little
+        room and free some. Else every byte freed on the disk would go to new readings first,
+        and nothing the broker confirmed would ever be deleted."""
+        try:
+            self._begin(conn)
+            deleted = self._delete(conn, acks)
+            self._save_next_seq(conn)
+            self._commit_transaction(conn)
+        except sqlite3.Error:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            if retry_acks:
+                with self._cond:
+                    self._state.acks.extend(acks)
+            return 0
+        return deleted
 
     def _delete(self, conn: sqlite3.Connection, acks: list[int]) -> int:
         placeholders = ",".join("?" * len(acks))
@@ -631,32 +675,44 @@ class Buffer:
         Returns the readings dropped and the highest seq among them (0: none).
         """
         dropped = through = 0
-        while self._used_bytes(conn) + size > self.max_bytes:
+        while (full := self._full_for(conn, size)) is not None:
             row = conn.execute(
                 "SELECT first_seq, count FROM chunks ORDER BY first_seq LIMIT 1"
             ).fetchone()
             if row is None:
-                # The chunk alone is larger than max_bytes: take it anyway, or a source
-                # that must not drop it (MQTT unacked) would offer it again for ever.
+                # Nothing left to make room with: take it anyway, or a source that must not
+                # drop it (MQTT unacked) would offer it again for ever.
                 break
             if self.when_full == "reject_new":
                 raise BufferFull(
-                    f"buffer {self.path} is full (max_bytes {self.max_bytes}); new readings "
-                    "are refused until the broker takes some (when_full: reject_new)"
+                    f"{full}; new readings are refused until the broker takes some "
+                    "(when_full: reject_new)"
                 )
             conn.execute("DELETE FROM chunks WHERE first_seq = ?", (row[0],))
             dropped += row[1]
             through = row[0] + row[1] - 1
         return dropped, through
 
-    def _used_bytes(self, conn: sqlite3.Connection) -> int:
+    def _full_for(self, conn: sqlite3.Connection, size: int) -> str | None:
+        """Why a chunk of `size` bytes does not fit, or None: over `max_bytes`, or more than
+        the disk can take while `_DISK_RESERVE` stays free (free pages take it first)."""
         pages = conn.execute("PRAGMA page_count").fetchone()[0]
-        free = conn.execute("PRAGMA freelist_count").fetchone()[0]
-        return int((pages - free) * self._page_size)
+        free = conn.execute("PRAGMA freelist_count").fetchone()[0] * self._page_size
+        if pages * self._page_size - free + size > self.max_bytes:
+            return f"buffer {self.path} is full (max_bytes {self.max_bytes})"
+        disk = os.statvfs(self.path.parent)
+        left = disk.f_bavail * disk.f_frsize
+        if size - free > left - _DISK_RESERVE:
+            return (
+                f"buffer {self.path} is full: its disk has {left // 1024} KiB left, and "
+                f"{_DISK_RESERVE // 1024} KiB stay free for the buffer's own deletes; free "
+                "disk space, or lower buffer.max_bytes to what the disk can hold"
+            )
+        return None
 
     def _storage_error(self, exc: Exception) -> StorageError:
         code = getattr(exc, "sqlite_errorname", "")
-        if code == "SQLITE_FULL":
+        if _is_disk_full(exc):
             self._rate_limited.error(
                 "disk-full",
                 "disk full: readings are not accepted until space is freed",

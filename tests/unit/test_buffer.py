@@ -24,6 +24,7 @@ from collections.abc import AsyncIterator
 from contextlib import closing, suppress
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -681,38 +682,100 @@ FULL_DISK_CHILD = textwrap.dedent(
     from datetime import UTC, datetime
     from pathlib import Path
 
+    import gateway.buffer
     from gateway.buffer import Buffer
-    from gateway.errors import StorageError
+    from gateway.errors import BufferFull, StorageError
     from gateway.model import Reading
 
 
-    def reading(i):
-        pad = base64.b64encode(os.urandom(2000)).decode()  # incompressible: fills the disk
+    def reading(i, pad_bytes=2000):
+        pad = base64.b64encode(os.urandom(pad_bytes)).decode()  # incompressible: fills the disk
         return Reading("dev", datetime.now(UTC), {"i": i, "pad": pad}, "full")
 
 
-    async def main(disk):
+    async def fill(buffer, accepted, pad_bytes=2000):
+        \"\"\"Put until the buffer refuses; what it said.\"\"\"
+        for i in range(1000):
+            try:
+                await buffer.put([reading(i, pad_bytes)])
+            except (BufferFull, StorageError) as exc:
+                return f"{type(exc).__name__}: {exc}"
+            accepted[buffer.last_seq] = i
+        return None
+
+
+    async def confirm_all(buffer):
+        chunks = await buffer.fetch(0, 100_000)
+        buffer.ack([chunk.first_seq for chunk in chunks])
+        return {r.seq for chunk in chunks for r in chunk.readings}
+
+
+    async def freed(disk, db, accepted):
+        \"\"\"Someone else fills the disk; the gateway restarts; space is freed by hand.\"\"\"
+        gateway.buffer._DISK_RESERVE = -(1 << 30)  # as if others took the reserve too
         ballast = disk / "ballast"
         ballast.write_bytes(os.urandom(96 * 1024))
-        db = disk / "state" / "buffer.db"
-        accepted, refusal = {}, None
         async with Buffer(db, max_bytes=1 << 30, commit_interval=0) as buffer:
-            for i in range(1000):
-                try:
-                    await buffer.put([reading(i)])
-                except StorageError as exc:
-                    refusal = str(exc)
-                    break
-                accepted[buffer.last_seq] = i
-            try:  # a full disk is not a failure: the gateway goes on
-                await asyncio.wait_for(buffer.wait_failed(), 0.2)
-                failed = True
-            except TimeoutError:
-                failed = False
+            refusal = await fill(buffer, accepted)
+            stopped = await failed(buffer)
+        async with Buffer(db, max_bytes=1 << 30, commit_interval=0) as buffer:  # disk still full
+            depth = buffer.depth
             ballast.unlink()  # space freed: readings are accepted again
             await buffer.put([reading(-1)])
             accepted[buffer.last_seq] = -1
-        async with Buffer(db, max_bytes=1 << 30) as reopened:
+            return {"refusal": refusal, "failed": stopped, "depth_at_restart": depth}
+
+
+    async def confirmed(disk, db, accepted):
+        \"\"\"The buffer itself fills its disk, up to the reserve; the broker confirms it all.\"\"\"
+        gateway.buffer._DISK_RESERVE = 2 * 1024**2
+        async with Buffer(db, max_bytes=1 << 30, commit_interval=0) as buffer:
+            refusal = await fill(buffer, accepted, pad_bytes=20_000)
+            for seq in await confirm_all(buffer):
+                del accepted[seq]
+            for i in range(100, 150):  # refused while the deletes wait to be batched
+                try:
+                    await buffer.put([reading(i)])
+                    accepted[buffer.last_seq] = i
+                except BufferFull:
+                    await asyncio.sleep(0.1)
+            return {"refusal": refusal, "failed": await failed(buffer), "depth": buffer.depth}
+
+
+    async def deletes_first(disk, db, accepted):
+        \"\"\"A commit that fails for a full disk still deletes what the broker confirmed.\"\"\"
+        gateway.buffer._DISK_RESERVE = -(1 << 30)
+        gateway.buffer._DELETE_INTERVAL_S = 0.0  # acks due at every commit
+        ballast = disk / "ballast"
+        ballast.write_bytes(os.urandom(24 * 1024))
+        async with Buffer(db, max_bytes=1 << 30, commit_interval=0) as buffer:
+            refusal = await fill(buffer, accepted)
+            await confirm_all(buffer)
+            ballast.unlink()  # a little room: enough to delete, not for what comes next
+            try:  # too big for what is left: the commit fails, its deletes must not
+                await buffer.put([reading(-1, pad_bytes=200_000)])
+            except StorageError:
+                pass
+            depth = buffer.depth
+            accepted.clear()
+            await buffer.put([reading(-2)])  # in the room the deletes freed
+            accepted[buffer.last_seq] = -2
+            return {"refusal": refusal, "failed": await failed(buffer), "depth": depth}
+
+
+    async def failed(buffer):
+        try:  # a full disk is not a failure: the gateway goes on
+            await asyncio.wait_for(buffer.wait_failed(), 0.2)
+            return True
+        except TimeoutError:
+            return False
+
+
+    async def main(scenario, disk):
+        db = disk / "state" / "buffer.db"
+        accepted = {}
+        result = await globals()[scenario](disk, db, accepted)
+        async with Buffer(db, max_bytes=1 << 30) as reopened:  # a restart on that disk
             on_disk = {}
             after = 0
             while chunks := await reopened.fetch(after, 100):
@@ -720,27 +783,27 @@ FULL_DISK_CHILD = textwrap.dedent(
                     for r in chunk.readings:
                         on_disk[r.seq] = json.loads(r.body)["values"]["i"]
                 after = chunks[-1].readings[-1].seq
-        print("RESULT " + json.dumps(
-            {"accepted": accepted, "refusal": refusal, "failed": failed, "on_disk": on_disk}
-        ), flush=True)
+        result.update(accepted=accepted, on_disk=on_disk)
+        print("RESULT " + json.dumps(result), flush=True)
 
 
-    asyncio.run(main(Path(sys.argv[1])))
+    asyncio.run(main(sys.argv[1], Path(sys.argv[2])))
     """
 )
 
 
-def test_a_full_disk_refuses_new_readings_keeps_the_accepted_and_recovers(tmp_path: Path) -> None:
-    """A real full disk: a 256 KiB tmpfs mounted in a private mount namespace of the child."""
+def on_a_small_disk(tmp_path: Path, scenario: str, size: str) -> tuple[dict[str, Any], str]:
+    """Run a scenario of FULL_DISK_CHILD on a real full disk: a tmpfs of `size`, mounted in
+    a private mount namespace of the child. Its result, and all it printed."""
     if subprocess.run(["unshare", "-rm", "true"], capture_output=True).returncode != 0:
         pytest.skip("needs `unshare -rm` (user namespaces) to mount a small tmpfs")
     disk = tmp_path / "disk"
     disk.mkdir()
     child = tmp_path / "child.py"
     child.write_text(FULL_DISK_CHILD)
-    mount_then_run = 'mount -t tmpfs -o size=256k tmpfs "$1" && exec "$2" "$3" "$1"'
+    mount_then_run = f'mount -t tmpfs -o size={size} tmpfs "$1" && exec "$2" "$3" "$4" "$1"'
     done = subprocess.run(
-        ["unshare", "-rm", "sh", "-c", mount_then_run, "sh", disk, sys.executable, child],
+        ["unshare", "-rm", "sh", "-c", mount_then_run, "sh", disk, sys.executable, child, scenario],
         capture_output=True,
         text=True,
         timeout=120,
@@ -749,11 +812,41 @@ def test_a_full_disk_refuses_new_readings_keeps_the_accepted_and_recovers(tmp_pa
     result_line = next((x for x in done.stdout.splitlines() if x.startswith("RESULT ")), None)
     assert done.returncode == 0 and result_line, out
     result = json.loads(result_line.removeprefix("RESULT "))
-    accepted = {int(seq): i for seq, i in result["accepted"].items()}
-    on_disk = {int(seq): i for seq, i in result["on_disk"].items()}
+    for key in ("accepted", "on_disk"):
+        result[key] = {int(seq): i for seq, i in result[key].items()}
+    return result, out
+
+
+def test_a_full_disk_refuses_new_readings_keeps_the_accepted_and_recovers(tmp_path: Path) -> None:
+    result, out = on_a_small_disk(tmp_path, "freed", "256k")
+    accepted = result["accepted"]
     assert result["refusal"] is not None, "the disk never filled up"
-    assert "disk full" in result["refusal"] and "free space" in result["refusal"]
+    assert "StorageError: disk full" in result["refusal"] and "free space" in result["refusal"]
     assert "disk full: readings are not accepted until space is freed" in out
     assert result["failed"] is False
+    assert result["depth_at_restart"] == len(accepted) - 1  # it started on the full disk
     assert len(accepted) > 10 and accepted[max(accepted)] == -1  # accepted again after freeing
-    assert on_disk == accepted  # every accepted reading is there, nothing else is
+    assert result["on_disk"] == accepted  # every accepted reading is there, nothing else is
+
+
+def test_the_buffer_stops_short_of_filling_its_disk_and_empties_as_the_broker_confirms(
+    tmp_path: Path,
+) -> None:
+    """Filled to the last byte, the disk would leave SQLite no room to delete even what the
+    broker confirmed: the gateway would hold it all, and refuse everything, for ever."""
+    result, out = on_a_small_disk(tmp_path, "confirmed", "8m")
+    assert result["refusal"] is not None, "the disk never filled up"
+    assert "BufferFull" in result["refusal"] and "KiB stay free" in result["refusal"], result
+    assert "disk full" not in out  # it never came to that
+    assert result["failed"] is False
+    assert len(result["accepted"]) > 10  # taken again once the confirmed ones were deleted
+    assert result["on_disk"] == result["accepted"]  # and only they are left
+
+
+def test_a_commit_that_fails_for_a_full_disk_still_deletes_what_was_confirmed(
+    tmp_path: Path,
+) -> None:
+    result, _ = on_a_small_disk(tmp_path, "deletes_first", "256k")
+    assert result["refusal"] is not None and "disk full" in result["refusal"]
+    assert result["depth"] == 0  # the confirmed readings were deleted by the failed commit
+    assert result["on_disk"] == result["accepted"] == {max(result["on_disk"]): -2}
