@@ -12,7 +12,7 @@ from pathlib import Path
 import structlog
 
 from gateway import __version__, state_dir
-from gateway.config import GatewayConfig, load_config, state_dir_of
+from gateway.config import GatewayConfig, broker_url_problem, load_config, state_dir_of
 from gateway.errors import ConfigError, GatewayError
 from gateway.logs import configure_logging
 from gateway.publisher import shown_url
@@ -55,6 +55,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "tail":
         from gateway.tail import tail_readings
 
+        problem = broker_url_problem(args.url)
+        if problem is not None:
+            print(f"edge-gateway tail: --url: {problem}", file=sys.stderr)
+            return EXIT_CONFIG
         configure_logging("warning", stream=sys.stderr)  # stdout is for the readings
         try:
             return asyncio.run(

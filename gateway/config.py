@@ -22,6 +22,7 @@ from pydantic import (
     model_validator,
 )
 from pydantic_core import PydanticCustomError
+from yarl import URL
 
 from drivers.ble.config import BleDriverConfig
 from drivers.mqtt.config import MqttDriverConfig
@@ -92,6 +93,25 @@ class BatchSection(StrictModel):
     """Group commit already gathers a commit interval of readings: linger matters when it is 0."""
 
 
+def broker_url_problem(url: str) -> str | None:
+    """Why `url` is no usable broker URL, or None. The URL is not quoted: it may hold a
+    password (the caller names where it is written)."""
+    if not re.match(r"^amqps?://", url):
+        return "is not an AMQP URL: write amqp://host:5672/ or amqps://host:5671/"
+    try:
+        parsed = URL(url)
+        host, _port = parsed.host, parsed.port  # yarl checks the port when asked for it
+    except ValueError as exc:
+        return (
+            f"cannot be read ({exc}): write it as amqp://user:password@host:5672/vhost; in "
+            "the user or password write : / ? # @ % as %3A %2F %3F %23 %40 %25, or put the "
+            "password in amqp.password_file"
+        )
+    if not host:
+        return "names no host: write amqp://host:5672/ or amqps://host:5671/"
+    return None
+
+
 class AmqpSection(StrictModel):
     url: str | list[str] = "amqp://guest:guest@127.0.0.1:5672/"
     """One broker URL, or a list tried in turn (a cluster)."""
@@ -118,8 +138,9 @@ class AmqpSection(StrictModel):
     @classmethod
     def _amqp_urls(cls, url: str | list[str]) -> str | list[str]:
         for one in [url] if isinstance(url, str) else url:
-            if not re.match(r"^amqps?://", one):
-                raise ValueError(f"{one!r} is not an AMQP URL (amqp://host:5672/ or amqps://...)")
+            problem = broker_url_problem(one)
+            if problem is not None:
+                raise ValueError(problem)
         if isinstance(url, list) and not url:
             raise ValueError("give at least one broker URL")
         return url

@@ -88,7 +88,7 @@ class PublisherCounters:
 
 
 def _lost(cause: BaseException) -> ConnectionLost:
-    """The error that ends a session, keeping what broke it (for `_explain`)."""
+    """The error that ends a session, keeping what broke it (for `explain`)."""
     if isinstance(cause, ConnectionLost):
         return cause
     lost = ConnectionLost(f"{type(cause).__name__}: {cause}")
@@ -96,8 +96,15 @@ def _lost(cause: BaseException) -> ConnectionLost:
     return lost
 
 
-def _explain(error: BaseException) -> tuple[str, str]:
-    """What a failed session means, and what to do: a refusal is fixed by settings, not time."""
+UNREACHABLE = (
+    "broker unreachable or connection lost",
+    "check that the broker runs and that the host and port of amqp.url are right",
+)
+
+
+def explain(error: BaseException) -> tuple[str, str] | None:
+    """What a broker's refusal means, and what to do (a refusal is fixed by settings, not
+    time); None for anything else, such as an unreachable broker or a lost connection."""
     if isinstance(error, ConnectionLost) and error.__cause__ is not None:
         error = error.__cause__
     errors = aiormq.exceptions
@@ -130,10 +137,7 @@ def _explain(error: BaseException) -> tuple[str, str]:
             "the exchange exists on the broker with other settings",
             "set amqp.exchange_type to the type it has, or name another amqp.exchange",
         )
-    return (
-        "broker unreachable or connection lost",
-        "check that the broker runs and that the host and port of amqp.url are right",
-    )
+    return None
 
 
 def _surface_failure(task: asyncio.Task[None], broken: asyncio.Future[BaseException]) -> None:
@@ -233,7 +237,7 @@ class Publisher:
             # A session that opened but never delivered (a refused publish) grows the backoff,
             # unless it lasted long (an idle connection that ended).
             delay = backoff.delay_after(started)
-            problem, hint = _explain(error)
+            problem, hint = explain(error) or UNREACHABLE
             log.warning(
                 f"{problem}; readings stay buffered",
                 url=self._shown(url),

@@ -10,7 +10,7 @@ import sys
 import aio_pika
 import aiormq
 
-from gateway.publisher import open_connection, redact
+from gateway.publisher import explain, open_connection, redact
 
 
 async def tail_readings(
@@ -20,9 +20,11 @@ async def tail_readings(
     try:
         connection = await open_connection(url, 10)
     except (OSError, aiormq.exceptions.AMQPError, TimeoutError, ValueError) as exc:
+        refusal = explain(exc)
         print(
-            f"cannot connect to {redact(url)}: {exc or type(exc).__name__}; check the URL "
-            "(host, port, user, password, vhost) and that the broker runs",
+            f"cannot connect to {redact(url)}: "
+            f"{refusal[0] if refusal else exc or type(exc).__name__}; check "
+            "the URL (host, port, user, password, vhost) and that the broker runs",
             file=sys.stderr,
         )
         return 1

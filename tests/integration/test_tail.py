@@ -139,3 +139,18 @@ async def test_tail_with_nothing_at_the_url_says_what_to_check(tail: Tail) -> No
     assert nothing.returncode == 1
     assert "cannot connect to amqp://guest:***@127.0.0.1:" in err
     assert "check the URL (host, port, user, password, vhost) and that the broker runs" in err
+
+
+async def test_tail_with_a_url_it_cannot_read_says_so_without_a_traceback(tail: Tail) -> None:
+    unreadable = tail("amqp://guest:guest@127.0.0.1:99999/")
+    _, err = await asyncio.to_thread(unreadable.communicate, timeout=30)
+    assert unreadable.returncode == 2
+    assert err.startswith("edge-gateway tail: --url: cannot be read (Port out of range"), err
+    assert "Traceback" not in err
+
+
+async def test_tail_refused_a_virtual_host_says_so(tail: Tail, rabbitmq: RabbitMQNode) -> None:
+    refused = tail(f"amqp://guest:guest@127.0.0.1:{rabbitmq.port}/no-such-vhost")
+    _, err = await asyncio.to_thread(refused.communicate, timeout=30)
+    assert refused.returncode == 1
+    assert "broker refused access to the virtual host" in err, err

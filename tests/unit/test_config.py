@@ -497,6 +497,31 @@ def test_non_amqp_url_is_refused(tmp_path: Path, url: str) -> None:
     assert_one_error(config_error(path), path, 4, "amqp.url", "is not an AMQP URL")
 
 
+@pytest.mark.parametrize(
+    ("url", "words"),
+    [
+        ("amqp://gw:s3cr#t@broker:5672/", ["cannot be read", "%23", "amqp.password_file"]),
+        ("amqp://gw:s3cr/t@broker:5672/", ["cannot be read", "%2F"]),
+        ("amqp://broker:99999/", ["cannot be read", "Port out of range"]),
+        ("amqp://[::1:5672/", ["cannot be read", "IPv6"]),
+        ("amqp://:5672/", ["names no host"]),
+    ],
+)
+def test_a_broker_url_that_cannot_be_read_is_refused_without_showing_it(
+    tmp_path: Path, url: str, words: list[str]
+) -> None:
+    # These used to pass the check, then end `run` with a traceback after it had started.
+    path = write(tmp_path, MINIMAL + f"amqp:\n  url: '{url}'\n")
+    message = config_error(path)
+    assert_one_error(message, path, 4, "amqp.url", *words)
+    assert "s3cr" not in message  # a password is not echoed into logs
+
+
+def test_special_characters_of_a_password_may_be_percent_encoded(tmp_path: Path) -> None:
+    path = write(tmp_path, MINIMAL + "amqp:\n  url: 'amqp://gw:s3cr%23t@broker:5672/site'\n")
+    assert load_config(path).amqp.url == "amqp://gw:s3cr%23t@broker:5672/site"
+
+
 def test_empty_url_list_is_refused(tmp_path: Path) -> None:
     path = write(tmp_path, MINIMAL + "amqp:\n  url: []\n")
     assert_one_error(config_error(path), path, 4, "amqp.url", "at least one broker URL")
