@@ -85,6 +85,8 @@ class PublisherCounters:
     connected_url: str | None = None
     blocked: bool = False
     last_confirm: float = 0.0
+    last_error: str | None = None
+    """Why the last connection failed or ended: `status` shows it while disconnected."""
 
 
 def _lost(cause: BaseException) -> ConnectionLost:
@@ -238,6 +240,7 @@ class Publisher:
             # unless it lasted long (an idle connection that ended).
             delay = backoff.delay_after(started)
             problem, hint = explain(error) or UNREACHABLE
+            self.counters.last_error = f"{problem} ({type(error).__name__}: {error})"
             log.warning(
                 f"{problem}; readings stay buffered",
                 url=self._shown(url),
@@ -481,6 +484,8 @@ class Publisher:
             if not task.done():
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
+            elif not task.cancelled():
+                task.exception()  # we were cancelled as it failed: its error is the pump's now
 
     def _confirmed(self, batch: Batch) -> None:
         self.counters.published_readings += batch.count

@@ -134,6 +134,15 @@ def is_running(report: dict[str, Any]) -> bool:
     return bool(live and live["running"] and time.time() - live["updated"] <= 3 * _INTERVAL_S)
 
 
+def _is_a_gateway(pid: int) -> bool:
+    """Whether `pid` is an edge-gateway process (a pid may have been reused since)."""
+    try:
+        command = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+    return b"edge-gateway" in command or b"gateway.cli" in command
+
+
 def format_status(report: dict[str, Any]) -> str:
     """The report as lines a person reads at a glance."""
     buffer = report["buffer"]
@@ -158,7 +167,13 @@ def format_status(report: dict[str, Any]) -> str:
         lines.append("gateway    no status file: the gateway has not run here")
         return "\n".join(lines)
     stale = time.time() - live["updated"]
-    if not is_running(report):
+    if not is_running(report) and live["running"] and _is_a_gateway(live["pid"]):
+        lines.append(
+            f"gateway    NOT RESPONDING: pid {live['pid']} runs, but its last report is "
+            f"{stale:.0f} s old (hung, or it cannot write {STATUS_FILE}: a full disk?); "
+            "see journalctl -u edge-gateway"
+        )
+    elif not is_running(report):
         lines.append(f"gateway    NOT RUNNING (last report {stale:.0f} s ago, pid {live['pid']})")
     else:
         lines.append(f"gateway    running, pid {live['pid']}, up {_uptime(live):.0f} s")
@@ -171,6 +186,8 @@ def format_status(report: dict[str, Any]) -> str:
     pub = live["publisher"]
     last = pub["last_confirm"]
     uplink = pub["connected_url"] or "DISCONNECTED"
+    if not pub["connected_url"] and pub.get("last_error"):
+        uplink += f" (last error: {pub['last_error']})"
     if pub["blocked"]:
         uplink += " (BLOCKED by broker alarm)"
     lines.append(f"uplink     {uplink}")

@@ -27,7 +27,15 @@ from typing import Any
 from edge_gateway_sim.brokers import MosquittoBroker, RabbitMQNode, free_port
 from edge_gateway_sim.consumer import ReadingCollector
 from edge_gateway_sim.mqtt_sensors import FleetConfig, MqttSensorFleet
-from harness import Site, delivered, proxied_site, report, until, validate_message
+from harness import (
+    Site,
+    delivered,
+    proxied_site,
+    publisher_of,
+    report,
+    until,
+    validate_message,
+)
 from notify_listener import NotifyListener
 
 WATCHDOG_S = 1.5  # a stall is declared after this long; the gateway checks every 0.5 s
@@ -334,6 +342,34 @@ async def test_reload_of_an_invalid_file_keeps_the_running_configuration(
     assert len(pings_after) >= 2
     assert collector.received.missing(sent.last_seq) == {}
     assert site.gateway.terminate() == 0
+
+
+async def test_status_names_the_uplinks_last_error_and_tells_a_hung_gateway_from_a_stopped_one(
+    make_site: Any, rabbitmq: RabbitMQNode, mosquitto: MosquittoBroker
+) -> None:
+    dead = f"amqp://guest:guest@127.0.0.1:{free_port()}/"
+    site = make_site(rabbitmq, mosquitto, gateway_url=dead, extra_amqp="retry_max_s: 1")
+    site.gateway.start()
+    await until("a failed connect", lambda: publisher_of(site).get("connection_failures", 0) > 0)
+    shown = await asyncio.to_thread(edge_gateway_status, site)
+    assert shown.returncode == 0, shown.stderr
+    assert re.search(
+        r"uplink     DISCONNECTED \(last error: broker unreachable or connection lost "
+        r"\(\w+: .*Connect",
+        shown.stdout,
+    ), shown.stdout
+    os.kill(site.gateway.pid, signal.SIGSTOP)  # hung: alive, and writes no report
+    try:
+        await asyncio.sleep(7)  # reports are stale after 6 s
+        hung = await asyncio.to_thread(edge_gateway_status, site)
+    finally:
+        os.kill(site.gateway.pid, signal.SIGCONT)
+    assert hung.returncode == 3
+    assert f"gateway    NOT RESPONDING: pid {site.gateway.pid} runs" in hung.stdout, hung.stdout
+    assert site.gateway.terminate() == 0
+    gone = await asyncio.to_thread(edge_gateway_status, site)
+    assert gone.returncode == 3
+    assert "gateway    NOT RUNNING" in gone.stdout, gone.stdout
 
 
 async def test_a_second_gateway_on_the_same_state_dir_exits_2_and_the_first_runs_on(

@@ -11,6 +11,7 @@ import json
 import secrets
 import time
 from collections.abc import Awaitable, Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -88,6 +89,36 @@ async def test_an_alarm_raised_mid_stream_holds_publishes_without_reconnecting(
     assert status["publisher"]["connection_failures"] == 0
     assert collector.received.duplicates == 0
     assert site.gateway.terminate() == 0
+
+
+async def test_the_broker_going_as_the_backlog_starts_leaves_no_unread_task_error(
+    make_site: Any, rabbitmq_node: RabbitMQNode, mosquitto: MosquittoBroker
+) -> None:
+    # Publishes in flight when the connection broke, cancelled as they failed, logged
+    # asyncio's "Task exception was never retrieved" with a traceback (seen in a chaos soak).
+    site = make_site(rabbitmq_node, mosquitto, extra_amqp="retry_max_s: 1")
+    log = site.gateway.log
+    async with site.streaming(sensors=10, rate=1000, duration=16) as (collector, fleet):
+        for _ in range(2):
+            await asyncio.sleep(1)
+            await asyncio.to_thread(rabbitmq_node.stop)
+            await asyncio.sleep(3)  # a backlog of ~3,000 readings
+            connects = log.read_text().count('"connected to broker"')
+            await asyncio.to_thread(rabbitmq_node.start)
+            await until("reconnected", partial(more_connects, log, connects))
+            await asyncio.sleep(0.05)  # the backlog's publishes in flight
+            await asyncio.to_thread(rabbitmq_node.stop)
+            await asyncio.sleep(1)
+            await asyncio.to_thread(rabbitmq_node.start)
+        sent, total = await delivered(fleet, collector, within_s=90)
+    report("gone-at-backlog", collector.received, f"sent={total}")
+    assert collector.received.missing(sent.last_seq) == {}
+    assert "never retrieved" not in log.read_text()
+    assert site.gateway.terminate() == 0
+
+
+def more_connects(log: Path, than: int) -> bool:
+    return log.read_text().count('"connected to broker"') > than
 
 
 async def test_lost_confirms_and_a_cut_uplink_cost_duplicates_not_readings(
