@@ -213,6 +213,13 @@ def _substitute_env(value: str, where: str, at: KeyPath, keep_unset: bool) -> st
             f"set it or write ${{{name}:-default}}"
         )
 
+    leftover = _ENV_REF.sub("", value)
+    if "${" in leftover and not keep_unset:  # `${NAME:x}`, `${NAME-x}`, `${ NAME }`, a lone `${`
+        written = leftover[leftover.index("${") :].split("}")[0] + "}"
+        raise ConfigError(
+            f"{where}: {_dotted(at)}: {written!r} is not an environment reference: "
+            "write ${NAME}, or ${NAME:-default} for a default"
+        )
     return _ENV_REF.sub(replace, value)
 
 

@@ -671,6 +671,29 @@ def test_unset_env_reference_without_default_names_the_variable(
     )
 
 
+@pytest.mark.parametrize(
+    ("written", "shown"),
+    [
+        ("${MQTT_HOST:localhost}", "'${MQTT_HOST:localhost}'"),
+        ("${MQTT_HOST-localhost}", "'${MQTT_HOST-localhost}'"),
+        ("broker-${ SITE }.lan", "'${ SITE }'"),
+    ],
+)
+def test_an_env_reference_in_a_form_it_does_not_read_is_refused(
+    tmp_path: Path, written: str, shown: str
+) -> None:
+    # bash reads these; we would have used them as they are, as a host name or a user.
+    path = local_mqtt(tmp_path, f"host: '{written}'\n")
+    assert_one_error(
+        config_error(path),
+        path,
+        6,
+        "drivers[0].host",
+        f"{shown} is not an environment reference",
+        "${NAME:-default}",
+    )
+
+
 # --- secret files -------------------------------------------------------------------------
 
 
