@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import ssl
 from pathlib import Path
@@ -33,7 +34,16 @@ def _resolve_secret_file(path: Path, info: ValidationInfo) -> Path:
     credentials = os.environ.get("CREDENTIALS_DIRECTORY")
     if not path.is_absolute() and credentials and (Path(credentials) / path).exists():
         return _resolve_file(Path(credentials) / path, info)
-    return _resolve_file(path, info)
+    try:
+        return _resolve_file(path, info)
+    except ValueError as exc:
+        if path.is_absolute() or credentials:
+            raise
+        raise ValueError(
+            f"{exc}. A relative secret is looked for in $CREDENTIALS_DIRECTORY first, which the "
+            "unit sets (LoadCredential=): check as it runs, with "
+            "CREDENTIALS_DIRECTORY=/etc/edge-gateway/credentials"
+        ) from None
 
 
 def _resolve_password_file(path: Path, info: ValidationInfo) -> Path:
@@ -56,7 +66,13 @@ def _readable(path: Path) -> Path:
     try:
         path.read_bytes()
     except OSError as exc:
-        raise ValueError(f"cannot read {path}: {exc.strerror}; create it or fix the path") from None
+        if exc.errno == errno.EACCES:
+            todo = f"make it readable by the user that runs the gateway (uid {os.geteuid()} here)"
+        elif exc.errno == errno.EISDIR:
+            todo = "name the file in it, not the directory"
+        else:
+            todo = "create it or fix the path"
+        raise ValueError(f"cannot read {path}: {exc.strerror}; {todo}") from None
     return path
 
 

@@ -741,6 +741,18 @@ def test_missing_password_file_is_an_error_naming_the_path(tmp_path: Path) -> No
         "amqp.password_file",
         f"cannot read {tmp_path / 'nowhere.txt'}",
         "No such file",
+        "create it or fix the path",
+        "looked for in $CREDENTIALS_DIRECTORY first",  # check by hand misses the unit's
+    )
+
+
+def test_a_password_file_that_is_a_directory_is_an_error_that_says_so(tmp_path: Path) -> None:
+    (tmp_path / "secrets").mkdir()
+    path = write(
+        tmp_path, MINIMAL + f"amqp:\n  username: gw\n  password_file: {tmp_path}/secrets\n"
+    )
+    assert_one_error(
+        config_error(path), path, 5, "amqp.password_file", "name the file in it, not the directory"
     )
 
 
