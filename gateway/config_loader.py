@@ -301,7 +301,22 @@ def _explain(error: Any, data: Any, at: KeyPath, root: type[BaseModel]) -> str:
         return str(error["ctx"]["error"])
     got = error.get("input")
     shown = "" if isinstance(got, dict | list) else f" (got {got!r})"
-    return msg[0].lower() + msg[1:] + shown
+    return msg[0].lower() + msg[1:] + shown + _quoting_hint(kind, got)
+
+
+def _quoting_hint(kind: str, got: Any) -> str:
+    """Where YAML read an unquoted text as something else: what quoting it would give."""
+    if kind != "string_type":
+        return ""
+    if isinstance(got, dict) and len(got) == 1 and None in got.values():
+        text = f"{{{next(iter(got))}}}"
+        return f"; unquoted, YAML reads {text} as a mapping: write '{text}'"
+    if isinstance(got, bool | int | float):
+        return (
+            "; YAML read it as a number or true/false (a leading 0 even as octal): put it in "
+            "quotes to keep it as written"
+        )
+    return ""
 
 
 _TAG_HINTS = {

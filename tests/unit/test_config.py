@@ -613,6 +613,21 @@ def test_a_tls_key_without_its_certificate_is_an_error(tmp_path: Path) -> None:
     assert_one_error(config_error(path), path, 5, "amqp.tls", "key_file needs cert_file")
 
 
+@pytest.mark.parametrize(
+    ("written", "words"),
+    [
+        ("{site}", ["input should be a valid string", "reads {site} as a mapping: write '{site}'"]),
+        ("0043", ["(got 35)", "a leading 0 even as octal", "put it in quotes"]),
+        ("yes", ["(got True)", "put it in quotes"]),
+    ],
+)
+def test_text_that_yaml_reads_as_something_else_gets_a_hint_to_quote_it(
+    tmp_path: Path, written: str, words: list[str]
+) -> None:
+    path = write(tmp_path, MINIMAL + f"amqp:\n  routing_key: {written}\n")
+    assert_one_error(config_error(path), path, 4, "amqp.routing_key", *words)
+
+
 # --- ${ENV} substitution ---------------------------------------------------------------------
 
 
