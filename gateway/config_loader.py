@@ -45,7 +45,10 @@ def read_config(
     files = config_files(path)
     data, where = _read(path, keep_unset_env)
     if data is None:
-        raise ConfigError(f"{path}: the file is empty; see config/gateway.example.yaml")
+        raise ConfigError(
+            f"{path}: the file is empty; start from gateway.example.yaml (in config/ of the "
+            "source, or /opt/edge-gateway/config/ where install.sh put the gateway)"
+        )
     for drop_in in files[1:]:
         more, more_where = _read(drop_in, keep_unset_env)
         if more is not None:

@@ -111,9 +111,10 @@ make_venv() {
         --exclude='*.egg-info' --exclude=__pycache__ -cf - . | tar -C "$tree" -xf -
     "$VENV/bin/python" -m pip install -q --disable-pip-version-check --upgrade "$tree"
     rm -rf "$tree"
-    mkdir -p "$VENV/docs"
+    mkdir -p "$VENV/docs" "$VENV/config"
     cp "$SOURCE"/docs/*.md "$VENV/docs/"
     cp "$SOURCE/README.md" "$VENV/"
+    cp "$SOURCE/config/gateway.example.yaml" "$VENV/config/"  # the docs link ../config/
     say "${fresh:+created $VENV and }installed $("$VENV/bin/edge-gateway" --version) into $VENV"
 }
 

@@ -55,6 +55,7 @@ def test_install_upgrade_and_uninstall_into_a_temporary_root(tmp_path: Path) -> 
     )
     assert checked.returncode == 0, checked.stderr
     assert (root / "opt/edge-gateway/docs/operations.md").exists()  # the unit's Documentation=
+    assert (root / "opt/edge-gateway/config/gateway.example.yaml").exists()  # the docs link it
     [site] = (root / "opt/edge-gateway/lib").glob("python3*/site-packages")
     for package in ("gateway", "drivers"):  # the source's modules, none left over in build/
         installed = {p.relative_to(site) for p in (site / package).rglob("*.py")}

@@ -818,7 +818,7 @@ def test_mqtt_password_file_needs_a_username_and_the_error_names_the_driver(tmp_
 )
 def test_empty_file_is_an_error(tmp_path: Path, text: str) -> None:
     path = write(tmp_path, text)
-    assert config_error(path) == f"{path}: the file is empty; see config/gateway.example.yaml"
+    assert config_error(path).startswith(f"{path}: the file is empty; start from gateway.example")
 
 
 def test_top_level_list_is_an_error(tmp_path: Path) -> None:
