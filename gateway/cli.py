@@ -12,7 +12,13 @@ from pathlib import Path
 import structlog
 
 from gateway import __version__, state_dir
-from gateway.config import GatewayConfig, broker_url_problem, load_config, state_dir_of
+from gateway.config import (
+    GatewayConfig,
+    broker_url_problem,
+    config_files,
+    load_config,
+    state_dir_of,
+)
 from gateway.errors import ConfigError, GatewayError
 from gateway.logs import configure_logging
 from gateway.publisher import shown_url
@@ -124,8 +130,11 @@ async def _run(path: Path, config: GatewayConfig) -> int:
 def summarise(path: Path, config: GatewayConfig) -> str:
     amqp = config.amqp
     buffer = config.buffer
-    lines = [
-        f"configuration OK: {path}",
+    lines = [f"configuration OK: {path}"]
+    drop_ins = config_files(path)[1:]
+    if drop_ins:
+        lines.append(f"  drop-ins {', '.join(str(p) for p in drop_ins)}")
+    lines += [
         f"  gateway  {config.gateway.id} (site {config.gateway.site})",
         f"  buffer   {config.gateway.state_dir / BUFFER_FILE}, "
         f"max {buffer.max_bytes.human_readable()}, when full: {buffer.when_full}, "

@@ -107,8 +107,8 @@ def broker_url_problem(url: str) -> str | None:
             "the user or password write : / ? # @ % as %3A %2F %3F %23 %40 %25, or put the "
             "password in amqp.password_file"
         )
-    if not host:
-        return "names no host: write amqp://host:5672/ or amqps://host:5671/"
+    if not host or _port == 0:
+        return "names no host or port: write amqp://host:5672/ or amqps://host:5671/"
     return None
 
 
@@ -154,7 +154,16 @@ class AmqpSection(StrictModel):
     @field_validator("routing_key")
     @classmethod
     def _known_fields(cls, template: str) -> str:
-        names = {name for _, name, _, _ in string.Formatter().parse(template) if name is not None}
+        try:
+            fields = [f for f in string.Formatter().parse(template) if f[1] is not None]
+        except ValueError as exc:  # "{site" or a lone "}"
+            raise ValueError(
+                f"{exc}; write placeholders as {{site}}, braces as {{{{ }}}}"
+            ) from None
+        for _, name, spec, conversion in fields:
+            if spec or conversion:
+                raise ValueError(f"routing key placeholders take no ! or : here: write {{{name}}}")
+        names = {name for _, name, _, _ in fields if name is not None}
         unknown = names - ROUTING_KEY_FIELDS
         if unknown:
             raise ValueError(

@@ -22,16 +22,14 @@ LOCK_FILE = "gateway.lock"
 
 
 def problem_with(state_dir: Path) -> str | None:
-    """Why this user could not run a gateway with `state_dir`, or None: what `check` says,
-    without creating anything."""
+    """Why no gateway could use `state_dir`, or None: what `check` says, without creating
+    anything. Not whether it is writable: `check` is often run by another user than the
+    service's (whose directory systemd's StateDirectory= makes); `hold()` tells at start."""
     existing = state_dir
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent
     if not existing.is_dir():
         return f"{existing} is not a directory"
-    if not os.access(existing, os.W_OK | os.X_OK):
-        what = "the directory" if existing == state_dir else f"{existing}, where it would be made,"
-        return f"{what} is not writable by this user (uid {os.geteuid()})"
     return None
 
 

@@ -91,6 +91,9 @@ def read_status(state_dir: Path) -> dict[str, Any]:
     report: dict[str, Any] = {"state_dir": str(state_dir), "buffer": _buffer_figures(database)}
     try:
         live = json.loads((state_dir / STATUS_FILE).read_text(encoding="utf-8"))
+    except PermissionError:  # the state directory is the service's: 0750
+        live = None
+        report["status_error"] = f"cannot read {state_dir / STATUS_FILE}: run status with sudo"
     except (OSError, ValueError):
         live = None
     report["gateway"] = live
@@ -100,7 +103,12 @@ def read_status(state_dir: Path) -> dict[str, Any]:
 def _buffer_figures(database: Path) -> dict[str, Any]:
     try:
         if not database.exists():
-            return {"path": str(database), "exists": False, "dir_exists": database.parent.is_dir()}
+            return {
+                "path": str(database),
+                "exists": False,
+                "dir_exists": database.parent.is_dir(),
+                "not_a_dir": database.parent.exists() and not database.parent.is_dir(),
+            }
         on_disk = sum(
             Path(f"{database}{suffix}").stat().st_size
             for suffix in ("", "-wal")
@@ -151,7 +159,9 @@ def format_status(report: dict[str, Any]) -> str:
         lines.append(
             "           no buffer yet (the gateway has not run with this state_dir)"
             if buffer["dir_exists"]
-            else f"           {Path(buffer['path']).parent} does not exist: check gateway.state_dir"
+            else f"           {Path(buffer['path']).parent} "
+            + ("is not a directory" if buffer.get("not_a_dir") else "does not exist")
+            + ": check gateway.state_dir"
         )
     elif "error" in buffer:
         lines.append(f"           {buffer['error']}")
@@ -164,7 +174,11 @@ def format_status(report: dict[str, Any]) -> str:
         )
     live = report["gateway"]
     if live is None:
-        lines.append("gateway    no status file: the gateway has not run here")
+        lines.append(
+            f"gateway    {report['status_error']}"
+            if "status_error" in report
+            else "gateway    no status file: the gateway has not run here"
+        )
         return "\n".join(lines)
     stale = time.time() - live["updated"]
     if not is_running(report) and live["running"] and _is_a_gateway(live["pid"]):

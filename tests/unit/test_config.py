@@ -504,7 +504,8 @@ def test_non_amqp_url_is_refused(tmp_path: Path, url: str) -> None:
         ("amqp://gw:s3cr/t@broker:5672/", ["cannot be read", "%2F"]),
         ("amqp://broker:99999/", ["cannot be read", "Port out of range"]),
         ("amqp://[::1:5672/", ["cannot be read", "IPv6"]),
-        ("amqp://:5672/", ["names no host"]),
+        ("amqp://:5672/", ["names no host or port"]),
+        ("amqp://broker:0/", ["names no host or port"]),
     ],
 )
 def test_a_broker_url_that_cannot_be_read_is_refused_without_showing_it(
@@ -611,6 +612,21 @@ def test_a_tls_key_without_its_certificate_is_an_error(tmp_path: Path) -> None:
     (tmp_path / "client.key").write_text("key")
     path = write(tmp_path, MINIMAL, "amqp:\n  url: amqps://h/\n  tls: {key_file: client.key}\n")
     assert_one_error(config_error(path), path, 5, "amqp.tls", "key_file needs cert_file")
+
+
+@pytest.mark.parametrize(
+    ("template", "words"),
+    [
+        ("'{site!r}'", ["take no ! or : here: write {site}"]),
+        ("'{device:>8}'", ["take no ! or : here: write {device}"]),
+        ("'{site'", ["expected '}'", "braces as {{ }}"]),
+    ],
+)
+def test_a_routing_key_template_python_would_misread_is_refused(
+    tmp_path: Path, template: str, words: list[str]
+) -> None:
+    path = write(tmp_path, MINIMAL + f"amqp:\n  routing_key: {template}\n")
+    assert_one_error(config_error(path), path, 4, "amqp.routing_key", *words)
 
 
 @pytest.mark.parametrize(

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -12,11 +16,37 @@ from gateway.config import AmqpSection, GatewaySection
 from gateway.publisher import Publisher
 from gateway.status import StatusWriter, format_status, read_status
 
+REPO = Path(__file__).parents[2]
+
 
 def test_a_state_dir_that_does_not_exist_is_named() -> None:
     shown = format_status(read_status(Path("/nonexistent/edge-gateway-state")))
     assert "/nonexistent/edge-gateway-state does not exist: check gateway.state_dir" in shown
     assert "gateway    no status file: the gateway has not run here" in shown
+
+
+def test_a_state_dir_that_is_a_file_is_named_as_such(tmp_path: Path) -> None:
+    (tmp_path / "state").write_text("")
+    shown = format_status(read_status(tmp_path / "state"))
+    assert f"{tmp_path / 'state'} is not a directory: check gateway.state_dir" in shown
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("setpriv"), reason="needs root, setpriv")
+def test_a_state_dir_this_user_may_not_read_says_to_use_sudo(tmp_path: Path) -> None:
+    """Not "the gateway has not run here": the service's directory is 0750, an admin's
+    shell is not in its group."""
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / "status.json").write_text("{}")
+    state.chmod(0o700)
+    tmp_path.chmod(0o755)
+    show = f"from gateway.status import *; print(format_status(read_status(Path({str(state)!r}))))"
+    shown = subprocess.run(
+        ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-c",
+         f"from pathlib import Path; {show}"],
+        capture_output=True, text=True, check=True, env={**os.environ, "PYTHONPATH": str(REPO)},
+    ).stdout  # fmt: skip
+    assert f"gateway    cannot read {state / 'status.json'}: run status with sudo" in shown
 
 
 def test_an_empty_state_dir_has_no_buffer_yet(tmp_path: Path) -> None:
