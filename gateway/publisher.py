@@ -124,6 +124,11 @@ def explain(error: BaseException) -> tuple[str, str] | None:
             "broker refused access to the virtual host",
             "check the vhost at the end of amqp.url and the user's permissions on it",
         )
+    if "WRONG_VERSION_NUMBER" in str(error):  # OpenSSL's words; aiormq may wrap the SSLError
+        return (
+            "the broker's port does not speak TLS",
+            "amqps:// needs the broker's TLS port (RabbitMQ: 5671); 5672 is for amqp://",
+        )
     if isinstance(error, errors.ChannelAccessRefused):
         return (
             "broker refused access to the exchange",

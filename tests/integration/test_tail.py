@@ -154,3 +154,12 @@ async def test_tail_refused_a_virtual_host_says_so(tail: Tail, rabbitmq: RabbitM
     _, err = await asyncio.to_thread(refused.communicate, timeout=30)
     assert refused.returncode == 1
     assert "broker refused access to the virtual host" in err, err
+
+
+async def test_tail_over_tls_to_a_plain_port_says_the_port_does_not_speak_tls(
+    tail: Tail, rabbitmq: RabbitMQNode
+) -> None:
+    plain = tail(f"amqps://guest:guest@127.0.0.1:{rabbitmq.port}/")
+    _, err = await asyncio.to_thread(plain.communicate, timeout=30)
+    assert plain.returncode == 1
+    assert "the broker's port does not speak TLS" in err, err

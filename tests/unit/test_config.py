@@ -1037,6 +1037,16 @@ def test_cli_check_prints_the_summary_and_returns_0(
     assert "rabbit.lan" in out
 
 
+def test_cli_check_lists_the_drop_ins_it_read(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write(tmp_path, MINIMAL)
+    later = drop_in(tmp_path, "20-later.yaml", "amqp: {exchange: later}\n")
+    first = drop_in(tmp_path, "10-first.yml", "gateway: {site: shed}\n")
+    assert main(["check", "--config", str(path)]) == 0
+    assert f"  drop-ins {first}, {later}" in capsys.readouterr().out.splitlines()
+
+
 def test_cli_check_shows_the_user_that_logs_in(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
