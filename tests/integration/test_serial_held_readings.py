@@ -14,6 +14,7 @@ import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -231,11 +232,13 @@ async def test_when_the_gateway_fails_what_the_drivers_held_is_put_or_logged_as_
 
     if bug == "in the publisher":
         monkeypatch.setattr(Publisher, "run", buggy_publisher)
+    async with Buffer(tmp_path / "buffer.db", max_bytes=2**24) as earlier:  # one waiting...
+        await earlier.put([Reading("old", datetime.now(UTC), {"pad": "x" * 2000}, "earlier")])
     with pty() as (device, port), capture_logs() as logs:
         config = GatewayConfig.model_validate(
             {
                 "gateway": {"id": "gw", "state_dir": str(tmp_path)},
-                "buffer": {"max_bytes": "1KB", "when_full": "reject_new"},  # refuses every put
+                "buffer": {"max_bytes": "1KB", "when_full": "reject_new"},  # ...refuses the rest
                 "drivers": [dict(lines_config(port))],
             }
         )
