@@ -114,8 +114,8 @@ def _add_mqtt(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
         description="Publish samples of N sensors round-robin at a total rate to "
         "<prefix>/sim-NNNN/state. Without --count or --duration, runs until Ctrl-C/SIGTERM.",
     )
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=1883)
+    p.add_argument("--host", default="127.0.0.1", help="MQTT broker (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=1883, help="MQTT broker port (default 1883)")
     p.add_argument("--sensors", type=int, default=10, help="number of devices (default 10)")
     p.add_argument(
         "--first-device",
@@ -128,7 +128,7 @@ def _add_mqtt(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     until = p.add_mutually_exclusive_group()
     until.add_argument("--count", type=int, help="stop after this many messages")
     until.add_argument("--duration", type=float, help="stop after this many seconds")
-    p.add_argument("--qos", type=int, choices=(0, 1), default=1)
+    p.add_argument("--qos", type=int, choices=(0, 1), default=1, help="MQTT QoS (default 1)")
     p.add_argument("--prefix", default=DEFAULT_PREFIX, help="topic prefix (default sensors)")
     p.add_argument(
         "--malformed-fraction",
@@ -136,8 +136,10 @@ def _add_mqtt(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
         default=0.0,
         help="fraction of messages that are undecodable garbage (default 0)",
     )
-    p.add_argument("--seed", type=int, default=1)
-    p.add_argument("--mqtt-version", choices=sorted(_PROTOCOLS), default="3.1.1")
+    p.add_argument("--seed", type=int, default=1, help="random seed of the values (default 1)")
+    p.add_argument(
+        "--mqtt-version", choices=sorted(_PROTOCOLS), default="3.1.1", help="(default 3.1.1)"
+    )
     p.add_argument("--client-id", default="", help="default: a unique generated id")
     p.add_argument(
         "--progress-interval",
