@@ -104,7 +104,11 @@ async def _stop_intake_then_publisher(
     config: GatewayConfig,
 ) -> None:
     """No new intake first; then in-flight publishes get `shutdown_grace_s` to be confirmed."""
-    log.info("stopping: drivers first, then in-flight publishes")
+    log.info(
+        "stopping: drivers first, then in-flight publishes",
+        at_most_s=round(config.longest_stop_s),
+        grace_s=config.amqp.shutdown_grace_s,
+    )
     await supervisor.stop()
     publisher.stop()
     try:

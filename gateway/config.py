@@ -197,18 +197,22 @@ class GatewayConfig(StrictModel):
     metrics: MetricsSection = MetricsSection()
 
     @property
+    def longest_stop_s(self) -> float:
+        """How long a stop may take: the drivers stop (together: the slowest counts),
+        in-flight publishes get `amqp.shutdown_grace_s`, the connection is closed, the
+        buffer commits."""
+        drivers_s = max((d.longest_stop_s for d in self.drivers), default=0.0)
+        return drivers_s + self.amqp.shutdown_grace_s + CLOSE_AT_STOP_S + LAST_COMMIT_S
+
+    @property
     def stop_overrun_s(self) -> float:
         """By how much the longest stop may exceed the unit's `TimeoutStopSec=` (<= 0: it fits).
 
-        A stop is: the drivers stop (together: the slowest counts), in-flight publishes get
-        `amqp.shutdown_grace_s`, the connection is closed, the buffer commits. Past the
-        timeout, systemd kills the gateway: nothing accepted is lost (the buffer keeps it),
-        but what was confirmed and not yet deleted goes again as duplicates, and the journal
-        shows a SIGKILL.
+        Past the timeout, systemd kills the gateway: nothing accepted is lost (the buffer
+        keeps it), but what was confirmed and not yet deleted goes again as duplicates, and
+        the journal shows a SIGKILL.
         """
-        drivers_s = max((d.longest_stop_s for d in self.drivers), default=0.0)  # together
-        longest = drivers_s + self.amqp.shutdown_grace_s + CLOSE_AT_STOP_S + LAST_COMMIT_S
-        return longest - UNIT_STOP_TIMEOUT_S
+        return self.longest_stop_s - UNIT_STOP_TIMEOUT_S
 
     @field_validator("drivers")
     @classmethod

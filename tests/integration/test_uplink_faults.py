@@ -304,6 +304,8 @@ async def test_sigterm_mid_stream_exits_0_and_the_restart_delivers_the_rest(
     assert stopped_in < 6  # amqp.shutdown_grace_s is 5 s, and little was in flight
     assert collector.received.missing(sent.last_seq) == {}
     assert '"gateway stopped"' in site.gateway.log.read_text()
+    # How long it may take, for whoever waits: MQTT driver 10 s, grace 5, close 2, commit 5.
+    assert '"at_most_s": 22, "grace_s": 5.0' in site.gateway.log.read_text()
     assert site.gateway.terminate() == 0
 
 
