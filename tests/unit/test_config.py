@@ -615,29 +615,19 @@ def test_a_tls_key_without_its_certificate_is_an_error(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    ("template", "words"),
+    ("written", "words"),
     [
+        # Python's format rules would apply
         ("'{site!r}'", ["take no ! or : here: write {site}"]),
         ("'{device:>8}'", ["take no ! or : here: write {device}"]),
         ("'{site'", ["expected '}'", "braces as {{ }}"]),
-    ],
-)
-def test_a_routing_key_template_python_would_misread_is_refused(
-    tmp_path: Path, template: str, words: list[str]
-) -> None:
-    path = write(tmp_path, MINIMAL + f"amqp:\n  routing_key: {template}\n")
-    assert_one_error(config_error(path), path, 4, "amqp.routing_key", *words)
-
-
-@pytest.mark.parametrize(
-    ("written", "words"),
-    [
+        # YAML reads it as something else than text
         ("{site}", ["input should be a valid string", "reads {site} as a mapping: write '{site}'"]),
         ("0043", ["(got 35)", "a leading 0 even as octal", "put it in quotes"]),
         ("yes", ["(got True)", "put it in quotes"]),
     ],
 )
-def test_text_that_yaml_reads_as_something_else_gets_a_hint_to_quote_it(
+def test_a_routing_key_that_would_be_misread_is_refused_with_what_to_write(
     tmp_path: Path, written: str, words: list[str]
 ) -> None:
     path = write(tmp_path, MINIMAL + f"amqp:\n  routing_key: {written}\n")
