@@ -58,7 +58,8 @@ def _default_state_dir() -> Path:
 
 
 def _usable_state_dir(path: Path, info: ValidationInfo) -> Path:
-    """Absolute (systemd starts the gateway in /), and writable when files are checked."""
+    """Absolute (systemd starts the gateway in /), and not under a file (when files are
+    checked); whether the service's user may write there only the start can tell."""
     if not path.is_absolute():
         raise ValueError(
             f"{str(path)!r} is relative: give an absolute path (relative to what? the gateway "
@@ -100,14 +101,14 @@ def broker_url_problem(url: str) -> str | None:
         return "is not an AMQP URL: write amqp://host:5672/ or amqps://host:5671/"
     try:
         parsed = URL(url)
-        host, _port = parsed.host, parsed.port  # yarl checks the port when asked for it
+        host, port = parsed.host, parsed.port  # yarl checks the port when asked for it
     except ValueError as exc:
         return (
             f"cannot be read ({exc}): write it as amqp://user:password@host:5672/vhost; in "
             "the user or password write : / ? # @ % as %3A %2F %3F %23 %40 %25, or put the "
             "password in amqp.password_file"
         )
-    if not host or _port == 0:
+    if not host or port == 0:
         return "names no host or port: write amqp://host:5672/ or amqps://host:5671/"
     return None
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from gateway.errors import ConfigError
 
 LOCK_FILE = "gateway.lock"
-"""Holds the pid of the gateway that runs with this directory, while it runs."""
+"""Locked by the gateway that runs with this directory; holds its pid (left after it exits)."""
 
 
 def problem_with(state_dir: Path) -> str | None:
