@@ -57,7 +57,8 @@ async def run_gateway(
     async with buffer:
         publisher = Publisher(config.amqp, config.gateway, buffer)
         reporter = ServiceReporter(notifier, buffer, publisher)
-        _check_timeouts(config, reporter)
+        for message, fields in config.service_warnings(reporter.stall_s, reporter.notifier.enabled):
+            log.warning(message, **fields)
         async with asyncio.TaskGroup() as tasks:
             supervisor = DriverSupervisor(tasks, config.gateway.id, buffer)
             supervisor.start(config.drivers)  # first: a driver that cannot be built stops it all
@@ -168,32 +169,6 @@ async def _reload(
             hint="systemctl restart edge-gateway",
         )
     return running.model_copy(update={"drivers": new.drivers})
-
-
-def _check_timeouts(config: GatewayConfig, reporter: ServiceReporter) -> None:
-    """A confirm may take `amqp.timeout_s`: the watchdog must not call that a stall. Under
-    systemd, a stop must end within the unit's `TimeoutStopSec=`, or systemd kills it.
-
-    Warnings, not errors: a configuration that ran before an upgrade still runs, and a
-    unit whose timeouts were raised in a drop-in is right to ignore them.
-    """
-    if config.amqp.timeout_s >= reporter.stall_s:
-        log.warning(
-            "amqp.timeout_s is not below the watchdog period: a slow confirm may cause a restart",
-            timeout_s=config.amqp.timeout_s,
-            watchdog_s=reporter.stall_s,
-            hint="lower amqp.timeout_s or raise WatchdogSec= in the unit",
-        )
-    overrun_s = config.stop_overrun_s
-    if reporter.notifier.enabled and overrun_s > 0:
-        log.warning(
-            "amqp.shutdown_grace_s is too long for the unit's stop timeout: "
-            "systemd may kill a stop before the last confirms arrive",
-            shutdown_grace_s=config.amqp.shutdown_grace_s,
-            overrun_s=overrun_s,
-            hint=f"lower amqp.shutdown_grace_s to {config.amqp.shutdown_grace_s - overrun_s:g} "
-            "or less, or raise TimeoutStopSec= with `systemctl edit edge-gateway`",
-        )
 
 
 async def _watch_storage(buffer: Buffer) -> None:

@@ -13,6 +13,7 @@ import structlog
 
 from gateway import __version__, state_dir
 from gateway.config import (
+    UNIT_WATCHDOG_S,
     GatewayConfig,
     broker_url_problem,
     config_files,
@@ -83,6 +84,8 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_CONFIG
     if args.command == "check":
         print(summarise(args.config, config))
+        for message, fields in config.service_warnings(UNIT_WATCHDOG_S, under_systemd=True):
+            print(f"warning: {message}; {fields['hint']}", file=sys.stderr)
         return EXIT_OK
     configure_logging(config.logging.level, config.logging.format)
     return asyncio.run(_run(args.config, config))

@@ -46,6 +46,8 @@ ROUTING_KEY_FIELDS = frozenset({"gateway", "site", "device", "source"})
 
 UNIT_STOP_TIMEOUT_S = 45.0
 """`TimeoutStopSec=` of systemd/edge-gateway.service: systemd SIGKILLs a longer stop."""
+UNIT_WATCHDOG_S = 60.0
+"""`WatchdogSec=` of systemd/edge-gateway.service: what `check` assumes the gateway runs with."""
 CLOSE_AT_STOP_S = 2.0
 """A stop's goodbye to the broker (AMQP Connection.Close): one that does not answer, often the
 reason confirms were missing, gets no longer than this."""
@@ -214,6 +216,44 @@ class GatewayConfig(StrictModel):
         the journal shows a SIGKILL.
         """
         return self.longest_stop_s - UNIT_STOP_TIMEOUT_S
+
+    def service_warnings(
+        self, watchdog_s: float, under_systemd: bool
+    ) -> list[tuple[str, dict[str, object]]]:
+        """(message, fields) of what may go wrong under the unit: a confirm may take
+        `amqp.timeout_s`, which the watchdog must not call a stall; a stop must end within
+        the unit's `TimeoutStopSec=`, or systemd kills it. Warnings, not errors: a
+        configuration that ran before an upgrade still runs, and a unit whose timeouts were
+        raised in a drop-in is right to ignore them."""
+        found: list[tuple[str, dict[str, object]]] = []
+        if self.amqp.timeout_s >= watchdog_s:
+            found.append(
+                (
+                    "amqp.timeout_s is not below the watchdog period: a slow confirm may cause "
+                    "a restart",
+                    {
+                        "timeout_s": self.amqp.timeout_s,
+                        "watchdog_s": watchdog_s,
+                        "hint": "lower amqp.timeout_s or raise WatchdogSec= in the unit",
+                    },
+                )
+            )
+        overrun_s = self.stop_overrun_s
+        if under_systemd and overrun_s > 0:
+            limit = self.amqp.shutdown_grace_s - overrun_s
+            found.append(
+                (
+                    "amqp.shutdown_grace_s is too long for the unit's stop timeout: systemd may "
+                    "kill a stop before the last confirms arrive",
+                    {
+                        "shutdown_grace_s": self.amqp.shutdown_grace_s,
+                        "overrun_s": overrun_s,
+                        "hint": f"lower amqp.shutdown_grace_s to {limit:g} or less, or raise "
+                        "TimeoutStopSec= with `systemctl edit edge-gateway`",
+                    },
+                )
+            )
+        return found
 
     @field_validator("drivers")
     @classmethod

@@ -63,7 +63,9 @@ def config_files(path: Path | str) -> list[Path]:
     try:
         if not drop_ins.is_dir():
             return [path]
-        found = [p for p in drop_ins.iterdir() if p.suffix in (".yaml", ".yml") and p.is_file()]
+        found = [
+            p for p in drop_ins.iterdir() if p.suffix.lower() in (".yaml", ".yml") and p.is_file()
+        ]
     except OSError as exc:
         raise ConfigError(
             f"{drop_ins}: cannot list the drop-in directory: {exc.strerror}; check that the "

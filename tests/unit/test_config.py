@@ -209,11 +209,13 @@ def test_drop_ins_add_drivers_and_override_settings_in_name_order(tmp_path: Path
     drop_in(tmp_path, "10-sensors.yml", MQTT_DRIVER.format(name="shed"))
     drop_in(tmp_path, "README", "not: yaml: at all: [")  # only *.yaml and *.yml are read
     drop_in(tmp_path, "30-empty.yaml", "# everything commented out\n")
+    drop_in(tmp_path, "40-upper.YAML", "gateway: {site: shed}\n")  # as a Windows editor saves it
     config = load_config(path)
     assert [d.name for d in config.drivers] == ["main-driver", "shed"]
     assert config.amqp.urls == ["amqp://later/"]
     assert config.amqp.exchange == "main"  # mappings merge key by key
     assert config.gateway.id == "gw-1"
+    assert config.gateway.site == "shed"
 
 
 def test_an_error_in_a_drop_in_names_the_drop_in_and_its_line(tmp_path: Path) -> None:

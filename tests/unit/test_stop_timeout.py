@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from structlog.testing import capture_logs
 
-from gateway.app import _check_timeouts
-from gateway.config import UNIT_STOP_TIMEOUT_S, GatewayConfig
+from gateway.cli import main
+from gateway.config import UNIT_STOP_TIMEOUT_S, UNIT_WATCHDOG_S, GatewayConfig
 
 UNIT = Path(__file__).parents[2] / "systemd" / "edge-gateway.service"
 WARNING = (
@@ -37,15 +35,31 @@ def config(grace_s: float, *driver_types: str) -> GatewayConfig:
 
 
 def warnings(config: GatewayConfig, under_systemd: bool = True) -> list[dict[str, Any]]:
-    reporter: Any = SimpleNamespace(stall_s=60.0, notifier=SimpleNamespace(enabled=under_systemd))
-    with capture_logs() as logs:
-        _check_timeouts(config, reporter)
-    return [log for log in logs if log["event"] == WARNING]
+    found = config.service_warnings(60.0, under_systemd)
+    return [fields for message, fields in found if message == WARNING]
 
 
-def test_the_constant_is_the_units_timeout_stop_sec() -> None:
-    found = re.search(r"^TimeoutStopSec=(\d+)$", UNIT.read_text(), re.MULTILINE)
-    assert found and float(found[1]) == UNIT_STOP_TIMEOUT_S
+@pytest.mark.parametrize(
+    ("key", "value"), [("TimeoutStopSec", UNIT_STOP_TIMEOUT_S), ("WatchdogSec", UNIT_WATCHDOG_S)]
+)
+def test_the_constants_are_the_units_settings(key: str, value: float) -> None:
+    found = re.search(rf"^{key}=(\d+)$", UNIT.read_text(), re.MULTILINE)
+    assert found and float(found[1]) == value
+
+
+def test_check_says_what_run_would_warn_about_under_the_unit(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "gateway.yaml"
+    path.write_text("gateway: {id: gw}\namqp: {shutdown_grace_s: 60, timeout_s: 60}\n")
+    assert main(["check", "--config", str(path)]) == 0  # warnings, not errors
+    err = capsys.readouterr().err.splitlines()
+    assert err == [
+        "warning: amqp.timeout_s is not below the watchdog period: a slow confirm may cause a "
+        "restart; lower amqp.timeout_s or raise WatchdogSec= in the unit",
+        f"warning: {WARNING}; lower amqp.shutdown_grace_s to 38 or less, or raise "
+        "TimeoutStopSec= with `systemctl edit edge-gateway`",
+    ]
 
 
 @pytest.mark.parametrize(
