@@ -515,7 +515,8 @@ class Buffer:
         deleted = 0
         try:
             self._begin(conn)
-            if entries and self._full_for(conn, len(data)) is not None:
+            full = self._full_for(conn, len(data)) if entries else None
+            if full is not None:
                 # Deletes wait to be batched (fewer page writes), but confirmed chunks make
                 # room before unconfirmed ones are dropped or new readings refused.
                 acks = [*acks, *self._take_acks()]
@@ -524,7 +525,9 @@ class Buffer:
             if entries:
                 conn.execute("SAVEPOINT intake")
                 try:
-                    dropped, dropped_through = self._make_room(conn, len(data))
+                    if full is not None and deleted:  # the deletes may have made the room
+                        full = self._full_for(conn, len(data))
+                    dropped, dropped_through = self._make_room(conn, len(data), full)
                     conn.execute(
                         "INSERT INTO chunks VALUES (?, ?, ?, ?)",
                         (first_seq, len(entries), accepted, data),
@@ -669,13 +672,14 @@ class Buffer:
         """
         conn.execute("INSERT OR REPLACE INTO meta VALUES ('next_seq', ?)", (str(self._next_seq),))
 
-    def _make_room(self, conn: sqlite3.Connection, size: int) -> tuple[int, int]:
-        """Apply `when_full` so that a chunk of `size` bytes fits.
+    def _make_room(self, conn: sqlite3.Connection, size: int, full: str | None) -> tuple[int, int]:
+        """Apply `when_full` so that a chunk of `size` bytes fits; `full` is why it does not
+        now (`_full_for`), None when it does.
 
         Returns the readings dropped and the highest seq among them (0: none).
         """
         dropped = through = 0
-        while (full := self._full_for(conn, size)) is not None:
+        while full is not None:
             row = conn.execute(
                 "SELECT first_seq, count FROM chunks ORDER BY first_seq LIMIT 1"
             ).fetchone()
@@ -691,6 +695,7 @@ class Buffer:
             conn.execute("DELETE FROM chunks WHERE first_seq = ?", (row[0],))
             dropped += row[1]
             through = row[0] + row[1] - 1
+            full = self._full_for(conn, size)
         return dropped, through
 
     def _full_for(self, conn: sqlite3.Connection, size: int) -> str | None:
