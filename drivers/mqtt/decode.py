@@ -115,12 +115,14 @@ def decode_senml(
 
     With a device template the topic names the device and the resolved record
     name names the value; without one the base name (`bn`) names the device.
+    A name given again for the same device and time starts a reading of its own:
+    a value is never overwritten by a later record.
     """
     pack = _load_json(payload)
     if not isinstance(pack, list) or not pack:
         raise DecodeError("SenML must be a non-empty JSON array of records", payload)
     base_name, base_time, base_unit, base_value = "", 0.0, None, 0.0
-    grouped: dict[tuple[str, datetime], tuple[dict[str, Value], dict[str, str]]] = {}
+    grouped: dict[tuple[str, datetime], list[tuple[dict[str, Value], dict[str, str]]]] = {}
     for record in pack:
         if not isinstance(record, dict):
             raise DecodeError("a SenML record is not a JSON object", payload)
@@ -156,7 +158,10 @@ def decode_senml(
         unit = record.get("u", base_unit)
         if isinstance(unit, str):
             check_encodable(unit, payload)
-        values, units = grouped.setdefault((owner, when), ({}, {}))
+        instant = grouped.setdefault((owner, when), [])
+        if not instant or value_name in instant[-1][0]:
+            instant.append(({}, {}))
+        values, units = instant[-1]
         values[value_name] = value
         if isinstance(unit, str) and unit:
             units[value_name] = unit
@@ -164,7 +169,8 @@ def decode_senml(
         raise DecodeError("the SenML pack holds no values", payload)
     return [
         Reading(owner, when, values, source, units, sub.tags)
-        for (owner, when), (values, units) in grouped.items()
+        for (owner, when), instant in grouped.items()
+        for values, units in instant
     ]
 
 

@@ -397,6 +397,20 @@ def test_senml_string_boolean_sum_and_base_value() -> None:
     ]
 
 
+def test_senml_a_name_repeated_at_the_same_time_is_a_reading_of_its_own() -> None:
+    """Two samples of one name at one instant (no `t`: both "now") are both kept, in order;
+    a pack must not lose a value to a later record of the same name."""
+    payload = (
+        b'[{"bn":"dev:","n":"temp","u":"Cel","v":20.5},{"n":"hum","v":40},'
+        b'{"n":"temp","u":"Cel","v":20.7},{"n":"temp","v":20.9,"t":5}]'
+    )
+    assert decode_senml(sub(format="senml"), "t", payload, RECEIVED, SOURCE) == [
+        Reading("dev", RECEIVED_DT, {"temp": 20.5, "hum": 40}, SOURCE, {"temp": "Cel"}),
+        Reading("dev", RECEIVED_DT, {"temp": 20.7}, SOURCE, {"temp": "Cel"}),
+        Reading("dev", RECEIVED_DT + timedelta(seconds=5), {"temp": 20.9}, SOURCE, {}),
+    ]
+
+
 @pytest.mark.parametrize(
     ("payload", "message"),
     [
