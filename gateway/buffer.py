@@ -195,6 +195,9 @@ class Buffer:
         self._rate_limited = RateLimitedLog(log)
         self.progress = Progress()
         """Puts waiting for their commit: the watchdog's view of the writer thread."""
+        self.read_progress = Progress()
+        """Fetches from disk in hand: the watchdog's view of the reader thread (a backlog
+        read that hangs on a failing SD card stops publishing while puts may still go on)."""
         self._depth = 0
         self._next_seq = 1
         self._marked_in_use = False
@@ -355,9 +358,13 @@ class Buffer:
                     break
                 chunks.append(chunk)
             return chunks
-        return await self._loop.run_in_executor(
-            self._reader_pool, self._fetch, after_seq, max_readings
-        )
+        self.read_progress.begin()
+        try:
+            return await self._loop.run_in_executor(
+                self._reader_pool, self._fetch, after_seq, max_readings
+            )
+        finally:
+            self.read_progress.end()
 
     def _fetch(self, after_seq: int, max_readings: int) -> list[Chunk]:
         """Rows are stepped one at a time, so that only the chunks taken are read: a backlog

@@ -59,6 +59,7 @@ class ServiceReporter:
         now = time.monotonic()
         for stage, progress in (
             ("buffer writer", self.buffer.progress),
+            ("buffer reader", self.buffer.read_progress),
             ("publisher", self.publisher.progress),
         ):
             stuck = progress.stuck_for(now)
