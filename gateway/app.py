@@ -38,13 +38,15 @@ async def run_gateway(
     reload: asyncio.Event | None = None,
     load: Callable[[], GatewayConfig] | None = None,
     notifier: Notifier | None = None,
+    hurry: asyncio.Event | None = None,
 ) -> None:
     """Run until `stop` is set; raise `StorageError` if the buffer's disk fails.
 
     Each time `reload` is set, `load()` (which raises `ConfigError`) gives the new
-    configuration.
+    configuration. `hurry` set during the stop ends its wait for confirms (a second Ctrl-C).
     """
     notifier = notifier or Notifier({})
+    hurry = hurry or asyncio.Event()
     reload = reload or asyncio.Event()
     settings = config.buffer
     buffer = Buffer(
@@ -86,7 +88,9 @@ async def run_gateway(
                         config = await _reload(config, load, supervisor)
                         notifier.ready(reporter.status_line())
                     notifier.stopping()
-                    await _stop_intake_then_publisher(supervisor, publisher, publishing, config)
+                    await _stop_intake_then_publisher(
+                        supervisor, publisher, publishing, config, hurry
+                    )
                 except BaseException:
                     # A sibling failed (the disk, a bug) and the group cancels this body, or
                     # the body failed itself: the drivers still hand the buffer what they
@@ -103,21 +107,33 @@ async def _stop_intake_then_publisher(
     publisher: Publisher,
     publishing: asyncio.Task[None],
     config: GatewayConfig,
+    hurry: asyncio.Event,
 ) -> None:
-    """No new intake first; then in-flight publishes get `shutdown_grace_s` to be confirmed."""
+    """No new intake first; then in-flight publishes get `shutdown_grace_s` to be confirmed,
+    or less if `hurry` is set. Drivers always finish their stop: what they hold in memory
+    (serial lines, BLE adverts) is not on disk yet."""
     log.info(
         "stopping: drivers first, then in-flight publishes",
         at_most_s=round(config.longest_stop_s),
         grace_s=config.amqp.shutdown_grace_s,
+        hint="a second Ctrl-C or SIGTERM stops without waiting for confirms",
     )
     await supervisor.stop()
     publisher.stop()
+    hurried = asyncio.ensure_future(hurry.wait())
     try:
-        await asyncio.wait_for(asyncio.shield(publishing), config.amqp.shutdown_grace_s)
-    except TimeoutError:
+        await asyncio.wait(
+            (publishing, hurried),
+            timeout=config.amqp.shutdown_grace_s,
+            return_when=asyncio.FIRST_COMPLETED,
+        )
+    finally:
+        hurried.cancel()
+    if not publishing.done():
         log.warning(
             "confirms still missing at shutdown; those readings stay buffered",
             in_flight=publisher.counters.in_flight,
+            cut_short=hurry.is_set(),
         )
         publishing.cancel()
 

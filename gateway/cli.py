@@ -92,7 +92,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 async def _run(path: Path, config: GatewayConfig) -> int:
-    """SIGTERM/SIGINT stop the gateway, SIGHUP reloads `path`; systemd hears of both.
+    """SIGTERM/SIGINT stop the gateway (a second one ends the wait for confirms), SIGHUP
+    reloads `path`; systemd hears of both.
 
     A `ConfigError` met while starting (the metrics port taken, a driver that cannot be
     built) exits 2 like one found in the file: the unit's RestartPreventExitStatus=2 then
@@ -101,17 +102,23 @@ async def _run(path: Path, config: GatewayConfig) -> int:
     from gateway.app import run_gateway
     from gateway.notify import Notifier
 
-    stop, reload = asyncio.Event(), asyncio.Event()
+    stop, hurry, reload = asyncio.Event(), asyncio.Event(), asyncio.Event()
+
+    def request_stop() -> None:
+        if stop.is_set():  # asked again: do not wait for confirms
+            hurry.set()
+        stop.set()
+
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
+        loop.add_signal_handler(signum, request_stop)
     loop.add_signal_handler(signal.SIGHUP, reload.set)
     log = structlog.get_logger("gateway")
     notifier = Notifier()
     failure: BaseException | None = None
     try:
         with state_dir.hold(config.gateway.state_dir):
-            await run_gateway(config, stop, reload, lambda: load_config(path), notifier)
+            await run_gateway(config, stop, reload, lambda: load_config(path), notifier, hurry)
     except* ConfigError as group:
         failure = group.exceptions[0]
     except* GatewayError as group:

@@ -231,6 +231,46 @@ async def test_sigterm_with_confirms_missing_exits_0_and_loses_nothing(
     assert site.gateway.terminate() == 0
 
 
+STOPPING = "stopping: drivers first, then in-flight publishes"
+
+
+async def test_a_second_sigterm_ends_the_wait_for_confirms_and_loses_nothing(
+    make_site: Any, rabbitmq: RabbitMQNode, mosquitto: MosquittoBroker
+) -> None:
+    """Ctrl-C twice, as users do when a stop seems slow: the gateway exits at once instead
+    of waiting out shutdown_grace_s; what was unconfirmed stays buffered for the restart."""
+    extra_amqp = "shutdown_grace_s: 25\nretry_max_s: 1"
+    async with proxied_site(make_site, rabbitmq, mosquitto, extra_amqp=extra_amqp) as (
+        site,
+        proxy,
+    ):
+        async with site.streaming(sensors=5, rate=100, duration=6) as (collector, fleet):
+            await asyncio.sleep(1.5)
+            proxy.swallow_replies = True
+            await asyncio.sleep(1)
+            process = site.gateway.process
+            assert process is not None
+            process.send_signal(signal.SIGINT)
+            await until("the stop begins", lambda: log_events(site, STOPPING))
+            await asyncio.sleep(0.5)
+            assert process.poll() is None  # waiting for the confirms that do not come
+            started = time.monotonic()
+            process.send_signal(signal.SIGINT)
+            assert await asyncio.to_thread(site.gateway.terminate) == 0
+            stopped_in = time.monotonic() - started
+            proxy.swallow_replies = False
+            proxy.cut()
+            await asyncio.to_thread(site.gateway.start)
+            sent, total = await delivered(fleet, collector)
+    report("second-sigint", collector.received, f"sent={total} stopped_in={stopped_in:.2f}s")
+    [missing] = log_events(site, "confirms still missing at shutdown; those readings stay buffered")
+    assert missing["in_flight"] > 0 and missing["cut_short"] is True
+    assert log_events(site, STOPPING)[0]["hint"].startswith("a second Ctrl-C or SIGTERM")
+    assert stopped_in < 5  # not the 25 s of shutdown_grace_s
+    assert collector.received.missing(sent.last_seq) == {}
+    assert site.gateway.terminate() == 0
+
+
 def second_driver(site: Site) -> str:
     """YAML of another MQTT driver, on its own topics, for the reload tests."""
     return f"""\
