@@ -88,6 +88,6 @@ def test_progress_is_stuck_only_while_work_waits() -> None:
     progress = Progress()
     assert progress.stuck_for(progress.moved + 100) == 0.0  # idle: healthy however long
     progress.begin()
-    assert progress.stuck_for(progress.moved + 100) == 100
+    assert progress.stuck_for(progress.moved + 100) == pytest.approx(100)  # float sum
     progress.end()
     assert progress.stuck_for(progress.moved + 100) == 0.0
