@@ -226,6 +226,7 @@ class ModbusSource:
                 if lost.is_set():  # unplugged while waiting: not the unit's fault
                     raise _PortLost from None
                 self._line_fault(unit_id, block, answered=False)
+                await self._let_a_late_answer_pass(unit, lost)
                 continue
             except ModbusException as exc:  # not connected: the line is going away
                 if lost.is_set():
@@ -261,6 +262,22 @@ class ModbusSource:
                 return "refused"
             return list(response.bits if block.kind in ("coil", "discrete") else response.registers)
         return "no answer"
+
+    async def _let_a_late_answer_pass(self, unit: UnitSchedule, lost: asyncio.Event) -> None:
+        """Keep the line quiet for another `timeout_s` after a timeout, as libmodbus does.
+
+        An RTU answer does not say which request it answers: a late one that arrived while
+        the next request to the unit was out would be taken as that answer, and another
+        block's values stored under this block's names. Arriving now, it is counted as
+        `late_answer` (against the request it belongs to) and dropped.
+        """
+        self._trace.settle()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(unit.config.timeout_s):
+                await lost.wait()
+        if lost.is_set():
+            raise _PortLost
+        self._stray_bytes()
 
     def _stray_bytes(self) -> None:
         """Count bytes that came while no request was out: a late answer, or noise."""

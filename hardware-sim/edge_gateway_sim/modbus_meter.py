@@ -21,8 +21,10 @@ Register map of every unit (addresses as on the wire, from 0):
 Options: `units` (the unit ids on the bus, default [1, 2]); `silent` (unit ids that
 never answer; tests may change the `silent` set while it runs); `damage` (0..1, the
 share of answers damaged on the way: garbage before the frame, a bad CRC, or half a
-frame, in turn). The scenario's unplug, noise and stall faults apply too (bad_frames
-damages frames a device sends by itself, which a Modbus slave never does).
+frame, in turn); `late` (unit id -> seconds: that unit answers after so long, as a slow
+meter or a busy gateway converter does). The scenario's unplug, noise and stall faults
+apply too (bad_frames damages frames a device sends by itself, which a Modbus slave never
+does).
 """
 
 from __future__ import annotations
@@ -73,7 +75,14 @@ class ModbusMeter(DeviceModel):
     """Every unit on one RS-485 line, answering read requests (functions 1-4)."""
 
     OPTIONS = MappingProxyType(
-        {**DeviceModel.OPTIONS, "interval_s": None, "units": (1, 2), "silent": (), "damage": 0}
+        {
+            **DeviceModel.OPTIONS,
+            "interval_s": None,
+            "units": (1, 2),
+            "silent": (),
+            "damage": 0,
+            "late": {},
+        }
     )
 
     def __init__(self, options: Mapping[str, Any], rng: random.Random) -> None:
@@ -86,6 +95,12 @@ class ModbusMeter(DeviceModel):
                 raise ModelError(f"{key} must be a list of unit ids from 1 to 247 (got {ids!r})")
         if not isinstance(damage, int | float) or not 0 <= damage <= 1:
             raise ModelError(f"damage must be a share from 0 to 1 (got {damage!r})")
+        late = self.options["late"]
+        if not isinstance(late, Mapping) or not all(
+            isinstance(i, int) and isinstance(s, int | float) and s >= 0 for i, s in late.items()
+        ):
+            raise ModelError(f"late must map unit ids to seconds >= 0 (got {late!r})")
+        self.late: dict[int, float] = dict(late)
         self.units = {unit_id: MeterUnit(unit_id) for unit_id in units}
         self.silent: set[int] = set(silent)
         self.damage = float(damage)
@@ -116,6 +131,9 @@ class ModbusMeter(DeviceModel):
             if unit is not None and unit.unit_id not in self.silent:
                 out += self._damage(self._answer(unit, frame))
         return out
+
+    def reply_delay_s(self, reply: bytes) -> float:
+        return self.late.get(reply[0], 0.0)
 
     def _answer(self, unit: MeterUnit, frame: bytes) -> bytes:
         function = frame[1]

@@ -326,6 +326,29 @@ async def test_noise_between_requests_is_counted_with_a_sample(tmp_path: Path) -
     assert all(reading.values["voltage"] == 230.1 for reading in sink.readings)
 
 
+async def test_a_late_answer_is_counted_and_never_taken_for_the_next_request(
+    tmp_path: Path,
+) -> None:
+    """An RTU answer does not say which request it answers. Unit 1 answers 150 ms after each
+    request, past its 100 ms timeout; its two blocks have the same size, so its late answer
+    to the first would pass for an answer to the second (voltage's words stored as energy),
+    and coming while unit 2 is asked, it looked like line noise. Unit 2 answers at once."""
+    link = tmp_path / "meter"
+    sink = ListSink()
+    registers = [r for r in REGISTERS if r["name"] in ("voltage", "energy")]  # 0-1 and 4-5
+    async with meter_bus(tmp_path, units=[1, 2], late={1: 0.15}):
+        source = ModbusSource(bus_config(link, [1, 2], registers=registers), "gw", sink)
+        async with running(source):
+            await sink.wait_for(lambda: sink.per_device()["meter-2"] >= 6)
+    counters = source.stats.counters
+    assert counters["late_answer"] >= 2, counters
+    assert "garbage" not in counters and source.stats.malformed == 0, counters
+    assert sink.per_device()["meter-1"] == 0  # every answer of unit 1 is late: none taken
+    for reading in sink.readings:
+        assert reading.values["voltage"] == 230.2, reading
+        assert 2000 <= int(reading.values["energy"]) < 2100, reading
+
+
 async def test_a_port_that_is_not_a_serial_port_is_reported_not_crashed_on(
     tmp_path: Path,
 ) -> None:

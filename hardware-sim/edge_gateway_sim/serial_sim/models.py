@@ -52,6 +52,10 @@ class DeviceModel:
         """Bytes to send back for bytes the gateway wrote; default: none."""
         return b""
 
+    def reply_delay_s(self, reply: bytes) -> float:
+        """How long the device takes before `reply` goes out; default: no time."""
+        return 0.0
+
     def corrupt(self, frame: bytes) -> bytes:
         """A damaged copy of `frame` that no decoder accepts: here, its first half."""
         return frame[: max(1, len(frame) // 2)] + self.delimiter

@@ -82,6 +82,8 @@ class SimDevice:
     async def _answer(self) -> None:
         while True:
             reply = self.model.answer(await self.port.read())
+            if reply:
+                await asyncio.sleep(self.model.reply_delay_s(reply))
             if reply and not self.stalled and await self._write(reply):
                 self.stats.answers += 1
                 self.stats.last_seq = self.model.seq
