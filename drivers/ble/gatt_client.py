@@ -95,14 +95,15 @@ class GattPoller:
         try:
             self._stats.bump("gatt_connects")
             self._log.info("GATT device connected", address=self.device.address)
-            for characteristic in self.device.characteristics:
+            present = self._present(client)
+            for characteristic in present:
                 if characteristic.notify:
                     notified = self._on_notify(characteristic)
                     await self._answer(
                         f"StartNotify {characteristic.uuid}",
                         client.start_notify(characteristic.uuid, notified),
                     )
-            readable = [c for c in self.device.characteristics if c.read]
+            readable = [c for c in present if c.read]
             while not lost.is_set():
                 if readable:
                     await self._read(client, readable)
@@ -117,6 +118,34 @@ class GattPoller:
                 with contextlib.suppress(BleakError, TimeoutError, OSError, EOFError):
                     async with asyncio.timeout(10.0):
                         await client.disconnect()
+
+    def _present(self, client: BleakClient) -> list[Characteristic]:
+        """The configured characteristics the device has. A missing one (a wrong UUID, other
+        firmware) is a configuration problem, said at each connect: it must not end the
+        session, or it would cost the device's other values too."""
+        present = []
+        for characteristic in self.device.characteristics:
+            try:
+                found = client.services.get_characteristic(characteristic.uuid)
+            except BleakError:  # several with this UUID: bleak's calls say which is meant
+                present.append(characteristic)
+                continue
+            if found is not None:
+                present.append(characteristic)
+                continue
+            self._stats.bump("gatt_missing")
+            self._stats.failed(
+                f"GATT device {self._name} has no characteristic {characteristic.uuid}"
+            )
+            self._log.error(
+                "GATT device has no such characteristic; it is skipped, the others are read",
+                address=self.device.address,
+                uuid=characteristic.uuid,
+                services=sorted(service.uuid for service in client.services),
+                hint="check the uuid against the device's services (bluetoothctl: connect, "
+                "then menu gatt, list-attributes)",
+            )
+        return present
 
     async def _answer(self, what: str, call: Awaitable[T]) -> T:
         """`call` with `connect_timeout_s` as its deadline: BlueZ may never answer one (a

@@ -102,6 +102,25 @@ async def test_a_refusing_device_does_not_hold_up_other_devices(
     assert "le-connection-abort-by-remote" in site.gateway.log.read_text()
 
 
+async def test_a_characteristic_the_device_lacks_is_reported_and_the_others_are_read(
+    rabbitmq: RabbitMQNode, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """A wrong UUID in the configuration (2a6d: this device has no pressure) used to end
+    every session: reconnects for ever, no readings at all, and a hint about radio range."""
+    fleet = [devices.environmental(ENV, "env")]
+    driver = WATCHDOG + "    gatt:\n" + _gatt(ENV, "env") + "          - {uuid: 2a6d}\n"
+    async with ble_site(tmp_path, rabbitmq.url, request, fleet, driver) as site:
+        await site.wait(lambda: len(site.readings("env")) >= 6)
+        status = site.driver()
+    kinds = {name for r in site.readings("env") for name in r["values"]}
+    print(f"\n[ble missing characteristic] connects {site.bluez.connects}; status {status}")
+    assert kinds == {"temperature", "battery"}
+    assert site.bluez.connects == 1
+    assert status["counters"]["gatt_missing"] == 1 and "gatt_failures" not in status["counters"]
+    assert "has no characteristic 00002a6d-0000-1000-8000-00805f9b34fb" in status["last_error"]
+    assert "GATT device has no such characteristic" in site.gateway.log.read_text()
+
+
 async def test_a_dropped_connection_is_reconnected_and_notifications_resume(
     rabbitmq: RabbitMQNode, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
