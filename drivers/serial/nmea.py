@@ -24,7 +24,9 @@ class ChecksumError(DecodeError):
     """A well-formed sentence whose checksum does not match: a line error, counted apart."""
 
 
-_SENTENCE = re.compile(rb"\$([A-Z][A-Z0-9]{4}),([\x20-\x7e]*)\*([0-9A-Fa-f]{2})")
+_SENTENCE = re.compile(rb"[$!]([A-Z][A-Z0-9]{1,14}),([\x20-\x7e]*)\*([0-9A-Fa-f]{2})")
+"""Any sentence with a checksum: approved (`$GPGGA`: talker and type), proprietary (`$P`
+and a maker's code: `$PUBX`, `$PGRME`, `$PMTK001`) and encapsulated (`!AIVDM`)."""
 _TIME = re.compile(r"(\d\d)(\d\d)(\d\d)(\.\d+)?")
 UNITS = {
     "latitude": "deg",
@@ -44,7 +46,8 @@ def decode_nmea(
     tags: Mapping[str, str] | None = None,
 ) -> Reading | None:
     """One sentence (without CR LF) to a reading; None for a valid sentence not asked for."""
-    start = line.rfind(b"$")  # noise before a sentence (no line end in between) costs nothing
+    # noise before a sentence (no line end in between) costs nothing
+    start = max(line.rfind(b"$"), line.rfind(b"!"))
     match = _SENTENCE.fullmatch(line[max(start, 0) :].strip())
     if match is None:
         raise DecodeError("not an NMEA 0183 sentence ($TTSSS,...*HH)", line)
@@ -54,6 +57,8 @@ def decode_nmea(
         expected ^= byte
     if expected != int(checksum, 16):
         raise ChecksumError(f"bad NMEA checksum {checksum.decode()}, expected {expected:02X}", line)
+    if len(address) != 5 or address.startswith(b"P"):  # only approved sentences are read
+        return None
     kind = address[2:].decode()
     if kind not in sentences or kind not in SENTENCES:
         return None

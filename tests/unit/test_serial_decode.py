@@ -173,6 +173,26 @@ def test_sentences_not_asked_for_are_ignored_without_error() -> None:
 @pytest.mark.parametrize(
     "body",
     [
+        "PUBX,00,081350.00,4717.113210,N,00833.915187,E,546.589,G3,2.1,2.0,0.007,77.52",  # u-blox
+        "PGRME,15.0,M,45.0,M,25.0,M",  # Garmin
+        "PGRMC,A,218.8,100,6378137.000,298.257223563,0.0,0.0,0.0,A,3,1,1,4,30",  # not RMC
+        "PMTK001,314,3",  # MediaTek
+    ],
+)
+def test_proprietary_sentences_are_ignored_without_error(body: str) -> None:
+    assert decode_nmea(_sentence(body), RECEIVED, "gps", "p") is None
+
+
+def test_encapsulated_sentences_are_ignored_without_error() -> None:
+    ais = b"!AIVDM,1,1,,B,177KQJ5000G?tO`K>RA1wUbN0TKH,0*5C"
+    assert decode_nmea(ais, RECEIVED, "gps", "p") is None
+    with pytest.raises(ChecksumError):
+        decode_nmea(ais.replace(b"*5C", b"*5D"), RECEIVED, "gps", "p")
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
         "GPGGA,123519,4807.038,N",  # too few fields
         "GPRMC,123519,X,4807.038,N,01131.000,E,022.4,084.4,230394,003.1,W",  # status
         "GPRMC,123519,A,4807.038,N,01131.000,E,022.4,084.4,310294,003.1,W",  # 31 February
