@@ -10,6 +10,9 @@ from pydantic import Field, field_validator, model_validator
 from drivers.serial.port_config import SerialPortConfig
 from gateway.config_types import Seconds, StrictModel
 
+_ASCII = "\r\n\t ,;:=./-+0123456789AZaz"
+"""What delimiters, commands and most lines are made of: bytes we frame and send."""
+
 
 class Column(StrictModel):
     """One CSV column: the value's name (empty: skip the column) and its unit."""
@@ -73,9 +76,14 @@ class SerialLinesConfig(SerialPortConfig):
     @classmethod
     def _known_encoding(cls, encoding: str) -> str:
         try:
-            "".encode(encoding)
+            ascii_compatible = _ASCII.encode(encoding) == _ASCII.encode("ascii")
         except LookupError:
             raise ValueError(f"unknown encoding {encoding!r}; use e.g. utf-8 or latin-1") from None
+        if not ascii_compatible:  # UTF-16 and -32: a delimiter's bytes are not the line's end
+            raise ValueError(
+                f"encoding {encoding!r} does not write ASCII as ASCII, and lines are cut at "
+                "the delimiter's bytes; use utf-8, latin-1 or another ASCII-compatible encoding"
+            )
         return encoding
 
     @model_validator(mode="after")

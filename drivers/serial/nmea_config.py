@@ -6,13 +6,13 @@ from typing import Annotated, Literal
 
 from pydantic import Field
 
-from drivers.serial.port_config import SerialPortConfig
+from drivers.serial.port_config import MAX_BAUDRATE, SerialPortConfig
 from gateway.config_types import Seconds
 
 
 class SerialNmeaConfig(SerialPortConfig):
     protocol: Literal["nmea"]
-    baudrate: int = Field(default=4800, gt=0)
+    baudrate: int = Field(default=4800, gt=0, le=MAX_BAUDRATE)
     """NMEA 0183's standard rate; many USB GPS receivers use 9600."""
     device: Annotated[str, Field(min_length=1)] | None = None
     """The readings' device; default: the driver's name."""

@@ -15,6 +15,8 @@ from gateway.config_types import Name, StrictModel
 
 PARITY = {"none": "N", "even": "E", "odd": "O", "mark": "M", "space": "S"}
 """`parity` as pyserial (and so pymodbus) spells it: serial.PARITY_NONE is "N", and so on."""
+MAX_BAUDRATE = 12_000_000
+"""The fastest USB serial adapters (FTDI FT232H); pyserial overflows far above it."""
 
 
 class UsbMatch(StrictModel):
@@ -40,7 +42,7 @@ class SerialPortConfig(StrictModel):
     port: str | None = None
     """A device path (prefer /dev/serial/by-id/...) or a glob such as /dev/ttyUSB*."""
     usb: UsbMatch | None = None
-    baudrate: int = Field(default=9600, gt=0)
+    baudrate: int = Field(default=9600, gt=0, le=MAX_BAUDRATE)
     bytesize: Literal[5, 6, 7, 8] = 8
     parity: Literal["none", "even", "odd", "mark", "space"] = "none"
     stopbits: float = 1

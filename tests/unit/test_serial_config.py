@@ -104,6 +104,18 @@ def test_lines_and_nmea_items_load_into_their_own_models(tmp_path: Path) -> None
             "characters that encoding has, or another encoding (e.g. utf-8)",
         ),
         (
+            "- {type: serial, name: a, protocol: lines, port: /dev/x, format: json, "
+            "encoding: utf-16}",
+            "FILE:3: drivers[0].encoding: encoding 'utf-16' does not write ASCII as ASCII, and "
+            "lines are cut at the delimiter's bytes; use utf-8, latin-1 or another "
+            "ASCII-compatible encoding",
+        ),
+        (
+            "- {type: serial, name: a, protocol: nmea, port: /dev/x, baudrate: 11520000000}",
+            "FILE:3: drivers[0].baudrate: input should be less than or equal to 12000000 "
+            "(got 11520000000)",
+        ),
+        (
             "- {type: serial, name: a, protocol: nmea, port: /dev/x, stopbits: 3}",
             "FILE:3: drivers[0].stopbits: stopbits must be 1, 1.5 or 2 (got 3)",
         ),
