@@ -257,16 +257,32 @@ class GatewayConfig(StrictModel):
 
     @field_validator("drivers")
     @classmethod
-    def _unique_driver_names(cls, drivers: list[DriverConfig]) -> list[DriverConfig]:
+    def _distinct_drivers(cls, drivers: list[DriverConfig]) -> list[DriverConfig]:
+        """Unique names, and nothing claimed twice; an error points at the second driver,
+        in its own file."""
         seen: set[str] = set()
+        claimed: dict[str, str] = {}
         for i, driver in enumerate(drivers):
             if driver.name in seen:
                 raise PydanticCustomError(
                     "duplicate_name",
                     "two drivers are named '{name}'; names must be unique",
-                    {"name": driver.name, "at": (i, "name")},  # the second, in its own file
+                    {"name": driver.name, "at": (i, "name")},
                 )
             seen.add(driver.name)
+            for claim in driver.claims:
+                if claim.what in claimed:
+                    raise PydanticCustomError(
+                        "claimed_twice",
+                        "{what} is used by driver '{other}' too; {advice}",
+                        {
+                            "what": claim.what,
+                            "other": claimed[claim.what],
+                            "advice": claim.advice,
+                            "at": (i, claim.key),
+                        },
+                    )
+                claimed[claim.what] = driver.name
         return drivers
 
 

@@ -6,7 +6,7 @@ import errno
 import os
 import ssl
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, NamedTuple
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, model_validator
 
@@ -17,6 +17,16 @@ class StrictModel(BaseModel):
     """Rejects unknown keys (a typo must not silently fall back to a default) and is immutable."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Claim(NamedTuple):
+    """Something a driver must have to itself (an adapter, a port, an MQTT session): `check`
+    refuses a second driver claiming it, rather than let the two fail each other at run time."""
+
+    key: str
+    """The key that names it, where the error points."""
+    what: str
+    advice: str
 
 
 def _resolve_file(path: Path, info: ValidationInfo) -> Path:

@@ -8,7 +8,7 @@ from typing import Annotated, Literal
 from pydantic import AfterValidator, BeforeValidator, Field, model_validator
 
 from drivers.ble.gatt_formats import SIG_FORMATS, CharacteristicFormat
-from gateway.config_types import Name, Seconds, StrictModel
+from gateway.config_types import Claim, Name, Seconds, StrictModel
 
 _ADDRESS = re.compile(r"^[0-9A-F]{2}(:[0-9A-F]{2}){5}$")
 _SIG_BASE = "-0000-1000-8000-00805f9b34fb"
@@ -170,6 +170,16 @@ class BleDriverConfig(StrictModel):
         """Ending a scan (up to 5 s) and a GATT disconnect (up to 10 s), counted as if one came
         after the other (drivers/ble/scanner.py, gatt_client.py)."""
         return 15.0
+
+    @property
+    def claims(self) -> tuple[Claim, ...]:
+        return (
+            Claim(
+                "adapter",
+                f"the Bluetooth adapter {self.adapter}",
+                "BlueZ allows one scan per adapter: merge the two ble drivers into one",
+            ),
+        )
 
     def summary(self) -> str:
         """One line for `edge-gateway check`."""

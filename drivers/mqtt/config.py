@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 from pydantic import BeforeValidator, Field, field_validator, model_validator
 
 from drivers.mqtt.topics import covers, overlaps, shared_parts
-from gateway.config_types import Name, PasswordFile, Seconds, StrictModel, TlsConfig
+from gateway.config_types import Claim, Name, PasswordFile, Seconds, StrictModel, TlsConfig
 
 CONNECT_TIMEOUT_S = 10.0
 """paho's connect timeout, for the TCP connect and again for a TLS handshake. The connect
@@ -130,6 +130,21 @@ class MqttDriverConfig(StrictModel):
         connect, then the TLS handshake, each up to `CONNECT_TIMEOUT_S` (a host name with
         several addresses, or a resolver that does not answer, can take longer)."""
         return CONNECT_TIMEOUT_S * (2 if self.tls else 1)
+
+    @property
+    def claims(self) -> tuple[Claim, ...]:
+        """A client id is one session at the broker: a second connection with it ends the
+        first, over and over. (Without `client_id`, the unique driver name makes one.)"""
+        if self.client_id is None:
+            return ()
+        port = self.port or (8883 if self.tls else 1883)
+        return (
+            Claim(
+                "client_id",
+                f"the MQTT client id {self.client_id!r} at {self.host}:{port}",
+                "each driver needs its own client_id",
+            ),
+        )
 
     def summary(self) -> str:
         """One line for `edge-gateway check`."""

@@ -11,7 +11,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from gateway.config_types import Name, StrictModel
+from gateway.config_types import Claim, Name, StrictModel
 
 PARITY = {"none": "N", "even": "E", "odd": "O", "mark": "M", "space": "S"}
 """`parity` as pyserial (and so pymodbus) spells it: serial.PARITY_NONE is "N", and so on."""
@@ -86,6 +86,14 @@ class SerialPortConfig(StrictModel):
     def longest_stop_s(self) -> float:
         """A serial driver stops at once: its reads and polls are cancelled on the event loop."""
         return 0.0
+
+    @property
+    def claims(self) -> tuple[Claim, ...]:
+        """Two readers of one port would each get part of its bytes (a glob may match several
+        ports, so only a path is claimed)."""
+        if self.port is None or any(c in self.port for c in "*?["):
+            return ()
+        return (Claim("port", f"the serial port {self.port}", "one driver per port"),)
 
     def summary(self) -> str:
         """One line for `edge-gateway check`."""

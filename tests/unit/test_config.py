@@ -366,6 +366,58 @@ def test_duplicate_driver_names_are_refused(tmp_path: Path) -> None:
     assert_one_error(message, path, 7, "drivers[1].name", "two drivers are named 'a'", "unique")
 
 
+@pytest.mark.parametrize(
+    ("drivers", "line", "key_path", "words"),
+    [
+        (
+            "  - {type: ble, name: a}\n  - {type: ble, name: b}\n",
+            4,
+            "drivers[1]",  # the adapter is the default: the driver is named
+            ("the Bluetooth adapter hci0 is used by driver 'a' too", "merge the two ble drivers"),
+        ),
+        (
+            "  - {type: serial, name: a, protocol: nmea, port: /dev/ttyUSB0}\n"
+            "  - {type: serial, name: b, protocol: lines, format: kv, port: /dev/ttyUSB0}\n",
+            4,
+            "drivers[1].port",
+            ("the serial port /dev/ttyUSB0 is used by driver 'a' too", "one driver per port"),
+        ),
+        (
+            "  - {type: mqtt, name: a, client_id: gw, subscriptions: [{topic: x}]}\n"
+            "  - {type: mqtt, name: b, client_id: gw, subscriptions: [{topic: y}]}\n",
+            4,
+            "drivers[1].client_id",
+            (
+                "the MQTT client id 'gw' at 127.0.0.1:1883 is used by driver 'a' too",
+                "own client_id",
+            ),
+        ),
+    ],
+)
+def test_two_drivers_claiming_one_adapter_port_or_session_are_refused(
+    tmp_path: Path, drivers: str, line: int, key_path: str, words: tuple[str, ...]
+) -> None:
+    """At run time the second would fail (BlueZ: one scan per adapter; a port's lock) or the
+    two would end each other's MQTT session on every connect: `check` says so first."""
+    path = write(tmp_path, "gateway: {id: gw-1}\ndrivers:\n" + drivers)
+    assert_one_error(config_error(path), path, line, key_path, *words)
+
+
+def test_drivers_that_share_nothing_but_a_broker_or_a_glob_load(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "gateway: {id: gw-1}\ndrivers:\n"
+        "  - {type: mqtt, name: a, subscriptions: [{topic: x}]}\n"
+        "  - {type: mqtt, name: b, subscriptions: [{topic: y}]}\n"
+        "  - {type: mqtt, name: c, client_id: gw, host: other, subscriptions: [{topic: y}]}\n"
+        "  - {type: mqtt, name: d, client_id: gw, subscriptions: [{topic: z}]}\n"
+        "  - {type: serial, name: e, protocol: nmea, port: '/dev/ttyUSB*'}\n"
+        "  - {type: serial, name: f, protocol: nmea, port: '/dev/ttyUSB*'}\n"
+        "  - {type: ble, name: g}\n  - {type: ble, name: h, adapter: hci1}\n",
+    )
+    assert [d.name for d in load_config(path, check_files=False).drivers] == list("abcdefgh")
+
+
 def test_unknown_driver_type_lists_the_known_types(tmp_path: Path) -> None:
     path = write(tmp_path, MINIMAL + "drivers:\n  - type: modbus\n    name: plc\n")
     assert_one_error(config_error(path), path, 4, "drivers[0]", "unknown type 'modbus'", "'mqtt'")
