@@ -92,7 +92,7 @@ class MqttDriverConfig(StrictModel):
     password_file: PasswordFile | None = None
     tls: TlsConfig | None = None
     keepalive_s: Annotated[int, Field(ge=5, le=3600)] = 30
-    session_expiry_s: Annotated[int, Field(ge=0)] = 7 * 86_400
+    session_expiry_s: Annotated[int, Field(ge=0, le=2**32 - 1)] = 7 * 86_400
     """MQTT 5: how long the broker keeps our session (and queues QoS 1 messages) while away."""
     receive_maximum: Annotated[int, Field(ge=1, le=65_535)] = 2_000
     """MQTT 5: QoS 1 messages the broker may have in flight to us, waiting for our PUBACK."""

@@ -418,6 +418,22 @@ def test_drivers_that_share_nothing_but_a_broker_or_a_glob_load(tmp_path: Path) 
     assert [d.name for d in load_config(path, check_files=False).drivers] == list("abcdefgh")
 
 
+def test_a_session_expiry_mqtt_5_cannot_carry_is_refused(tmp_path: Path) -> None:
+    """paho would fail at every connect ('L' format requires 0 <= number <= 4294967295)."""
+    path = write(
+        tmp_path,
+        "gateway: {id: gw-1}\ndrivers:\n  - type: mqtt\n    name: a\n"
+        "    session_expiry_s: 4294967296\n    subscriptions: [{topic: x}]\n",
+    )
+    assert_one_error(
+        config_error(path),
+        path,
+        6,
+        "drivers[0].session_expiry_s",
+        "less than or equal to 4294967295",
+    )
+
+
 def test_unknown_driver_type_lists_the_known_types(tmp_path: Path) -> None:
     path = write(tmp_path, MINIMAL + "drivers:\n  - type: modbus\n    name: plc\n")
     assert_one_error(config_error(path), path, 4, "drivers[0]", "unknown type 'modbus'", "'mqtt'")
