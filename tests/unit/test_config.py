@@ -428,7 +428,7 @@ def test_a_session_expiry_mqtt_5_cannot_carry_is_refused(tmp_path: Path) -> None
     assert_one_error(
         config_error(path),
         path,
-        6,
+        5,
         "drivers[0].session_expiry_s",
         "less than or equal to 4294967295",
     )
