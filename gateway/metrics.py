@@ -77,6 +77,11 @@ class GatewayCollector:
         yield counter("uplink_returned_messages", "Messages returned unroutable", pub.returned)
         yield counter("uplink_nacked_messages", "Messages refused by the broker", pub.nacked)
         yield counter(
+            "uplink_too_large_messages",
+            "Publishes of a reading larger than the broker's max_message_size",
+            pub.too_large,
+        )
+        yield counter(
             "uplink_connection_failures",
             "Failed or lost broker connections",
             pub.connection_failures,

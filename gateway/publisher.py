@@ -12,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import heapq
 import json
+import re
+import sys
 import time
 from collections import deque
 from collections.abc import Awaitable, Iterator
@@ -50,6 +52,8 @@ MAX_ROUTING_KEY = 255
 FETCH_READINGS = 1_000
 """Readings taken from the buffer at once, at most: enough for 10 full messages, and little
 memory (fetching the whole window, 6,400 readings by default, cost 3 MB under overload)."""
+_BROKER_MAX_SIZE = re.compile(r"larger than configured max size (\d+)")
+"""RabbitMQ's words when a message exceeds its `max_message_size` (it closes the channel)."""
 MAX_RETRY_READINGS = 20_000
 """Readings kept in memory for retry (e.g. returned as unroutable) before intake pauses."""
 T = TypeVar("T")
@@ -80,6 +84,8 @@ class PublisherCounters:
     published_messages: int = 0
     returned: int = 0
     nacked: int = 0
+    too_large: int = 0
+    """Publishes of a single reading larger than the broker's max_message_size."""
     connection_failures: int = 0
     in_flight: int = 0
     connected_url: str | None = None
@@ -102,6 +108,19 @@ UNREACHABLE = (
     "broker unreachable or connection lost",
     "check that the broker runs and that the host and port of amqp.url are right",
 )
+TOO_LARGE = (
+    "the broker refused a message larger than its max_message_size",
+    "the gateway makes its messages smaller; a single reading larger than the limit "
+    "stays buffered until the broker's max_message_size is raised",
+)
+
+
+def broker_max_size(error: BaseException) -> int | None:
+    """The broker's `max_message_size`, if `error` is its refusal of a larger message."""
+    if isinstance(error, ConnectionLost) and error.__cause__ is not None:
+        error = error.__cause__
+    found = _BROKER_MAX_SIZE.search(str(error))
+    return int(found[1]) if found else None
 
 
 def explain(error: BaseException) -> tuple[str, str] | None:
@@ -110,6 +129,14 @@ def explain(error: BaseException) -> tuple[str, str] | None:
     if isinstance(error, ConnectionLost) and error.__cause__ is not None:
         error = error.__cause__
     errors = aiormq.exceptions
+    if broker_max_size(error) is not None:
+        return TOO_LARGE
+    if "CONNECTION_FORCED" in str(error):
+        return (
+            "the broker closed the connection (CONNECTION_FORCED)",
+            "the broker is shutting down, or an administrator closed the connection or "
+            "deleted the user or the vhost of amqp.url: check them on the broker",
+        )
     if isinstance(error, errors.AuthenticationError | errors.ProbableAuthenticationError):
         return (
             "broker refused the login",
@@ -142,7 +169,9 @@ def explain(error: BaseException) -> tuple[str, str] | None:
     if isinstance(error, errors.ChannelPreconditionFailed):
         return (
             "the exchange exists on the broker with other settings",
-            "set amqp.exchange_type to the type it has, or name another amqp.exchange",
+            "set amqp.exchange_type to the type it has, or amqp.declare_exchange: false to "
+            "use it as it is (an alternate-exchange argument, say), or name another "
+            "amqp.exchange",
         )
     return None
 
@@ -210,6 +239,10 @@ class Publisher:
         """Set when a batch joins `_retry`: a fill waiting for new readings must see it."""
         self._cursor = 0
         self._outstanding: dict[int, int] = {}
+        self._max_body = sys.maxsize
+        """The broker's max_message_size, once it refused a larger message."""
+        self._read_again = False
+        """Batches in memory were built before `_max_body` was known: build them anew."""
         self._routing_keys: dict[tuple[str, str], str] = {}
         self._stopping = asyncio.Event()
         self._loop_time = asyncio.get_running_loop().time
@@ -232,6 +265,7 @@ class Publisher:
                 return
             started = time.monotonic()
             confirmed = self.counters.published_messages
+            too_large, max_body = self.counters.too_large, self._max_body
             try:
                 await self._session(url)
                 return  # stopped
@@ -239,12 +273,18 @@ class Publisher:
                 error = group.exceptions[0]
             self.counters.connection_failures += 1
             self.counters.connected_url = None
+            self._learn_max_size(error)
+            refused_size = self.counters.too_large > too_large or self._max_body < max_body
+            if self._read_again:
+                self._forget_batches()
             if self.counters.published_messages > confirmed:
                 backoff.reset()  # it delivered: the next failure starts afresh
             # A session that opened but never delivered (a refused publish) grows the backoff,
             # unless it lasted long (an idle connection that ended).
             delay = backoff.delay_after(started)
             problem, hint = explain(error) or UNREACHABLE
+            if refused_size:  # the channel closed: the error seen here may not say why
+                problem, hint = TOO_LARGE
             self.counters.last_error = f"{problem} ({type(error).__name__}: {error})"
             log.warning(
                 f"{problem}; readings stay buffered",
@@ -341,6 +381,10 @@ class Publisher:
                     batch = await self._unless_broken(self._next_batch(), broken)
                 if batch is None:
                     break  # stopping: settle what is in flight, below
+                if len(batch.body) > self._max_body and in_flight:
+                    # Known too large (`_too_large`): tried alone, so that the channel it
+                    # closes carries nothing else (all of it would go again: duplicates).
+                    await self._unless_broken(asyncio.wait(in_flight), broken)
                 task = asyncio.create_task(
                     self._publish(connection, exchange, batch, window, broken)
                 )
@@ -435,9 +479,20 @@ class Publisher:
             )
         except aiormq.exceptions.DeliveryError as exc:
             self.counters.nacked += 1
-            self._retry_later(batch, "broker refused the message (nack)", str(exc))
+            self._retry_later(
+                batch,
+                "broker refused the message (nack)",
+                "a queue bound to the exchange is full and refuses new messages (x-overflow: "
+                "reject-publish), or the broker could not store it; queues that took it get "
+                "it again with the retry (duplicates)",
+                error=str(exc),
+            )
         except (*CONNECTION_ERRORS, ConnectionLost) as exc:
-            self._retry_now(batch)
+            self._learn_max_size(exc)
+            if len(batch.body) > self._max_body:
+                self._too_large(batch)
+            else:
+                self._retry_now(batch)
             if not broken.done():
                 broken.set_result(exc)
         except BaseException:  # cancelled, or a bug: keep the batch, the pump sees the error
@@ -507,7 +562,51 @@ class Publisher:
         if done:
             self.buffer.ack(done)
 
-    def _retry_later(self, batch: Batch, problem: str, hint: str) -> None:
+    def _learn_max_size(self, error: BaseException) -> None:
+        """RabbitMQ closes the channel on a message larger than its max_message_size, and
+        says so once: every batch built before is suspect, and built anew from the buffer
+        (`_forget_batches`) when the session has ended."""
+        limit = broker_max_size(error)
+        if limit is None or limit >= self._max_body:
+            return
+        self._max_body = limit
+        self._read_again = True
+        log.warning(
+            "the broker refuses messages larger than its max_message_size: sending smaller ones",
+            max_message_size=limit,
+            hint="lower amqp.batch.max_bytes below it, or raise max_message_size on the broker",
+        )
+
+    def _too_large(self, batch: Batch) -> None:
+        """A batch larger than the broker takes. Several readings are batched anew; one
+        reading alone waits with its backoff for the limit to be raised (the pump tries it
+        with nothing else in flight), so that the rest flows meanwhile."""
+        if batch.count > 1:
+            self._retry_now(batch)  # dropped with all others by `_forget_batches`
+            return
+        self.counters.too_large += 1
+        self._retry_later(
+            batch,
+            "a reading is larger than the broker's max_message_size",
+            "it stays buffered; raise max_message_size on the broker (RabbitMQ: "
+            "max_message_size in rabbitmq.conf), or make the sensor's payloads smaller",
+            error=f"message of {len(batch.body)} bytes, broker limit {self._max_body}",
+        )
+
+    def _forget_batches(self) -> None:
+        """Drop every batch in memory and read what is unconfirmed from the buffer again.
+
+        Readings of a chunk partly confirmed go again (duplicates, as after a restart).
+        """
+        self._read_again = False
+        self._ready.clear()
+        self._retry.clear()
+        self._retry_readings = 0
+        self._pending.clear()
+        self._outstanding.clear()
+        self._cursor = 0
+
+    def _retry_later(self, batch: Batch, problem: str, hint: str, error: str | None = None) -> None:
         if batch.backoff is None:
             batch.backoff = Backoff(self.config.retry_initial_s, self.config.retry_max_s)
         delay = batch.backoff.next_delay()
@@ -521,6 +620,7 @@ class Publisher:
             readings=batch.count,
             retry_in_s=round(delay, 2),
             hint=hint,
+            **({"error": error} if error else {}),
         )
 
     def _retry_now(self, batch: Batch) -> None:
@@ -611,7 +711,7 @@ class Publisher:
         for item in readings:
             by_key.setdefault(self._routing_key(item[1]), []).append(item)
         limit_count = self.config.batch.max_readings
-        limit_bytes = int(self.config.batch.max_bytes)
+        limit_bytes = min(int(self.config.batch.max_bytes), self._max_body)
         stream = self.buffer.stream.encode()
         for key, items in by_key.items():
             parts: list[bytes] = []

@@ -209,7 +209,9 @@ def format_status(report: dict[str, Any]) -> str:
         f"           published {pub['published_readings']} readings in "
         f"{pub['published_messages']} messages, unconfirmed {pub['in_flight']} of "
         f"{pub.get('max_in_flight', '?')}, "
-        f"returned {pub['returned']}, nacked {pub['nacked']}, last confirm "
+        f"returned {pub['returned']}, nacked {pub['nacked']}, "
+        + (f"TOO LARGE for the broker {pub['too_large']}, " if pub.get("too_large") else "")
+        + "last confirm "
         + (f"{time.time() - last:.0f} s ago" if last else "never")
     )
     if live.get("clock_synchronized") is False:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import aio_pika
+import paho.mqtt.client as mqtt
 from edge_gateway_sim.brokers import MosquittoBroker, RabbitMQNode, free_port
 from harness import delivered, proxied_site, publisher_of, report, report_after_now, until
 
@@ -235,6 +236,41 @@ async def test_publishes_refused_after_a_good_connect_back_off_more_and_more(
         await collector.wait_until(lambda got: got.unique >= 100, timeout=30)
     assert collector.received.missing(sent.last_seq) == {}
     assert site.gateway.terminate() == 0
+
+
+async def test_messages_too_large_for_the_broker_are_made_smaller_and_a_big_reading_waits(
+    make_site: Any, mosquitto: MosquittoBroker, tmp_path: Path
+) -> None:
+    """RabbitMQ refuses a message larger than its max_message_size and closes the channel.
+    The gateway sent the same batches again for ever (up to 256 KiB each by default) and
+    blamed the exchange's type: nothing flowed any more. Now it builds its batches anew
+    within the limit; one reading larger than the limit on its own waits in the buffer,
+    counted, while the rest flows."""
+    with RabbitMQNode(tmp_path / "rmq", "small", extra_config=["max_message_size = 8192"]) as rmq:
+        site = make_site(rmq, mosquitto, extra_amqp="retry_max_s: 2")
+        async with site.streaming(sensors=4, rate=400, duration=4) as (collector, fleet):
+            await asyncio.sleep(1)
+            big = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"{site.name}-big")
+            big.connect("127.0.0.1", mosquitto.port)
+            big.loop_start()
+            payload = json.dumps({"seq": 1, "note": "x" * 10_000})
+            big.publish(f"{site.name}/big/state", payload, qos=1).wait_for_publish(10)
+            big.disconnect()
+            big.loop_stop()
+            sent, total = await delivered(fleet, collector)
+            await until("the big reading is counted", lambda: publisher_of(site)["too_large"] > 0)
+            held = site.status()["buffer"]["depth"]
+        assert site.gateway.terminate() == 0
+    text = site.gateway.log.read_text()
+    connects = text.count('"connected to broker"')
+    report("too-large", collector.received, f"sent={total} held={held} connects={connects}")
+    assert collector.received.missing(sent.last_seq) == {}
+    assert "big" not in collector.received.seqs
+    assert held >= 1  # the big one, kept
+    assert "the broker refuses messages larger than its max_message_size" in text
+    assert "a reading is larger than the broker's max_message_size" in text
+    assert "broker unreachable" not in text  # each reconnect says why
+    assert connects < 15  # the big one is tried with backoff, not in a reconnect storm
 
 
 async def refused_then_flowing(
