@@ -132,6 +132,14 @@ class MqttDriverConfig(StrictModel):
         return CONNECT_TIMEOUT_S * (2 if self.tls else 1)
 
     @property
+    def max_packet_bytes(self) -> int:
+        """MQTT 5's Maximum Packet Size, announced at connect: the broker does not send us
+        larger messages (it drops them). Payloads up to four times `max_payload_bytes` still
+        come, to be counted as oversized; a far larger one (Mosquitto takes up to 256 MB)
+        would be read whole into memory first."""
+        return min(4 * self.max_payload_bytes + 65_536, 268_435_455)
+
+    @property
     def claims(self) -> tuple[Claim, ...]:
         """A client id is one session at the broker: a second connection with it ends the
         first, over and over. (Without `client_id`, the unique driver name makes one.)"""

@@ -255,6 +255,7 @@ class MqttSource:
             properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
             properties.SessionExpiryInterval = self.config.session_expiry_s
             properties.ReceiveMaximum = self.config.receive_maximum
+            properties.MaximumPacketSize = self.config.max_packet_bytes
         self._connect_args = {
             "keepalive": self.config.keepalive_s,
             "clean_start": False if v5 else mqtt.MQTT_CLEAN_START_FIRST_ONLY,
