@@ -56,6 +56,9 @@ _PAUSE_READING_AT = 1_000
 socket and with the broker (QoS 1), or is dropped there (QoS 0), instead of in our memory.
 One commit cycle's worth at 12,000/s; with 2,000 peak RSS under overload was 1 MB higher."""
 _RESUME_READING_BELOW = 500
+_SHORT_CONNECTION_S = 10.0
+_SHORT_CONNECTIONS = 3
+"""Connections in a row that end this soon: another client is taking our session."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,6 +120,7 @@ class MqttSource:
         self._lost: asyncio.Future[float] = asyncio.get_running_loop().create_future()
         """Set when the connection ends, to when it was made (`time.monotonic()`)."""
         self._connected_since = 0.0
+        self._short_connections = 0
         self._connect_args: dict[str, Any] = {}
         self._rate_limited = RateLimitedLog(log)
         self._log = log.bind(driver=self.name)
@@ -335,6 +339,23 @@ class MqttSource:
             host=self.config.host,
             reason=str(reason),
         )
+        short = time.monotonic() - connected_at < _SHORT_CONNECTION_S
+        self._short_connections = self._short_connections + 1 if short else 0
+        if self._short_connections >= _SHORT_CONNECTIONS or str(reason) == "Session taken over":
+            self.stats.failed(
+                f"{self._short_connections} connections in a row ended within "
+                f"{_SHORT_CONNECTION_S:g} s: another client with client id {self._client_id}?"
+            )
+            self._rate_limited.error(
+                "taken-over",
+                "MQTT connections end within seconds: another client may use this client id",
+                driver=self.name,
+                client_id=self._client_id,
+                connections=self._short_connections,
+                reason=str(reason),
+                hint="a second gateway with a copy of this configuration (or of this SD card)? "
+                "give each gateway its own gateway.id, or each driver its own client_id",
+            )
 
     def _on_subscribe(
         self, _client: mqtt.Client, _userdata: Any, _mid: int, reasons: Any, _props: Any

@@ -17,6 +17,7 @@ from edge_gateway_sim.brokers import MosquittoBroker
 from harness import until
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from structlog.testing import capture_logs
 
 from drivers.mqtt.config import MqttDriverConfig
 from drivers.mqtt.source import MqttSource
@@ -170,3 +171,44 @@ def publish_one(port: int, topic: str) -> None:
     client.publish(topic, b'{"n": 1}', qos=1).wait_for_publish(10)
     client.disconnect()
     client.loop_stop()
+
+
+async def test_a_client_taking_over_the_session_again_and_again_is_named(
+    mosquitto_broker: MosquittoBroker,
+) -> None:
+    """Two gateways with one client id (a cloned SD card) take the session from each other:
+    the broker's reason says nothing ('Unspecified error'), so the driver names the likely
+    cause once its connections keep ending within seconds."""
+    config = MqttDriverConfig.model_validate(
+        {
+            "type": "mqtt",
+            "name": "twin",
+            "port": mosquitto_broker.port,
+            "client_id": "twin-test",
+            "reconnect_min_s": 0.1,
+            "reconnect_max_s": 0.2,
+            "subscriptions": [{"topic": "twin/#"}],
+        }
+    )
+    source = MqttSource(config, "gw", _Discard())
+    task = asyncio.create_task(source.run())
+
+    def take_over() -> None:  # the other gateway, connecting with the same client id
+        other = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="twin-test")
+        other.connect("127.0.0.1", mosquitto_broker.port)
+        other.loop(0.2)
+        other.disconnect()
+
+    try:
+        with capture_logs() as logs:
+            await until("connected", lambda: source.stats.state == "connected")
+            for _ in range(3):
+                await asyncio.to_thread(take_over)
+                await until("connected again", lambda: source.stats.state == "connected")
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    named = [e for e in logs if e["event"].startswith("MQTT connections end within seconds")]
+    assert named and named[0]["client_id"] == "twin-test", [e["event"] for e in logs]
+    assert "another client with client id twin-test" in (source.stats.last_error or "")
