@@ -164,7 +164,8 @@ def explain(error: BaseException) -> tuple[str, str] | None:
     if isinstance(error, errors.ChannelNotFoundEntity):
         return (
             "the exchange does not exist on the broker",
-            "create amqp.exchange on the broker, or set amqp.declare_exchange: true",
+            "create amqp.exchange on the broker, or set amqp.declare_exchange: true (if it is "
+            "set, the exchange was deleted meanwhile: the next connect declares it again)",
         )
     if isinstance(error, errors.ChannelPreconditionFailed):
         return (
