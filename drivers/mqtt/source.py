@@ -121,6 +121,8 @@ class MqttSource:
         """Set when the connection ends, to when it was made (`time.monotonic()`)."""
         self._connected_since = 0.0
         self._short_connections = 0
+        self._received = 0
+        """Messages received on the current connection: one that delivered was a success."""
         self._connect_args: dict[str, Any] = {}
         self._rate_limited = RateLimitedLog(log)
         self._log = log.bind(driver=self.name)
@@ -156,6 +158,7 @@ class MqttSource:
         first = True
         while True:
             self._lost = loop.create_future()
+            self._received = 0
             connected_at = time.monotonic()  # a connect that fails is a run of no length
             try:
                 connect = partial(client.connect, self.config.host, port, **self._connect_args)
@@ -170,6 +173,8 @@ class MqttSource:
                     raise
                 first = False
                 connected_at = await self._lost
+                if self._received:  # it delivered: reconnect soon, the broker queues for us
+                    backoff.reset()
             except (OSError, ValueError) as exc:  # refused, unreachable, TLS handshake failed
                 self.stats.state = "unreachable"
                 self.stats.failed(f"cannot connect to {self.config.host}:{port}: {exc}")
@@ -273,6 +278,7 @@ class MqttSource:
         except UnicodeDecodeError:  # MQTT requires UTF-8 topics; count it, then ack it
             topic = _INVALID_TOPIC
         self._inbox.append(_Message(topic, payload, qos, mid, time.time(), self._session))
+        self._received += 1
         self._arrived.set()
         if len(self._inbox) >= _PAUSE_READING_AT:
             self._binding.pause_reading()

@@ -212,3 +212,54 @@ async def test_a_client_taking_over_the_session_again_and_again_is_named(
     named = [e for e in logs if e["event"].startswith("MQTT connections end within seconds")]
     assert named and named[0]["client_id"] == "twin-test", [e["event"] for e in logs]
     assert "another client with client id twin-test" in (source.stats.last_error or "")
+
+
+async def test_a_connection_that_delivered_starts_the_backoff_afresh(
+    mosquitto_broker: MosquittoBroker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A broker restarting every half minute: each connection delivers, and none lasts the
+    60 s that reset the backoff. The waits grew to reconnect_max_s, the gateway was away
+    most of the time and the broker dropped what it could not queue (a soak's find)."""
+    failures_before: list[int] = []  # the backoff's count when a connection's end is handled
+    delay_after = Backoff.delay_after
+
+    def recording(self: Backoff, started: float, healthy_s: float = 60.0) -> float:
+        if time.monotonic() - started > 0.3:  # a connection, not a failed connect
+            failures_before.append(self.failures)
+        return delay_after(self, started, healthy_s)
+
+    monkeypatch.setattr(Backoff, "delay_after", recording)
+    config = MqttDriverConfig.model_validate(
+        {
+            "type": "mqtt",
+            "name": "restarts",
+            "port": mosquitto_broker.port,
+            "client_id": "restarts-test",
+            "reconnect_min_s": 0.05,
+            "reconnect_max_s": 0.4,
+            "subscriptions": [{"topic": "restarts/#"}],
+        }
+    )
+    source = MqttSource(config, "gw", _Discard())
+    task = asyncio.create_task(source.run())
+    publisher = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="restarts-publisher")
+    try:
+        for _ in range(3):
+            await until("connected", lambda: source.stats.state == "connected")
+            read = source.stats.readings
+            publisher.connect("127.0.0.1", mosquitto_broker.port)
+            publisher.loop_start()
+            publisher.publish("restarts/d1", b'{"n": 1}', qos=1).wait_for_publish(5)
+            publisher.disconnect()
+            publisher.loop_stop()
+            await until("the reading is read", lambda read=read: source.stats.readings > read)
+            await asyncio.sleep(0.4)
+            await asyncio.to_thread(mosquitto_broker.stop)
+            await asyncio.sleep(1.0)  # failed connects meanwhile grow the backoff
+            await asyncio.to_thread(mosquitto_broker.start)
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    assert len(failures_before) >= 3
+    assert failures_before == [0] * len(failures_before)
