@@ -129,7 +129,9 @@ class AmqpSection(StrictModel):
     timeout_s: Seconds = 10.0
     heartbeat_s: Annotated[int, Field(ge=0, le=3600)] = 30
     retry_initial_s: Seconds = 0.5
-    retry_max_s: Seconds = 60.0
+    retry_max_s: Seconds = 15.0
+    """A broker back after an outage is found within this (at 60 s the gateway stayed away
+    26 to 41 s longer than a 60 s outage); trying a connect every 15 s costs nothing."""
     shutdown_grace_s: Annotated[float, Field(ge=0, le=300)] = 5.0
     tls: TlsConfig | None = None
 

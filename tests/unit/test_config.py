@@ -94,7 +94,7 @@ def test_minimal_file_loads_with_the_documented_defaults(tmp_path: Path) -> None
             "timeout_s": 10.0,
             "heartbeat_s": 30,
             "retry_initial_s": 0.5,
-            "retry_max_s": 60.0,
+            "retry_max_s": 15.0,
             "shutdown_grace_s": 5.0,
             "tls": None,
         },
