@@ -10,6 +10,7 @@ import contextlib
 import socket
 import time
 from collections.abc import Sequence
+from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
@@ -30,40 +31,54 @@ class _Discard:
         pass
 
 
-async def test_the_backoff_is_told_how_long_each_connection_lasted(
-    mosquitto_broker: MosquittoBroker, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    runs: list[float] = []  # how long each ended run (connection or connect attempt) lasted
-    delay_after = Backoff.delay_after
-
-    def recording(self: Backoff, started: float, healthy_s: float = 60.0) -> float:
-        runs.append(time.monotonic() - started)
-        return delay_after(self, started, healthy_s)
-
-    monkeypatch.setattr(Backoff, "delay_after", recording)
+def quick_source(name: str, port: int, **settings: Any) -> MqttSource:
+    """A source on `port` with client id `name`-test and topics `name`/#, reconnecting within
+    a fraction of a second; its readings are discarded."""
     config = MqttDriverConfig.model_validate(
         {
             "type": "mqtt",
-            "name": "reconnect",
-            "port": mosquitto_broker.port,
-            "client_id": "reconnect-test",
+            "name": name,
+            "port": port,
+            "client_id": f"{name}-test",
             "reconnect_min_s": 0.1,
             "reconnect_max_s": 0.2,
-            "subscriptions": [{"topic": "reconnect/#"}],
+            "subscriptions": [{"topic": f"{name}/#"}],
+            **settings,
         }
     )
-    source = MqttSource(config, "gw", _Discard())
+    return MqttSource(config, "gw", _Discard())
+
+
+@pytest.fixture
+def backoff_runs(monkeypatch: pytest.MonkeyPatch) -> list[tuple[float, int]]:
+    """For every ended run (a connection, or a connect attempt) handed to a backoff: how long
+    it lasted, and the backoff's failure count before it."""
+    runs: list[tuple[float, int]] = []
+    delay_after = Backoff.delay_after
+
+    def recording(self: Backoff, started: float, healthy_s: float = 60.0) -> float:
+        runs.append((time.monotonic() - started, self.failures))
+        return delay_after(self, started, healthy_s)
+
+    monkeypatch.setattr(Backoff, "delay_after", recording)
+    return runs
+
+
+async def test_the_backoff_is_told_how_long_each_connection_lasted(
+    mosquitto_broker: MosquittoBroker, backoff_runs: list[tuple[float, int]]
+) -> None:
+    source = quick_source("reconnect", mosquitto_broker.port)
     task = asyncio.create_task(source.run())
     try:
         await until("connected", lambda: source.stats.state == "connected")
         await asyncio.sleep(1.0)  # a connection that lasts a while
         await asyncio.to_thread(mosquitto_broker.stop)
-        await until("two failed connects after the lost one", lambda: len(runs) >= 3)
+        await until("two failed connects after the lost one", lambda: len(backoff_runs) >= 3)
     finally:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
-    lost, *failed = runs
+    lost, *failed = [length for length, _ in backoff_runs]
     assert lost >= 1.0  # the connection's whole life, not the moment it ended
     assert all(run < 0.5 for run in failed)  # a refused connect is a run of no length
 
@@ -179,18 +194,7 @@ async def test_a_client_taking_over_the_session_again_and_again_is_named(
     """Two gateways with one client id (a cloned SD card) take the session from each other:
     the broker's reason says nothing ('Unspecified error'), so the driver names the likely
     cause once its connections keep ending within seconds."""
-    config = MqttDriverConfig.model_validate(
-        {
-            "type": "mqtt",
-            "name": "twin",
-            "port": mosquitto_broker.port,
-            "client_id": "twin-test",
-            "reconnect_min_s": 0.1,
-            "reconnect_max_s": 0.2,
-            "subscriptions": [{"topic": "twin/#"}],
-        }
-    )
-    source = MqttSource(config, "gw", _Discard())
+    source = quick_source("twin", mosquitto_broker.port)
     task = asyncio.create_task(source.run())
 
     def take_over() -> None:  # the other gateway, connecting with the same client id
@@ -215,32 +219,12 @@ async def test_a_client_taking_over_the_session_again_and_again_is_named(
 
 
 async def test_a_connection_that_delivered_starts_the_backoff_afresh(
-    mosquitto_broker: MosquittoBroker, monkeypatch: pytest.MonkeyPatch
+    mosquitto_broker: MosquittoBroker, backoff_runs: list[tuple[float, int]]
 ) -> None:
     """A broker restarting every half minute: each connection delivers, and none lasts the
     60 s that reset the backoff. The waits grew to reconnect_max_s, the gateway was away
     most of the time and the broker dropped what it could not queue (a soak's find)."""
-    failures_before: list[int] = []  # the backoff's count when a connection's end is handled
-    delay_after = Backoff.delay_after
-
-    def recording(self: Backoff, started: float, healthy_s: float = 60.0) -> float:
-        if time.monotonic() - started > 0.3:  # a connection, not a failed connect
-            failures_before.append(self.failures)
-        return delay_after(self, started, healthy_s)
-
-    monkeypatch.setattr(Backoff, "delay_after", recording)
-    config = MqttDriverConfig.model_validate(
-        {
-            "type": "mqtt",
-            "name": "restarts",
-            "port": mosquitto_broker.port,
-            "client_id": "restarts-test",
-            "reconnect_min_s": 0.05,
-            "reconnect_max_s": 0.4,
-            "subscriptions": [{"topic": "restarts/#"}],
-        }
-    )
-    source = MqttSource(config, "gw", _Discard())
+    source = quick_source("restarts", mosquitto_broker.port, reconnect_max_s=0.4)
     task = asyncio.create_task(source.run())
     publisher = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="restarts-publisher")
     try:
@@ -261,5 +245,6 @@ async def test_a_connection_that_delivered_starts_the_backoff_afresh(
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
-    assert len(failures_before) >= 3
-    assert failures_before == [0] * len(failures_before)
+    connections = [failures for length, failures in backoff_runs if length > 0.3]
+    assert len(connections) >= 3
+    assert connections == [0] * len(connections)  # each starts the backoff afresh

@@ -19,7 +19,7 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import AbstractContextManager, closing, contextmanager
 from pathlib import Path
 from typing import Any
@@ -202,11 +202,20 @@ async def test_a_broker_alarm_longer_than_the_watchdog_period_is_a_wait_not_a_st
     assert site.gateway.terminate() == 0
 
 
-async def test_sigterm_with_confirms_missing_exits_0_and_loses_nothing(
-    make_site: Any, rabbitmq: RabbitMQNode, mosquitto: MosquittoBroker
-) -> None:
-    """Readings published but unconfirmed at SIGTERM stay buffered and go after the restart."""
-    extra_amqp = "shutdown_grace_s: 2\nretry_max_s: 1"
+STOPPING = "stopping: drivers first, then in-flight publishes"
+UNCONFIRMED = "confirms still missing at shutdown; those readings stay buffered"
+
+
+async def stopped_with_confirms_missing(
+    make_site: Any,
+    rabbitmq: RabbitMQNode,
+    mosquitto: MosquittoBroker,
+    grace_s: float,
+    stop: Callable[[Site], Awaitable[None]],
+) -> tuple[Site, float]:
+    """Stream; from 1.5 s on swallow the broker's confirms; `stop` the gateway (timed),
+    start it again with confirms flowing, and check that every reading arrived."""
+    extra_amqp = f"shutdown_grace_s: {grace_s}\nretry_max_s: 1"
     async with proxied_site(make_site, rabbitmq, mosquitto, extra_amqp=extra_amqp) as (
         site,
         proxy,
@@ -217,21 +226,32 @@ async def test_sigterm_with_confirms_missing_exits_0_and_loses_nothing(
             proxy.swallow_replies = True  # what is published from now on stays unconfirmed
             await asyncio.sleep(1)
             started = time.monotonic()
-            assert await asyncio.to_thread(site.gateway.terminate) == 0
+            await stop(site)
             stopped_in = time.monotonic() - started
             proxy.swallow_replies = False
             proxy.cut()
             await asyncio.to_thread(site.gateway.start)
             sent, total = await delivered(fleet, collector)
-    report("sigterm-unconfirmed", collector.received, f"sent={total} stopped_in={stopped_in:.2f}s")
-    missing = log_events(site, "confirms still missing at shutdown; those readings stay buffered")
-    assert missing and missing[0]["in_flight"] > 0
-    assert stopped_in < 30  # TimeoutStopSec in the unit
+    report("unconfirmed-at-stop", collector.received, f"sent={total} in={stopped_in:.2f}s")
     assert collector.received.missing(sent.last_seq) == {}
     assert site.gateway.terminate() == 0
+    return site, stopped_in
 
 
-STOPPING = "stopping: drivers first, then in-flight publishes"
+async def test_sigterm_with_confirms_missing_exits_0_and_loses_nothing(
+    make_site: Any, rabbitmq: RabbitMQNode, mosquitto: MosquittoBroker
+) -> None:
+    """Readings published but unconfirmed at SIGTERM stay buffered and go after the restart."""
+
+    async def sigterm(site: Site) -> None:
+        assert await asyncio.to_thread(site.gateway.terminate) == 0
+
+    site, stopped_in = await stopped_with_confirms_missing(
+        make_site, rabbitmq, mosquitto, 2, sigterm
+    )
+    missing = log_events(site, UNCONFIRMED)
+    assert missing and missing[0]["in_flight"] > 0
+    assert stopped_in < 30  # TimeoutStopSec in the unit
 
 
 async def test_a_second_sigterm_ends_the_wait_for_confirms_and_loses_nothing(
@@ -239,36 +259,24 @@ async def test_a_second_sigterm_ends_the_wait_for_confirms_and_loses_nothing(
 ) -> None:
     """Ctrl-C twice, as users do when a stop seems slow: the gateway exits at once instead
     of waiting out shutdown_grace_s; what was unconfirmed stays buffered for the restart."""
-    extra_amqp = "shutdown_grace_s: 25\nretry_max_s: 1"
-    async with proxied_site(make_site, rabbitmq, mosquitto, extra_amqp=extra_amqp) as (
-        site,
-        proxy,
-    ):
-        async with site.streaming(sensors=5, rate=100, duration=6) as (collector, fleet):
-            await asyncio.sleep(1.5)
-            proxy.swallow_replies = True
-            await asyncio.sleep(1)
-            process = site.gateway.process
-            assert process is not None
-            process.send_signal(signal.SIGINT)
-            await until("the stop begins", lambda: log_events(site, STOPPING))
-            await asyncio.sleep(0.5)
-            assert process.poll() is None  # waiting for the confirms that do not come
-            started = time.monotonic()
-            process.send_signal(signal.SIGINT)
-            assert await asyncio.to_thread(site.gateway.terminate) == 0
-            stopped_in = time.monotonic() - started
-            proxy.swallow_replies = False
-            proxy.cut()
-            await asyncio.to_thread(site.gateway.start)
-            sent, total = await delivered(fleet, collector)
-    report("second-sigint", collector.received, f"sent={total} stopped_in={stopped_in:.2f}s")
-    [missing] = log_events(site, "confirms still missing at shutdown; those readings stay buffered")
+
+    async def ctrl_c_twice(site: Site) -> None:
+        process = site.gateway.process
+        assert process is not None
+        process.send_signal(signal.SIGINT)
+        await until("the stop begins", lambda: log_events(site, STOPPING))
+        await asyncio.sleep(0.5)
+        assert process.poll() is None  # waiting for the confirms that do not come
+        process.send_signal(signal.SIGINT)
+        assert await asyncio.to_thread(site.gateway.terminate) == 0
+
+    site, stopped_in = await stopped_with_confirms_missing(
+        make_site, rabbitmq, mosquitto, 25, ctrl_c_twice
+    )
+    [missing, *_] = log_events(site, UNCONFIRMED)
     assert missing["in_flight"] > 0 and missing["cut_short"] is True
     assert log_events(site, STOPPING)[0]["hint"].startswith("a second Ctrl-C or SIGTERM")
-    assert stopped_in < 5  # not the 25 s of shutdown_grace_s
-    assert collector.received.missing(sent.last_seq) == {}
-    assert site.gateway.terminate() == 0
+    assert stopped_in < 6  # 0.5 s before the second Ctrl-C; not the 25 s of the grace
 
 
 def second_driver(site: Site) -> str:
