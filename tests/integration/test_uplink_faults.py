@@ -20,6 +20,8 @@ import paho.mqtt.client as mqtt
 from edge_gateway_sim.brokers import MosquittoBroker, RabbitMQNode, free_port
 from harness import delivered, proxied_site, publisher_of, report, report_after_now, until
 
+from gateway.status import format_status
+
 
 async def test_nacked_messages_are_retried_until_the_broker_takes_them(
     make_site: Any, rabbitmq: RabbitMQNode, mosquitto: MosquittoBroker
@@ -260,6 +262,7 @@ async def test_messages_too_large_for_the_broker_are_made_smaller_and_a_big_read
             sent, total = await delivered(fleet, collector)
             await until("the big reading is counted", lambda: publisher_of(site)["too_large"] > 0)
             held = site.status()["buffer"]["depth"]
+            shown = format_status(site.status())  # what `edge-gateway status` prints
         assert site.gateway.terminate() == 0
     text = site.gateway.log.read_text()
     connects = text.count('"connected to broker"')
@@ -267,6 +270,7 @@ async def test_messages_too_large_for_the_broker_are_made_smaller_and_a_big_read
     assert collector.received.missing(sent.last_seq) == {}
     assert "big" not in collector.received.seqs
     assert held >= 1  # the big one, kept
+    assert "TOO LARGE for the broker" in shown
     assert "the broker refuses messages larger than its max_message_size" in text
     assert "a reading is larger than the broker's max_message_size" in text
     assert "broker unreachable" not in text  # each reconnect says why
