@@ -54,6 +54,9 @@ FETCH_READINGS = 1_000
 memory (fetching the whole window, 6,400 readings by default, cost 3 MB under overload)."""
 _BROKER_MAX_SIZE = re.compile(r"larger than configured max size (\d+)")
 """RabbitMQ's words when a message exceeds its `max_message_size` (it closes the channel)."""
+TOO_LARGE_RETRY_MAX_S = 600.0
+"""A reading larger than the broker takes waits for its settings to change: each try closes
+the channel (a reconnect and a warning), so it is tried at most every 10 minutes."""
 MAX_RETRY_READINGS = 20_000
 """Readings kept in memory for retry (e.g. returned as unroutable) before intake pauses."""
 T = TypeVar("T")
@@ -586,6 +589,8 @@ class Publisher:
             self._retry_now(batch)  # dropped with all others by `_forget_batches`
             return
         self.counters.too_large += 1
+        if batch.backoff is None:
+            batch.backoff = Backoff(self.config.retry_initial_s, TOO_LARGE_RETRY_MAX_S)
         self._retry_later(
             batch,
             "a reading is larger than the broker's max_message_size",

@@ -35,3 +35,23 @@ async def test_a_full_retry_memory_waits_for_the_due_retry_not_for_new_readings(
         batch = await asyncio.wait_for(sender._next_batch(), 5)
     assert batch is returned
     assert waits_for_data == 0  # it spun, thousands of times, before
+
+
+async def test_a_reading_too_large_for_the_broker_is_tried_ever_more_rarely(
+    tmp_path: Path,
+) -> None:
+    """Each try closes the channel (a reconnect): past retry_max_s, up to 10 minutes apart."""
+    async with Buffer(tmp_path / "buffer.db", max_bytes=1 << 20, commit_interval=0) as buffer:
+        sender = Publisher(AmqpSection(retry_max_s=15), GatewaySection(id="gw"), buffer)
+        big = Batch(0.0, 1, "key", b"x" * 100, "id", 1, {1: 1})
+        sender._max_body = 50  # as learned from the broker
+        now = asyncio.get_running_loop().time()
+        delays = []
+        for _ in range(14):
+            sender._too_large(big)
+            delays.append(big.due - now)
+            sender._retry.clear()  # taken out again, as the pump does to try it
+    assert sender.counters.too_large == 14
+    assert max(delays) > 15  # beyond retry_max_s
+    assert delays[-1] >= publisher.TOO_LARGE_RETRY_MAX_S / 2  # jitter: 50-100 % of the cap
+    assert max(delays) <= publisher.TOO_LARGE_RETRY_MAX_S
