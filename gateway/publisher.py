@@ -118,19 +118,23 @@ TOO_LARGE = (
 )
 
 
+def _broker_error(error: BaseException) -> BaseException:
+    """What the broker or the socket raised, under the `ConnectionLost` that ended a session."""
+    if isinstance(error, ConnectionLost) and error.__cause__ is not None:
+        return error.__cause__
+    return error
+
+
 def broker_max_size(error: BaseException) -> int | None:
     """The broker's `max_message_size`, if `error` is its refusal of a larger message."""
-    if isinstance(error, ConnectionLost) and error.__cause__ is not None:
-        error = error.__cause__
-    found = _BROKER_MAX_SIZE.search(str(error))
+    found = _BROKER_MAX_SIZE.search(str(_broker_error(error)))
     return int(found[1]) if found else None
 
 
 def explain(error: BaseException) -> tuple[str, str] | None:
     """What a broker's refusal means, and what to do (a refusal is fixed by settings, not
     time); None for anything else, such as an unreachable broker or a lost connection."""
-    if isinstance(error, ConnectionLost) and error.__cause__ is not None:
-        error = error.__cause__
+    error = _broker_error(error)
     errors = aiormq.exceptions
     if broker_max_size(error) is not None:
         return TOO_LARGE

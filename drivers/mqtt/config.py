@@ -132,6 +132,11 @@ class MqttDriverConfig(StrictModel):
         return CONNECT_TIMEOUT_S * (2 if self.tls else 1)
 
     @property
+    def broker_port(self) -> int:
+        """`port`, or MQTT's standard port for the transport (8883 with TLS, 1883 without)."""
+        return self.port or (8883 if self.tls else 1883)
+
+    @property
     def max_packet_bytes(self) -> int:
         """MQTT 5's Maximum Packet Size, announced at connect: the broker does not send us
         larger messages (it drops them). Payloads up to four times `max_payload_bytes` still
@@ -145,20 +150,18 @@ class MqttDriverConfig(StrictModel):
         first, over and over. (Without `client_id`, the unique driver name makes one.)"""
         if self.client_id is None:
             return ()
-        port = self.port or (8883 if self.tls else 1883)
         return (
             Claim(
                 "client_id",
-                f"the MQTT client id {self.client_id!r} at {self.host}:{port}",
+                f"the MQTT client id {self.client_id!r} at {self.host}:{self.broker_port}",
                 "each driver needs its own client_id",
             ),
         )
 
     def summary(self) -> str:
         """One line for `edge-gateway check`."""
-        port = self.port or (8883 if self.tls else 1883)
         topics = ", ".join(s.topic for s in self.subscriptions)
-        return f"mqtt {self.host}:{port} [{topics}]"
+        return f"mqtt {self.host}:{self.broker_port} [{topics}]"
 
     @model_validator(mode="after")
     def _credentials(self) -> MqttDriverConfig:

@@ -154,7 +154,7 @@ class MqttSource:
     async def _keep_connected(self, client: LoopClient, loop: asyncio.AbstractEventLoop) -> None:
         """Connect, wait for the connection to drop, reconnect with backoff; for ever."""
         backoff = Backoff(self.config.reconnect_min_s, self.config.reconnect_max_s)
-        port = self.config.port or (8883 if self.config.tls else 1883)
+        port = self.config.broker_port
         first = True
         while True:
             self._lost = loop.create_future()
