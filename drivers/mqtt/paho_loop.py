@@ -17,7 +17,7 @@ properties (the gateway asks for none: no topic aliases). paho still reads every
 packet, and a PUBLISH that straddles two reads.
 
 It overrides paho's private `_sock_recv`, `_sock_send`, `_packet_write`, `_handle_publish`,
-`_sock_close` and `_check_keepalive`, and uses `_in_packet`, `_msgtime_mutex`,
+`_sock_close`, `_check_keepalive` and `_easy_log`, and uses `_in_packet`, `_msgtime_mutex`,
 `_last_bytes_received`, `_loop_rc_handle` and `_call_socket_register_write`;
 tests/integration/test_mqtt_publish_packets.py and test_mqtt_flood.py fail should paho change
 them.
@@ -38,6 +38,9 @@ from paho.mqtt.exception import MalformedPacket
 _PACKETS_PER_TURN = 256
 """Packets parsed per turn of the event loop: about as many as one 16 KiB read holds."""
 
+_SOCKET_FAILURES = ("failed to receive on socket: %s", "timeout on socket: %s")
+"""paho's error lines about a failed socket read: `socket_error` keeps them instead."""
+
 
 class LoopClient(mqtt.Client):
     _chunk = b""
@@ -49,6 +52,11 @@ class LoopClient(mqtt.Client):
     """Receives (topic, payload, qos, mid) of each QoS 0 and 1 PUBLISH, in order."""
     reading_paused = False
     """Set while `LoopBinding` leaves the socket unread on purpose."""
+    socket_error: str | None = None
+    """What ended the last connection's socket, if the socket said: paho's reason for a lost
+    connection is only "Unspecified error". The driver's own warning about the loss carries
+    it, so paho's error-level line about the same event ("connection reset by peer" on
+    every broker restart) is not logged as well."""
 
     def _check_keepalive(self) -> None:
         """paho closes a connection whose broker sent nothing for a keepalive interval. While
@@ -141,7 +149,19 @@ class LoopClient(mqtt.Client):
 
     def _refill(self) -> None:
         """Read up to 16 KiB from the socket; BlockingIOError if nothing has arrived."""
-        self._chunk, self._pos = super()._sock_recv(16384), 0
+        try:
+            self._chunk, self._pos = super()._sock_recv(16384), 0
+        except BlockingIOError:
+            raise
+        except OSError as exc:
+            self.socket_error = str(exc)
+            raise
+        if not self._chunk:
+            self.socket_error = "the broker closed the connection"
+
+    def _easy_log(self, level: Any, fmt: str, *args: Any) -> None:
+        if fmt not in _SOCKET_FAILURES:
+            super()._easy_log(level, fmt, *args)
 
     def _sock_recv(self, bufsize: int) -> bytes:
         if self._pos >= len(self._chunk):
@@ -172,7 +192,8 @@ class LoopClient(mqtt.Client):
                 sent = super()._sock_send(self._unsent)  # registers for writable on EAGAIN
             except BlockingIOError:
                 return MQTTErrorCode.MQTT_ERR_AGAIN
-            except OSError:
+            except OSError as exc:
+                self.socket_error = str(exc)
                 return MQTTErrorCode.MQTT_ERR_CONN_LOST
             self._unsent = self._unsent[sent:]
         return MQTTErrorCode.MQTT_ERR_SUCCESS
@@ -283,6 +304,7 @@ class LoopBinding:
     def _opened(self, sock: Any) -> None:
         """A new connection is read even while intake is behind: its CONNACK comes first, and
         unread it would make paho close the connection again; a message pauses it anew."""
+        self._client.socket_error = None
         self._paused = self._client.reading_paused = False
         self._loop.add_reader(sock, self._read)
 

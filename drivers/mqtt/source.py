@@ -327,7 +327,7 @@ class MqttSource:
                 client.unsubscribe(covered)
 
     def _on_disconnect(
-        self, _client: mqtt.Client, _userdata: Any, _flags: Any, reason: Any, _props: Any
+        self, client: mqtt.Client, _userdata: Any, _flags: Any, reason: Any, _props: Any
     ) -> None:
         connected_at, self._connected_since = self._connected_since or time.monotonic(), 0.0
         # Now, not only at the next CONNACK: the reconnect gives paho a new socket before it,
@@ -338,12 +338,13 @@ class MqttSource:
         if self.stats.state in ("stopped", "refused"):
             return  # refused: the reason was logged, a disconnect is no news
         self.stats.state = "disconnected"
+        why = _why_lost(client, reason)
         self._rate_limited.warning(
             "disconnect",
             "MQTT connection lost; reconnecting with backoff",
             driver=self.name,
             host=self.config.host,
-            reason=str(reason),
+            reason=why,
         )
         short = time.monotonic() - connected_at < _SHORT_CONNECTION_S
         self._short_connections = self._short_connections + 1 if short else 0
@@ -358,7 +359,7 @@ class MqttSource:
                 driver=self.name,
                 client_id=self._client_id,
                 connections=self._short_connections,
-                reason=str(reason),
+                reason=why,
                 hint="a second gateway with a copy of this configuration (or of this SD card)? "
                 "give each gateway its own gateway.id, or each driver its own client_id",
             )
@@ -450,3 +451,12 @@ class MqttSource:
             self._rate_limited,
             "holding them unacknowledged",
         )
+
+
+def _why_lost(client: mqtt.Client, reason: Any) -> str:
+    """The broker's reason for ending a connection, or what its socket said when there was
+    none (paho's "Unspecified error"): closed by the broker, reset, timed out."""
+    socket_error = client.socket_error if isinstance(client, LoopClient) else None
+    if str(reason) == "Unspecified error" and socket_error:
+        return socket_error
+    return str(reason)

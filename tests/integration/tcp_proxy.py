@@ -1,12 +1,15 @@
 """A TCP proxy on loopback for network faults between the gateway and RabbitMQ.
 
-It can cut every connection (the uplink drops) or swallow what the broker sends
-back (confirms lost in transit) while the gateway's bytes still arrive.
+It can cut every connection (the uplink drops), reset them (the broker's host fails), or
+swallow what the broker sends back (confirms lost in transit) while the gateway's bytes
+still arrive.
 """
 
 from __future__ import annotations
 
 import asyncio
+import socket
+import struct
 from contextlib import suppress
 
 
@@ -17,6 +20,7 @@ class TcpProxy:
         self.swallow_replies = False
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
+        self._clients: set[asyncio.StreamWriter] = set()
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def __aenter__(self) -> TcpProxy:
@@ -38,6 +42,20 @@ class TcpProxy:
             writer.transport.abort()
         self._writers.clear()
 
+    def send_to_clients(self, data: bytes) -> None:
+        """Bytes the broker did not send, for each client: the start of a packet, say."""
+        for client in self._clients:
+            client.write(data)
+
+    def reset(self) -> None:
+        """Reset every proxied connection: the clients get a TCP RST, not an orderly close."""
+        for client in self._clients:
+            linger_zero = struct.pack("ii", 1, 0)
+            client.get_extra_info("socket").setsockopt(
+                socket.SOL_SOCKET, socket.SO_LINGER, linger_zero
+            )
+        self.cut()
+
     async def _accept(
         self, client_reader: asyncio.StreamReader, client: asyncio.StreamWriter
     ) -> None:
@@ -47,6 +65,7 @@ class TcpProxy:
             client.transport.abort()
             return
         self._writers |= {client, broker}
+        self._clients.add(client)
         up = asyncio.create_task(self._pipe(client_reader, broker, replies=False))
         down = asyncio.create_task(self._pipe(broker_reader, client, replies=True))
         self._tasks |= {up, down}
@@ -57,6 +76,7 @@ class TcpProxy:
         broker.transport.abort()
         self._tasks -= {up, down}
         self._writers -= {client, broker}
+        self._clients.discard(client)
 
     async def _pipe(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, replies: bool

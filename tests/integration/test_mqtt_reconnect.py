@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import socket
 import time
 from collections.abc import Sequence
@@ -19,6 +20,7 @@ from harness import until
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from structlog.testing import capture_logs
+from tcp_proxy import TcpProxy
 
 from drivers.mqtt.config import MqttDriverConfig
 from drivers.mqtt.source import MqttSource
@@ -248,3 +250,49 @@ async def test_a_connection_that_delivered_starts_the_backoff_afresh(
     connections = [failures for length, failures in backoff_runs if length > 0.3]
     assert len(connections) >= 3
     assert connections == [0] * len(connections)  # each starts the backoff afresh
+
+
+async def test_a_reset_connection_is_one_warning_that_says_so(
+    mosquitto_broker: MosquittoBroker, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The broker's host fails while a packet is half read. paho's reason for the loss is
+    'Unspecified error', and paho logged 'failed to receive on socket: Connection reset by
+    peer' at error level beside the driver's warning: now the warning says what happened,
+    once."""
+    async with TcpProxy(mosquitto_broker.port) as proxy:
+        source = quick_source("reset", proxy.port)
+        task = asyncio.create_task(source.run())
+        try:
+            await until("connected", lambda: source.stats.state == "connected")
+            with capture_logs() as logs, caplog.at_level(logging.WARNING, logger="paho.mqtt"):
+                proxy.send_to_clients(b"\x32")  # a PUBLISH begins, and its rest never comes
+                await asyncio.sleep(0.3)
+                proxy.reset()
+                await until("the loss is logged", lambda: len(logs) > 0)
+                await until("connected again", lambda: source.stats.state == "connected")
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+    lost = [e for e in logs if e["event"].startswith("MQTT connection lost")]
+    assert [e["reason"] for e in lost] == ["[Errno 104] Connection reset by peer"], logs
+    assert [r.getMessage() for r in caplog.records if r.name.startswith("paho")] == []
+
+
+async def test_a_broker_that_closes_the_connection_is_named_as_such(
+    mosquitto_broker: MosquittoBroker,
+) -> None:
+    """Mosquitto killed: no DISCONNECT from it, its socket just closes."""
+    source = quick_source("closed", mosquitto_broker.port)
+    task = asyncio.create_task(source.run())
+    try:
+        await until("connected", lambda: source.stats.state == "connected")
+        with capture_logs() as logs:
+            await asyncio.to_thread(mosquitto_broker.kill)
+            await until("the loss is logged", lambda: len(logs) > 0)
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    lost = [e for e in logs if e["event"].startswith("MQTT connection lost")]
+    assert [e["reason"] for e in lost] == ["the broker closed the connection"], logs
