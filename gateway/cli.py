@@ -12,6 +12,7 @@ from pathlib import Path
 import structlog
 
 from gateway import __version__, state_dir
+from gateway.broker import shown_url
 from gateway.config import (
     UNIT_WATCHDOG_S,
     GatewayConfig,
@@ -22,7 +23,6 @@ from gateway.config import (
 )
 from gateway.errors import ConfigError, GatewayError
 from gateway.logs import configure_logging
-from gateway.publisher import shown_url
 from gateway.status import BUFFER_FILE, format_status, is_running, read_status
 
 EXIT_OK, EXIT_FAILURE, EXIT_CONFIG, EXIT_NOT_RUNNING = 0, 1, 2, 3

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import heapq
 import json
-import re
 import sys
 import time
 from collections import deque
@@ -22,16 +21,26 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import partial
 from itertools import cycle
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import aio_pika
 import aiormq
 import structlog
 from aio_pika.abc import AbstractExchange, AbstractRobustConnection
-from aio_pika.connection import make_url
 from yarl import URL
 
 from gateway.backoff import Backoff
+from gateway.broker import (
+    CONNECTION_ERRORS,
+    TOO_LARGE,
+    UNREACHABLE,
+    ConnectionLost,
+    broker_max_size,
+    connection_lost,
+    explain,
+    open_connection,
+    shown_url,
+)
 from gateway.buffer import Buffer, StoredReading
 from gateway.config import CLOSE_AT_STOP_S, AmqpSection, GatewaySection
 from gateway.config_types import TlsConfig, read_secret
@@ -40,30 +49,16 @@ from gateway.progress import Progress
 
 log = structlog.get_logger("gateway.publisher")
 
-# What a broken connection or channel raises; anything else is a bug and propagates.
-CONNECTION_ERRORS = (
-    aiormq.exceptions.AMQPError,
-    aiormq.exceptions.ChannelInvalidStateError,
-    ConnectionError,
-    OSError,
-    TimeoutError,
-)
 MAX_ROUTING_KEY = 255
 FETCH_READINGS = 1_000
 """Readings taken from the buffer at once, at most: enough for 10 full messages, and little
 memory (fetching the whole window, 6,400 readings by default, cost 3 MB under overload)."""
-_BROKER_MAX_SIZE = re.compile(r"larger than configured max size (\d+)")
-"""RabbitMQ's words when a message exceeds its `max_message_size` (it closes the channel)."""
 TOO_LARGE_RETRY_MAX_S = 600.0
 """A reading larger than the broker takes waits for its settings to change: each try closes
 the channel (a reconnect and a warning), so it is tried at most every 10 minutes."""
 MAX_RETRY_READINGS = 20_000
 """Readings kept in memory for retry (e.g. returned as unroutable) before intake pauses."""
 T = TypeVar("T")
-
-
-class ConnectionLost(Exception):
-    """The channel or connection broke while batches were in flight."""
 
 
 @dataclass(order=True, slots=True)
@@ -98,92 +93,6 @@ class PublisherCounters:
     """Why the last connection failed or ended: `status` shows it while disconnected."""
 
 
-def _lost(cause: BaseException) -> ConnectionLost:
-    """The error that ends a session, keeping what broke it (for `explain`)."""
-    if isinstance(cause, ConnectionLost):
-        return cause
-    lost = ConnectionLost(f"{type(cause).__name__}: {cause}")
-    lost.__cause__ = cause
-    return lost
-
-
-UNREACHABLE = (
-    "broker unreachable or connection lost",
-    "check that the broker runs and that the host and port of amqp.url are right",
-)
-TOO_LARGE = (
-    "the broker refused a message larger than its max_message_size",
-    "the gateway makes its messages smaller; a single reading larger than the limit "
-    "stays buffered until the broker's max_message_size is raised",
-)
-
-
-def _broker_error(error: BaseException) -> BaseException:
-    """What the broker or the socket raised, under the `ConnectionLost` that ended a session."""
-    if isinstance(error, ConnectionLost) and error.__cause__ is not None:
-        return error.__cause__
-    return error
-
-
-def broker_max_size(error: BaseException) -> int | None:
-    """The broker's `max_message_size`, if `error` is its refusal of a larger message."""
-    found = _BROKER_MAX_SIZE.search(str(_broker_error(error)))
-    return int(found[1]) if found else None
-
-
-def explain(error: BaseException) -> tuple[str, str] | None:
-    """What a broker's refusal means, and what to do (a refusal is fixed by settings, not
-    time); None for anything else, such as an unreachable broker or a lost connection."""
-    error = _broker_error(error)
-    errors = aiormq.exceptions
-    if broker_max_size(error) is not None:
-        return TOO_LARGE
-    if "CONNECTION_FORCED" in str(error):
-        return (
-            "the broker closed the connection (CONNECTION_FORCED)",
-            "the broker is shutting down, or an administrator closed the connection or "
-            "deleted the user or the vhost of amqp.url: check them on the broker",
-        )
-    if isinstance(error, errors.AuthenticationError | errors.ProbableAuthenticationError):
-        return (
-            "broker refused the login",
-            "check amqp.username and amqp.password_file (or user:password in amqp.url)",
-        )
-    # RabbitMQ answers a refused vhost with Connection.Close where aiormq waits for OpenOk.
-    opening_refused = isinstance(error, errors.InvalidFrameError) and all(
-        word in str(error) for word in ("Connection.OpenOk", "Connection.Close")
-    )
-    if opening_refused or isinstance(error, errors.ConnectionNotAllowed):
-        return (
-            "broker refused access to the virtual host",
-            "check the vhost at the end of amqp.url and the user's permissions on it",
-        )
-    if "WRONG_VERSION_NUMBER" in str(error):  # OpenSSL's words; aiormq may wrap the SSLError
-        return (
-            "the broker's port does not speak TLS",
-            "amqps:// needs the broker's TLS port (RabbitMQ: 5671); 5672 is for amqp://",
-        )
-    if isinstance(error, errors.ChannelAccessRefused):
-        return (
-            "broker refused access to the exchange",
-            "give the user configure and write permission on amqp.exchange",
-        )
-    if isinstance(error, errors.ChannelNotFoundEntity):
-        return (
-            "the exchange does not exist on the broker",
-            "create amqp.exchange on the broker, or set amqp.declare_exchange: true (if it is "
-            "set, the exchange was deleted meanwhile: the next connect declares it again)",
-        )
-    if isinstance(error, errors.ChannelPreconditionFailed):
-        return (
-            "the exchange exists on the broker with other settings",
-            "set amqp.exchange_type to the type it has, or amqp.declare_exchange: false to "
-            "use it as it is (an alternate-exchange argument, say), or name another "
-            "amqp.exchange",
-        )
-    return None
-
-
 def _surface_failure(task: asyncio.Task[None], broken: asyncio.Future[BaseException]) -> None:
     """An unexpected error in a publish task ends the session (and is logged), not in silence."""
     error = None if task.cancelled() else task.exception()
@@ -196,35 +105,6 @@ def _surface_failure(task: asyncio.Task[None], broken: asyncio.Future[BaseExcept
     )
     if not broken.done():
         broken.set_result(error)
-
-
-async def open_connection(
-    url: str | URL, deadline_s: float, **options: Any
-) -> aio_pika.abc.AbstractConnection:
-    """`aio_pika.connect`, except that a connection which fails to open is closed: aio-pika
-    leaves it to its `__del__`, which warns "coroutine 'Connection.close' was never awaited"
-    after every failed attempt while a broker is away."""
-    connection = aio_pika.Connection(make_url(url), **options)
-    try:
-        await connection.connect(timeout=deadline_s)
-    except BaseException:
-        await connection.close()
-        raise
-    return connection
-
-
-def shown_url(url: str, username: str | None) -> str:
-    """`url` for logs, status and `check`: with the user that logs in (`amqp.username`
-    replaces the URL's), the password masked."""
-    if username is None:
-        return redact(url)
-    return redact(str(URL(url).with_user(username)))
-
-
-def redact(url: str) -> str:
-    """A broker URL safe to log: the password replaced."""
-    parsed = URL(url)
-    return str(parsed.with_password("***")) if parsed.password else url
 
 
 class Publisher:
@@ -417,7 +297,7 @@ class Publisher:
         if broken.done():
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
-            raise _lost(broken.result())
+            raise connection_lost(broken.result())
         try:
             await asyncio.wait((task, broken), return_when=asyncio.FIRST_COMPLETED)
         finally:
@@ -426,7 +306,7 @@ class Publisher:
                 await asyncio.gather(task, return_exceptions=True)
         if task.done() and not task.cancelled():
             return task.result()
-        raise _lost(broken.result())
+        raise connection_lost(broken.result())
 
     def _alarm(self, connection: AbstractRobustConnection) -> asyncio.Future[None]:
         """Done when the broker lifts its resource alarm; one watch (and log line) for all."""

@@ -10,7 +10,7 @@ import sys
 import aio_pika
 import aiormq
 
-from gateway.publisher import explain, open_connection, redact
+from gateway.broker import explain, open_connection, redact
 
 
 async def tail_readings(

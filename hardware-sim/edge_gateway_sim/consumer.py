@@ -18,7 +18,7 @@ from typing import Any
 import aio_pika
 from aio_pika.abc import AbstractConnection, AbstractIncomingMessage
 
-from gateway.publisher import open_connection
+from gateway.broker import open_connection
 
 
 @dataclass(slots=True)
