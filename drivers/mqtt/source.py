@@ -58,7 +58,8 @@ One commit cycle's worth at 12,000/s; with 2,000 peak RSS under overload was 1 M
 _RESUME_READING_BELOW = 500
 _SHORT_CONNECTION_S = 10.0
 _SHORT_CONNECTIONS = 3
-"""Connections in a row that end this soon: another client is taking our session."""
+"""Connections in a row that end this soon, the broker up all the while: another client is
+taking our session."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,6 +177,7 @@ class MqttSource:
                 if self._received:  # it delivered: reconnect soon, the broker queues for us
                     backoff.reset()
             except (OSError, ValueError) as exc:  # refused, unreachable, TLS handshake failed
+                self._short_connections = 0  # the broker is away: restarting, not taken over
                 self.stats.state = "unreachable"
                 self.stats.failed(f"cannot connect to {self.config.host}:{port}: {exc}")
                 self._rate_limited.warning(
@@ -346,23 +348,37 @@ class MqttSource:
             host=self.config.host,
             reason=why,
         )
+        taken = str(reason) == "Session taken over"  # MQTT 5 says so; 3.1.1 brokers just close
         short = time.monotonic() - connected_at < _SHORT_CONNECTION_S
-        self._short_connections = self._short_connections + 1 if short else 0
-        if self._short_connections >= _SHORT_CONNECTIONS or str(reason) == "Session taken over":
-            self.stats.failed(
+        going = str(reason) == "Server shutting down"
+        self._short_connections = self._short_connections + 1 if short and not going else 0
+        if taken or self._short_connections >= _SHORT_CONNECTIONS:
+            self._name_the_other_client(taken, why)
+
+    def _name_the_other_client(self, taken: bool, why: str) -> None:
+        """Connections that keep ending soon after they start, while the broker stays up
+        (a failed connect in between resets the count): most likely a second gateway with
+        this client id, each connect ending the other's connection."""
+        if taken:
+            suspect = f"another client took over the session of client id {self._client_id}"
+        else:
+            suspect = (
                 f"{self._short_connections} connections in a row ended within "
-                f"{_SHORT_CONNECTION_S:g} s: another client with client id {self._client_id}?"
+                f"{_SHORT_CONNECTION_S:g} s: another client with client id {self._client_id}, "
+                "or a broker restarting?"
             )
-            self._rate_limited.error(
-                "taken-over",
-                "MQTT connections end within seconds: another client may use this client id",
-                driver=self.name,
-                client_id=self._client_id,
-                connections=self._short_connections,
-                reason=why,
-                hint="a second gateway with a copy of this configuration (or of this SD card)? "
-                "give each gateway its own gateway.id, or each driver its own client_id",
-            )
+        self.stats.failed(suspect)
+        self._rate_limited.error(
+            "taken-over",
+            "MQTT connections end within seconds: another client may use this client id",
+            driver=self.name,
+            client_id=self._client_id,
+            connections=self._short_connections,
+            reason=why,
+            hint="a second gateway with a copy of this configuration (or of this SD card)? "
+            "give each gateway its own gateway.id, or each driver its own client_id"
+            + ("" if taken else " (if the broker was being restarted, nothing is wrong)"),
+        )
 
     def _on_subscribe(
         self, _client: mqtt.Client, _userdata: Any, _mid: int, reasons: Any, _props: Any

@@ -194,7 +194,7 @@ async def test_a_client_taking_over_the_session_again_and_again_is_named(
     mosquitto_broker: MosquittoBroker,
 ) -> None:
     """Two gateways with one client id (a cloned SD card) take the session from each other:
-    the broker's reason says nothing ('Unspecified error'), so the driver names the likely
+    Mosquitto 2.0 closes the connection without a reason, so the driver names the likely
     cause once its connections keep ending within seconds."""
     source = quick_source("twin", mosquitto_broker.port)
     task = asyncio.create_task(source.run())
@@ -218,6 +218,29 @@ async def test_a_client_taking_over_the_session_again_and_again_is_named(
     named = [e for e in logs if e["event"].startswith("MQTT connections end within seconds")]
     assert named and named[0]["client_id"] == "twin-test", [e["event"] for e in logs]
     assert "another client with client id twin-test" in (source.stats.last_error or "")
+
+
+async def test_a_broker_restarted_again_and_again_is_not_taken_for_another_client(
+    mosquitto_broker: MosquittoBroker,
+) -> None:
+    """Connections that end within seconds because the broker restarts (an operator editing
+    its configuration): a connect fails while it is away, so nobody took the session."""
+    source = quick_source("restarted", mosquitto_broker.port, protocol="3.1.1")
+    task = asyncio.create_task(source.run())
+    try:
+        with capture_logs() as logs:
+            for _ in range(4):
+                await until("connected", lambda: source.stats.state == "connected")
+                await asyncio.to_thread(mosquitto_broker.stop)
+                await until("a connect failed", lambda: source.stats.state == "unreachable")
+                await asyncio.to_thread(mosquitto_broker.start)
+            await until("connected", lambda: source.stats.state == "connected")
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    assert [e for e in logs if e["log_level"] == "error"] == []
+    assert "another client" not in (source.stats.last_error or "")
 
 
 async def test_a_connection_that_delivered_starts_the_backoff_afresh(
