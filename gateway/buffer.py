@@ -193,6 +193,8 @@ class Buffer:
         self._failed = asyncio.Event()
         self._clock_synchronized = clock_synchronized
         self._rate_limited = RateLimitedLog(log)
+        self._unlogged_drops = 0
+        """Readings dropped since the last `dropped the oldest` line (writer thread only)."""
         self.progress = Progress()
         """Puts waiting for their commit: the watchdog's view of the writer thread."""
         self.read_progress = Progress()
@@ -565,12 +567,16 @@ class Buffer:
             self.counters.commits += 1
             self.counters.last_commit = time.time()
             if dropped:
-                log.warning(
+                self._unlogged_drops += dropped
+                if self._rate_limited.warning(  # every commit drops during a long outage
+                    "drop_oldest",
                     "buffer full: dropped the oldest readings (when_full: drop_oldest)",
-                    dropped=dropped,
+                    dropped=self._unlogged_drops,
+                    dropped_total=self.counters.dropped,
                     max_bytes=self.max_bytes,
                     hint="raise buffer.max_bytes, or use when_full: reject_new to hold sources",
-                )
+                ):
+                    self._unlogged_drops = 0
         if isinstance(error, BufferFull):
             self.counters.rejected += len(entries)
         chunk = chunk_of(first_seq, accepted, entries) if added else None

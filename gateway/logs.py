@@ -116,13 +116,14 @@ class RateLimitedLog:
         self._last: dict[str, float] = {}  # oldest first: a key moves to the end when logged
         self._suppressed: dict[str, int] = {}
 
-    def warning(self, key: str, event: str, **fields: Any) -> None:
-        self._emit("warning", key, event, fields)
+    def warning(self, key: str, event: str, **fields: Any) -> bool:
+        """Log unless `key` was logged within the interval; whether it was logged."""
+        return self._emit("warning", key, event, fields)
 
-    def error(self, key: str, event: str, **fields: Any) -> None:
-        self._emit("error", key, event, fields)
+    def error(self, key: str, event: str, **fields: Any) -> bool:
+        return self._emit("error", key, event, fields)
 
-    def _emit(self, level: str, key: str, event: str, fields: dict[str, Any]) -> None:
+    def _emit(self, level: str, key: str, event: str, fields: dict[str, Any]) -> bool:
         now = time.monotonic()
         if key not in self._last and len(self._last) >= _MAX_KEYS:
             self._drop_older_than_interval(now)
@@ -130,13 +131,14 @@ class RateLimitedLog:
                 key = _OVERFLOW_KEY
         if now - self._last.get(key, -self._interval) < self._interval:
             self._suppressed[key] = self._suppressed.get(key, 0) + 1
-            return
+            return False
         self._last.pop(key, None)
         self._last[key] = now
         suppressed = self._suppressed.pop(key, 0)
         if suppressed:
             fields["suppressed_since_last"] = suppressed
         getattr(self._log, level)(event, **fields)
+        return True
 
     def _drop_older_than_interval(self, now: float) -> None:
         for key, last in list(self._last.items()):

@@ -41,6 +41,7 @@ from gateway.buffer import (
     encode_chunk,
 )
 from gateway.errors import BufferFull, StorageError
+from gateway.logs import RateLimitedLog
 from gateway.model import Reading
 
 T0 = datetime(2024, 3, 1, 12, 0, tzinfo=UTC)
@@ -249,13 +250,25 @@ async def test_reject_new_raises_buffer_full_and_keeps_what_it_has(db: Path) -> 
 
 
 async def test_drop_oldest_drops_the_oldest_and_counts_them(db: Path) -> None:
+    """And says so once per 10 s, with how many (it said so for every commit, 25 lines a
+    second during an outage)."""
     puts = [reading(i, pad_bytes=600) for i in range(120)]
-    async with Buffer(db, max_bytes=32 * 1024, when_full="drop_oldest", commit_interval=0) as buf:
-        for one in puts:
-            await buf.put([one])  # never refused
-        stored = await fetch_all(buf)
-        dropped = buf.counters.dropped
-        depth = buf.depth
+    with capture_logs() as logs:
+        async with Buffer(
+            db, max_bytes=32 * 1024, when_full="drop_oldest", commit_interval=0
+        ) as buf:
+            for one in puts:
+                await buf.put([one])  # never refused
+            stored = await fetch_all(buf)
+            dropped = buf.counters.dropped
+            depth = buf.depth
+            said = [e for e in logs if e["event"].startswith("buffer full: dropped the oldest")]
+            assert [(e["dropped"], e["dropped_total"]) for e in said] == [(1, 1)]
+
+            buf._rate_limited = RateLimitedLog(gateway.buffer.log, interval=0)  # 10 s later
+            await buf.put([reading(120, pad_bytes=600)])
+            said = [e for e in logs if e["event"].startswith("buffer full: dropped the oldest")]
+            assert said[-1]["dropped"] == buf.counters.dropped - 1  # all since the first line
 
     assert 0 < dropped < 120
     assert buf.counters.rejected == 0
