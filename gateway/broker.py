@@ -48,6 +48,14 @@ TOO_LARGE = (
     "the gateway makes its messages smaller; a single reading larger than the limit "
     "stays buffered until the broker's max_message_size is raised",
 )
+FORCED = (
+    "the broker closed the connection (CONNECTION_FORCED)",
+    "the broker is shutting down, or an administrator closed the connection or "
+    "deleted the user or the vhost of amqp.url: check them on the broker",
+)
+PASSING = (UNREACHABLE, FORCED)
+"""Trouble that usually passes by itself (a broker restarting, an uplink down): warnings.
+The other explanations are refusals that last until a setting changes: errors."""
 
 
 def _broker_error(error: BaseException) -> BaseException:
@@ -71,11 +79,7 @@ def explain(error: BaseException) -> tuple[str, str] | None:
     if broker_max_size(error) is not None:
         return TOO_LARGE
     if "CONNECTION_FORCED" in str(error):
-        return (
-            "the broker closed the connection (CONNECTION_FORCED)",
-            "the broker is shutting down, or an administrator closed the connection or "
-            "deleted the user or the vhost of amqp.url: check them on the broker",
-        )
+        return FORCED
     if isinstance(error, errors.AuthenticationError | errors.ProbableAuthenticationError):
         return (
             "broker refused the login",

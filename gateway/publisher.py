@@ -32,6 +32,7 @@ from yarl import URL
 from gateway.backoff import Backoff
 from gateway.broker import (
     CONNECTION_ERRORS,
+    PASSING,
     TOO_LARGE,
     UNREACHABLE,
     ConnectionLost,
@@ -56,6 +57,8 @@ memory (fetching the whole window, 6,400 readings by default, cost 3 MB under ov
 TOO_LARGE_RETRY_MAX_S = 600.0
 """A reading larger than the broker takes waits for its settings to change: each try closes
 the channel (a reconnect and a warning), so it is tried at most every 10 minutes."""
+OUTAGE_LOG_INTERVAL_S = 60.0
+"""The same trouble with the broker is logged at most once a minute (with the attempts since)."""
 MAX_RETRY_READINGS = 20_000
 """Readings kept in memory for retry (e.g. returned as unroutable) before intake pauses."""
 T = TypeVar("T")
@@ -132,6 +135,10 @@ class Publisher:
         self._read_again = False
         """Batches in memory were built before `_max_body` was known: build them anew."""
         self._routing_keys: dict[tuple[str, str], str] = {}
+        self._uplink_log = RateLimitedLog(log, interval=OUTAGE_LOG_INTERVAL_S)
+        """For connection trouble; `_rate_limited` is for refused batches."""
+        self._down_since: float | None = None
+        """When the uplink was last lost (or first failed to connect); None while up."""
         self._stopping = asyncio.Event()
         self._loop_time = asyncio.get_running_loop().time
         self._rate_limited = RateLimitedLog(log)
@@ -165,8 +172,9 @@ class Publisher:
             refused_size = self.counters.too_large > too_large or self._max_body < max_body
             if self._read_again:
                 self._forget_batches()
-            if self.counters.published_messages > confirmed:
-                backoff.reset()  # it delivered: the next failure starts afresh
+            if self.counters.published_messages > confirmed:  # it delivered: this failure
+                backoff.reset()  # starts the backoff afresh, and is logged at once
+                self._uplink_log = RateLimitedLog(log, interval=OUTAGE_LOG_INTERVAL_S)
             # A session that opened but never delivered (a refused publish) grows the backoff,
             # unless it lasted long (an idle connection that ended).
             delay = backoff.delay_after(started)
@@ -174,11 +182,18 @@ class Publisher:
             if refused_size:  # the channel closed: the error seen here may not say why
                 problem, hint = TOO_LARGE
             self.counters.last_error = f"{problem} ({type(error).__name__}: {error})"
-            log.warning(
+            if self._down_since is None:
+                self._down_since = time.monotonic()
+            log_it = (
+                self._uplink_log.warning if (problem, hint) in PASSING else self._uplink_log.error
+            )
+            log_it(  # a day's outage logs ~1,400 lines, not 5,800 (retry_max_s 15)
+                problem,
                 f"{problem}; readings stay buffered",
                 url=self._shown(url),
                 error=f"{type(error).__name__}: {error}",
                 retry_in_s=round(delay, 2),
+                down_for_s=round(time.monotonic() - self._down_since),
                 buffered=self.buffer.depth,
                 hint=hint,
             )
@@ -195,7 +210,14 @@ class Publisher:
             self.counters.connected_url = self._shown(url)
             channel = await self._deadline(connection.channel(publisher_confirms=True))
             exchange = await self._exchange(channel)
-            log.info("connected to broker", url=self._shown(url), exchange=self.config.exchange)
+            back: dict[str, float] = {}
+            if self._down_since is not None:  # how long it was away, and what it left to send
+                back = {"down_for_s": round(time.monotonic() - self._down_since, 1)}
+                back["buffered"] = self.buffer.depth
+                self._down_since = None
+            log.info(
+                "connected to broker", url=self._shown(url), exchange=self.config.exchange, **back
+            )
             await self._pump(connection, exchange)
         finally:
             self.counters.connected_url = None

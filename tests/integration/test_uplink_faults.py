@@ -11,6 +11,7 @@ import json
 import secrets
 import time
 from collections.abc import Awaitable, Callable
+from datetime import datetime
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -124,6 +125,37 @@ def more_connects(log: Path, than: int) -> bool:
     return log.read_text().count('"connected to broker"') > than
 
 
+async def test_an_outage_is_logged_once_a_minute_and_the_reconnect_says_how_long_it_was(
+    make_site: Any, rabbitmq_node: RabbitMQNode, mosquitto: MosquittoBroker
+) -> None:
+    """Every failed connect was a warning: 5,800 lines a day of an uplink outage at
+    retry_max_s 15 (operator review). Now the first failure of an outage is logged at once,
+    the same trouble again at most once a minute, and the reconnect says how long the
+    broker was away and what it left to send."""
+    site = make_site(rabbitmq_node, mosquitto, extra_amqp="retry_initial_s: 0.1\nretry_max_s: 0.3")
+    log = site.gateway.log
+    async with site.streaming(sensors=2, rate=100, duration=14) as (collector, fleet):
+        for _ in range(2):  # the second outage follows a delivering session: logged at once
+            await asyncio.sleep(1)
+            await asyncio.to_thread(rabbitmq_node.stop)
+            await asyncio.sleep(4)  # 10 or more failed connects
+            connects = log.read_text().count('"connected to broker"')
+            await asyncio.to_thread(rabbitmq_node.start)
+            await until("reconnected", partial(more_connects, log, connects))
+        sent, _ = await delivered(fleet, collector, within_s=60)
+        failures = publisher_of(site)["connection_failures"]
+    assert collector.received.missing(sent.last_seq) == {}
+    assert site.gateway.terminate() == 0
+    lines = [json.loads(line) for line in log.read_text().splitlines()]
+    unreachable = [e for e in lines if e["event"].startswith("broker unreachable")]
+    assert failures >= 20
+    assert len(unreachable) == 2, [e["event"] for e in lines if e["level"] == "warning"]
+    assert all(e["level"] == "warning" for e in unreachable)
+    back = [e for e in lines if e["event"] == "connected to broker" and "down_for_s" in e]
+    assert len(back) == 2
+    assert all(e["down_for_s"] >= 4 and e["buffered"] > 0 for e in back)
+
+
 async def test_lost_confirms_and_a_cut_uplink_cost_duplicates_not_readings(
     make_site: Any, rabbitmq: RabbitMQNode, mosquitto: MosquittoBroker
 ) -> None:
@@ -204,6 +236,8 @@ async def test_refused_logins_say_why_and_readings_flow_once_the_user_may_publis
     assert "check amqp.username and amqp.password_file" in log
     assert f'"url": "amqp://{user}:***@127.0.0.1:{rabbitmq.port}/"' in log  # who logs in
     assert "broker unreachable" not in log  # the broker was there: it said no
+    refusals = [json.loads(line) for line in log.splitlines() if "broker refused" in line]
+    assert {e["level"] for e in refusals} == {"error"}  # lasting: `journalctl -p err` shows it
     assert site.gateway.terminate() == 0
 
 
@@ -225,15 +259,20 @@ async def test_publishes_refused_after_a_good_connect_back_off_more_and_more(
         "retry_initial_s: 0.1\nretry_max_s: 2",
     )
 
-    def delays() -> list[float]:
+    def connects() -> list[float]:  # each refused session connects first
         lines = [json.loads(line) for line in site.gateway.log.read_text().splitlines()]
-        return [line["retry_in_s"] for line in lines if "retry_in_s" in line]
+        return [
+            datetime.fromisoformat(line["timestamp"]).timestamp()
+            for line in lines
+            if line["event"] == "connected to broker"
+        ]
 
     async with site.collector() as collector:
         site.gateway.start()
         sent = await asyncio.to_thread(site.fleet(sensors=2, rate=100).run, 100)
-        await until("six refused sessions", lambda: len(delays()) >= 6)
-        assert delays()[5] >= 1.0  # 0.1 s doubled five times, capped at 2 s, jittered 0.5-1
+        await until("seven refused sessions", lambda: len(connects()) >= 7)
+        at = connects()
+        assert at[6] - at[5] >= 1.0  # 0.1 s doubled five times, capped at 2 s, jittered 0.5-1
         await asyncio.to_thread(rabbitmq.ctl, "set_permissions", "-p", "/", user, ".*", ".*", ".*")
         await collector.wait_until(lambda got: got.unique >= 100, timeout=30)
     assert collector.received.missing(sent.last_seq) == {}
