@@ -81,8 +81,10 @@ class ModbusSource:
     async def _keep_port(self) -> None:
         """Find the port, poll until it goes away, start over; for ever."""
         backoff = Backoff(0.5, 30.0)
+        went_away = None
         while True:
-            path = await wait_for_port(self.config, self._log, self.stats)
+            path = await wait_for_port(self.config, self._log, self.stats, went_away)
+            went_away = None
             lost = asyncio.Event()
 
             def on_connect(up: bool, lost: asyncio.Event = lost) -> None:
@@ -110,12 +112,8 @@ class ModbusSource:
                     await self._poll(client, lost)
             except _PortLost:
                 self.stats.state = "device lost"
-                self.stats.failed(f"{path} went away")
-                self._rate_limited.warning(
-                    "lost",
-                    "serial device went away; waiting for it to come back",
-                    port=path,
-                )
+                went_away = f"{path} went away"  # wait_for_port says so
+                self.stats.failed(went_away)
             finally:
                 client.close()
             await asyncio.sleep(backoff.delay_after(opened))

@@ -33,8 +33,14 @@ _REMINDER_INTERVAL_S = 300.0
 _GLOB_CHARS = frozenset("*?[")
 
 
-async def wait_for_port(config: SerialPortConfig, log: Any, stats: DriverStats) -> str:
-    """The device path to open for `config`, as soon as one exists; waits while none does."""
+async def wait_for_port(
+    config: SerialPortConfig, log: Any, stats: DriverStats, lost: str | None = None
+) -> str:
+    """The device path to open for `config`, as soon as one exists; waits while none does.
+
+    `lost` is why the last open port went away (unplugged): said here, once, with the wait
+    it starts (a driver's own line about it beside "not present" said one event twice).
+    """
     backoff = Backoff(_RETRY_INITIAL_S, _RETRY_MAX_S)
     reminders = RateLimitedLog(log, interval=_REMINDER_INTERVAL_S)
     waited = False
@@ -43,14 +49,24 @@ async def wait_for_port(config: SerialPortConfig, log: Any, stats: DriverStats) 
         if path is not None:
             if waited:
                 log.info("serial device is present again", port=path)
+            elif lost is not None:  # back at once (a USB reset): the loss is still news
+                log.warning("serial device went away; opening it again", error=lost)
             return path
         stats.state = WAITING
-        reminders.warning(
-            "absent",
-            "serial device not present; waiting for it to be plugged in",
-            wanted=config.wanted(),
-            hint="plug it in, or check `port`/`usb` (ls -l /dev/serial/by-id/)",
-        )
+        if lost is not None:
+            reminders.warning(
+                "absent",
+                "serial device went away; waiting for it to come back",
+                error=lost,
+                wanted=config.wanted(),
+            )
+        else:
+            reminders.warning(
+                "absent",
+                "serial device not present; waiting for it to be plugged in",
+                wanted=config.wanted(),
+                hint="plug it in, or check `port`/`usb` (ls -l /dev/serial/by-id/)",
+            )
         waited = True
         await asyncio.sleep(backoff.next_delay())
 

@@ -127,8 +127,10 @@ class SerialLineSource:
 
     async def _port_forever(self) -> None:
         backoff = Backoff(0.5, 30.0)
+        lost = None
         while True:
-            path = await wait_for_port(self.config, self._log, self.stats)
+            path = await wait_for_port(self.config, self._log, self.stats, lost)
+            lost = None
             self._port = path
             opened = time.monotonic()
             try:
@@ -142,7 +144,7 @@ class SerialLineSource:
             except PortGone as exc:
                 self.stats.bump("disconnects")
                 self.stats.failed(str(exc))
-                self._log.warning("serial device gone; waiting for it to come back", error=str(exc))
+                lost = str(exc)  # wait_for_port says so
             await asyncio.sleep(backoff.delay_after(opened))
 
     async def _session(self, link: SerialLink) -> None:
