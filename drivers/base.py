@@ -53,6 +53,9 @@ class DriverStats:
     oversized: int = 0
     errors: int = 0
     last_error: str | None = None
+    last_error_at: float | None = None
+    """When `last_error` happened (Unix time): status shows its age, as an error long past
+    beside a driver that reads again is no news."""
     counters: dict[str, int] = field(default_factory=dict)
 
     def read(self, count: int) -> None:
@@ -62,6 +65,7 @@ class DriverStats:
     def failed(self, message: str) -> None:
         self.errors += 1
         self.last_error = message
+        self.last_error_at = time.time()
 
     def bump(self, counter: str, n: int = 1) -> None:
         """Add `n` to a named counter (`counters`, shown by `edge-gateway status`)."""

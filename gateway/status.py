@@ -226,9 +226,25 @@ def format_status(report: dict[str, Any]) -> str:
             + f", malformed {stats['malformed']}, oversized {stats['oversized']}"
             + "".join(f", {kind} {n}" for kind, n in sorted(stats.get("counters", {}).items()))
             + f", errors {stats['errors']}"
-            + (f" (last: {stats['last_error']})" if stats["last_error"] else "")
+            + (
+                f" (last{_ago(stats.get('last_error_at'))}: {stats['last_error']})"
+                if stats["last_error"]
+                else ""
+            )
         )
     return "\n".join(lines)
+
+
+def _ago(when: float | None) -> str:
+    """' 5 s ago', ' 12 min ago', ' 3 h ago'; nothing for a report without the time."""
+    if when is None:
+        return ""
+    age = max(0.0, time.time() - when)
+    if age < 120:
+        return f" {age:.0f} s ago"
+    if age < 7200:
+        return f" {age / 60:.0f} min ago"
+    return f" {age / 3600:.0f} h ago"
 
 
 def _uptime(live: dict[str, Any]) -> float:

@@ -7,9 +7,11 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
+from drivers.base import DriverStats
 from gateway.buffer import Buffer
 from gateway.cli import EXIT_CONFIG, EXIT_NOT_RUNNING, main
 from gateway.config import AmqpSection, GatewaySection
@@ -101,3 +103,20 @@ async def test_uptime_comes_from_the_monotonic_clock(tmp_path: Path) -> None:
         shown = format_status(read_status(tmp_path))
     assert "gateway    running, pid" in shown
     assert ", up 0 s" in shown
+
+
+async def test_a_drivers_last_error_says_how_long_ago_it_was(tmp_path: Path) -> None:
+    """An error long past beside a driver that reads again (a broker restarted four minutes
+    ago) read as news: it says when it was."""
+    stats = DriverStats(type="mqtt")
+    stats.failed("cannot connect to 127.0.0.1:1883: [Errno 111] Connection refused")
+    assert stats.last_error_at is not None
+    stats.last_error_at -= 240
+    stats.state = "connected"
+    async with Buffer(tmp_path / "buffer.db", max_bytes=1 << 20) as buffer:
+        publisher = Publisher(AmqpSection(), GatewaySection(id="gw"), buffer)
+        driver = SimpleNamespace(name="sensors", stats=stats)
+        StatusWriter(tmp_path, buffer, publisher, lambda: [driver]).write()
+        shown = format_status(read_status(tmp_path))
+    assert "connected, 0 readings" in shown
+    assert "errors 1 (last 4 min ago: cannot connect to 127.0.0.1:1883" in shown
