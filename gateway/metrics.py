@@ -20,6 +20,7 @@ from gateway.clock import system_clock_synchronized
 from gateway.config import MetricsSection
 from gateway.errors import ConfigError
 from gateway.publisher import Publisher
+from gateway.status import buffer_figures
 
 if TYPE_CHECKING:
     from prometheus_client.metrics_core import Metric
@@ -47,7 +48,23 @@ class GatewayCollector:
             return CounterMetricFamily(f"edge_gateway_{name}", text, value=value)
 
         buffer, pub = self.buffer.counters, self.publisher.counters
-        yield gauge("buffer_readings", "Readings on disk, not yet confirmed", self.buffer.depth)
+        yield gauge(
+            "buffer_readings",
+            "Readings in the buffer (confirmed ones are deleted within a second)",
+            self.buffer.depth,
+        )
+        figures = buffer_figures(self.buffer.path)  # as `status` reads them, from the file
+        yield gauge(
+            "buffer_oldest_reading_age_seconds",
+            "Age of the oldest reading in the buffer (0 when empty): the uplink's lag",
+            figures.get("oldest_age_s") or 0,
+        )
+        yield gauge(
+            "buffer_disk_bytes",
+            "Bytes of the buffer's files (database and WAL)",
+            figures.get("bytes_on_disk", 0),
+        )
+        yield gauge("buffer_max_bytes", "buffer.max_bytes", self.buffer.max_bytes)
         yield counter(
             "buffer_accepted_readings", "Readings committed to the buffer", buffer.accepted
         )

@@ -88,7 +88,7 @@ class StatusWriter:
 def read_status(state_dir: Path) -> dict[str, Any]:
     """The buffer as the disk holds it, plus the gateway's last report, if any."""
     database = state_dir / BUFFER_FILE
-    report: dict[str, Any] = {"state_dir": str(state_dir), "buffer": _buffer_figures(database)}
+    report: dict[str, Any] = {"state_dir": str(state_dir), "buffer": buffer_figures(database)}
     try:
         live = json.loads((state_dir / STATUS_FILE).read_text(encoding="utf-8"))
     except PermissionError:  # the state directory is the service's: 0750
@@ -100,7 +100,8 @@ def read_status(state_dir: Path) -> dict[str, Any]:
     return report
 
 
-def _buffer_figures(database: Path) -> dict[str, Any]:
+def buffer_figures(database: Path) -> dict[str, Any]:
+    """What the buffer's file holds, read from it (read-only): a running gateway's or not."""
     try:
         if not database.exists():
             return {

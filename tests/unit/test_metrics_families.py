@@ -3,11 +3,13 @@ endpoint that cannot start stops the gateway only when its settings are at fault
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import errno
 import os
 import socket
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -19,6 +21,7 @@ from gateway.buffer import Buffer
 from gateway.config import AmqpSection, GatewaySection, MetricsSection
 from gateway.errors import ConfigError
 from gateway.metrics import GatewayCollector, metrics_endpoint
+from gateway.model import Reading
 from gateway.publisher import Publisher
 
 
@@ -44,6 +47,27 @@ async def test_driver_counters_and_damaged_chunks_are_exported(tmp_path: Path) -
     assert f"edge_gateway_driver_events_total{{{labels}}} 9.0" in lines
     labels = 'driver="meter",kind="bad_crc",type="serial"'
     assert f"edge_gateway_driver_events_total{{{labels}}} 1.0" in lines
+
+
+async def test_the_backlogs_age_and_size_are_exported(tmp_path: Path) -> None:
+    """What an operator alerts on: how old the oldest waiting reading is, and how full the
+    buffer is (status showed them; the endpoint had only the count)."""
+    async with Buffer(tmp_path / "buffer.db", max_bytes=1 << 20, commit_interval=0) as buffer:
+        when = datetime(2026, 1, 1, tzinfo=UTC)
+        await buffer.put([Reading("d1", when, {"t": 1.0}, "test")])
+        await asyncio.sleep(1.2)
+        publisher = Publisher(AmqpSection(), GatewaySection(id="gw"), buffer)
+        registry = CollectorRegistry()
+        registry.register(GatewayCollector(buffer, publisher, list))
+        figures = {
+            line.split()[0]: float(line.split()[1])
+            for line in generate_latest(registry).decode().splitlines()
+            if not line.startswith("#")
+        }
+    assert 1.0 <= figures["edge_gateway_buffer_oldest_reading_age_seconds"] < 10
+    assert figures["edge_gateway_buffer_disk_bytes"] > 0
+    assert figures["edge_gateway_buffer_max_bytes"] == 1 << 20
+    assert figures["edge_gateway_buffer_readings"] == 1
 
 
 @pytest.mark.parametrize(
