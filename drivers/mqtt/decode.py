@@ -208,7 +208,9 @@ DECODERS: dict[str, Decoder] = {
 def _load_json(payload: bytes) -> Any:
     try:
         return fastjson.loads(payload)  # UTF-8, or UTF-16 or -32 as the json module knows them
-    except ValueError as exc:  # UnicodeDecodeError too
+    except UnicodeDecodeError as exc:  # its words name the codec the json module guessed
+        raise DecodeError(f"not valid JSON: not UTF-8 text (byte {exc.start})", payload) from None
+    except ValueError as exc:
         raise DecodeError(f"not valid JSON ({exc})", payload) from None
     except RecursionError:
         raise DecodeError("JSON nested too deeply", payload) from None

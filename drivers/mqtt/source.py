@@ -296,6 +296,9 @@ class MqttSource:
                 "MQTT broker refused the connection",
                 driver=self.name,
                 host=self.config.host,
+                port=self.config.broker_port,
+                client_id=self._client_id,
+                username=self.config.username,
                 reason=str(reason),
                 hint="check username, password_file, client_id and the broker's ACLs",
             )

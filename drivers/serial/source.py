@@ -62,7 +62,7 @@ class _Protocol:
 
 _WIRING_HINT = "check the cable and that baudrate, bytesize, parity and stopbits match the device"
 _HINTS = {
-    "overlong": "raise max_line_bytes if the device sends longer lines; garbage without line "
+    "oversized": "raise max_line_bytes if the device sends longer lines; garbage without line "
     "ends means a wrong baudrate or delimiter",
     "bad_checksum": _WIRING_HINT,
     "partial": "the device went away mid-line; nothing to do unless it keeps happening",
@@ -204,7 +204,7 @@ class SerialLineSource:
             if isinstance(line, Overlong):
                 self.stats.oversized += 1
                 self._warn(
-                    "overlong",
+                    "oversized",  # the name status gives the count
                     f"line longer than max_line_bytes ({self._protocol.max_line_bytes})",
                     line.sample,
                 )

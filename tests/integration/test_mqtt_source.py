@@ -152,6 +152,13 @@ async def test_refused_mqtt_credentials_are_reported_and_fixed_ones_work(
                 )
                 driver = (await report_after_now(tmp_path / "state"))["drivers"]["field"]
                 assert driver["state"] == "refused"
+                refused = next(
+                    json.loads(line)
+                    for line in gateway.log.read_text().splitlines()
+                    if "MQTT broker refused the connection" in line
+                )  # who was refused, where: what to look up in the broker's password file
+                assert (refused["port"], refused["username"]) == (mosquitto.port, "gateway")
+                assert refused["client_id"]
                 assert gateway.terminate() == 0
                 secret.write_text("right\n")
                 gateway.ready_markers.append(b'"MQTT subscriptions active"')

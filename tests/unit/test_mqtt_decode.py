@@ -146,6 +146,8 @@ def test_json_unusable_timestamp_is_rejected(raw: str) -> None:
         (b"", "not valid JSON"),
         (b"{", "not valid JSON"),
         (b"\xff\xfe", "not valid JSON"),
+        (b"\xff\x00\x65\x00\x01", r"not valid JSON: not UTF-8 text \(byte 4\)$"),  # not utf-16
+        (b'{"a": \xff}', r"not valid JSON: not UTF-8 text \(byte 6\)$"),
         (b"[1, 2]", "expected a JSON object, got list"),
         (b"42", "expected a JSON object, got int"),
         (b"{}", "no values"),

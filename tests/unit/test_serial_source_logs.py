@@ -44,6 +44,7 @@ async def test_an_overlong_line_is_logged_with_the_port_the_limit_and_a_hint() -
     assert entry["event"] == "bad serial input; skipped"
     assert entry["port"] == PORT and entry["driver"] == "bench"
     assert entry["problem"] == "line longer than max_line_bytes (16)"
+    assert entry["kind"] == "oversized"  # as status counts it
     assert "raise max_line_bytes" in entry["hint"]
     assert source.stats.oversized == 1
 
