@@ -28,6 +28,10 @@ from gateway.errors import BufferFull, ConfigError, StorageError
 
 log = structlog.get_logger("gateway.supervisor")
 
+STOP_WAIT_S = 15.0
+"""How long a cancelled driver may take to end before it is cancelled again: more than an
+MQTT connect in progress takes (`CONNECT_TIMEOUT_S`, 10 s), which a stop waits for."""
+
 
 @dataclass(frozen=True, slots=True)
 class _Running:
@@ -148,9 +152,23 @@ class DriverSupervisor:
 
 
 async def _cancel(tasks: list[asyncio.Task[None]]) -> None:
+    """Cancel `tasks` and wait until they end; one that outlives its cancel by
+    `STOP_WAIT_S` is cancelled again (a library swallowed the cancel), not waited for ever:
+    that wedged a reload, its other drivers stopped, and the shutdown after it."""
     for task in tasks:
         task.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
+    pending = set(tasks)
+    while pending:
+        _, pending = await asyncio.wait(pending, timeout=STOP_WAIT_S)
+        for task in pending:
+            log.warning(
+                "driver did not stop when cancelled; cancelling it again",
+                driver=task.get_name().removeprefix("driver "),
+                waited_s=STOP_WAIT_S,
+                hint="a library under the driver swallowed the cancel: please report it with "
+                "this log",
+            )
+            task.cancel()
 
 
 async def supervise(driver: Driver) -> None:

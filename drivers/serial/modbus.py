@@ -245,6 +245,7 @@ class ModbusSource:
                 continue
             finally:
                 self._trace.settle()
+            _raise_a_swallowed_cancel()  # pymodbus's read waits in `asyncio.wait_for` too
             self._line_fault(unit_id, block, answered=True)
             if response.isError():
                 self.stats.bump("exception_response")
@@ -353,11 +354,12 @@ class ModbusSource:
 
 
 def _raise_a_swallowed_cancel() -> None:
-    """Raise the cancel that pymodbus's connect may have swallowed.
+    """Raise the cancel that pymodbus's connect or read may have swallowed.
 
-    It opens the port inside `asyncio.wait_for`, which on Python 3.11 returns the result
-    and drops a cancel that arrives as the open completes (CPython gh-86296). The driver
-    would then poll on, and the reload or stop that cancelled it would wait for ever.
+    It opens the port and waits for each answer inside `asyncio.wait_for`, which on Python
+    3.11 returns the result and drops a cancel that arrives as it completes (CPython
+    gh-86296). The driver would then poll on, and the reload or stop that cancelled it
+    would wait for it (a chaos soak's reload wedged three drivers until a SIGKILL).
     """
     task = asyncio.current_task()
     if task is not None and task.cancelling():

@@ -388,3 +388,34 @@ async def test_a_driver_cancelled_as_it_connects_stops(tmp_path: Path) -> None:
             async with asyncio.timeout(5):
                 await asyncio.gather(task, return_exceptions=True)
             assert task.cancelled()
+
+
+async def test_a_cancel_that_comes_as_an_answer_arrives_stops_the_driver(tmp_path: Path) -> None:
+    """pymodbus waits for an answer in `asyncio.wait_for`, which on Python 3.11 drops a
+    cancel that comes as the answer completes: the driver polled on, and the reload that
+    cancelled it waited for ever (a chaos soak). The cancel here comes from inside
+    pymodbus's receive path, with the answer's last bytes."""
+    async with meter_bus(tmp_path, units=[1]):
+        for _ in range(5):
+            task = await _cancelled_as_an_answer_arrives(tmp_path / "meter")
+            done, _ = await asyncio.wait([task], timeout=5)
+            assert done and task.cancelled(), f"still polling, cancelling()={task.cancelling()}"
+
+
+async def _cancelled_as_an_answer_arrives(link: Path) -> asyncio.Task[None]:
+    """A polling driver's task, cancelled from pymodbus's receive path once it has read."""
+    sink = ListSink()
+    source = ModbusSource(bus_config(link, [1], poll_interval_s=0.05), "gw", sink)
+    receive, armed = source._trace.packet, asyncio.Event()
+
+    def cancel_on_an_answer(sending: bool, data: bytes) -> bytes:
+        if armed.is_set() and not sending and len(data) >= 5:
+            armed.clear()
+            task.cancel()
+        return receive(sending, data)
+
+    source._trace.packet = cancel_on_an_answer  # type: ignore[method-assign]
+    task = asyncio.create_task(source.run())
+    await sink.wait_for(lambda: len(sink.readings) >= 2)
+    armed.set()
+    return task
