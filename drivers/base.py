@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
 from gateway.backoff import Backoff
-from gateway.errors import BufferFull, StorageError
+from gateway.errors import AcceptedThenCancelled, BufferFull, StorageError
 from gateway.logs import RateLimitedLog
 from gateway.model import Reading
 
@@ -114,9 +114,10 @@ class Outbox:
     """Readings a driver read but the buffer has not yet taken; bounded, in arrival order.
 
     A device cannot be asked to send again, so these must outlive the task that delivers
-    them: a batch leaves the outbox only once `put` has returned. A cancel during a put
-    (a reload, a stop, a restart after a failure) leaves it here, to be put again by the
-    next `deliver` or handed on with `take()`: at worst a duplicate, never a loss.
+    them: a batch leaves the outbox only once the buffer has it. A cancel during a put (a
+    reload, a stop, a restart after a failure) leaves it here, to be put again by the next
+    `deliver` or handed on with `take()`, unless the buffer had begun its commit
+    (`AcceptedThenCancelled`): each reading is accepted once, under one id.
     """
 
     def __init__(
@@ -192,9 +193,16 @@ class Outbox:
                 self._arrived.clear()
                 await self._arrived.wait()
             batch = self._held[:]
-            await put_until_accepted(
-                self._sink, batch, self._driver, self._stats, self._log, self._holding
-            )
-            del self._held[: len(batch)]
-            self._taken.set()
-            self._stats.read(len(batch))
+            try:
+                await put_until_accepted(
+                    self._sink, batch, self._driver, self._stats, self._log, self._holding
+                )
+            except AcceptedThenCancelled:
+                self._delivered(batch)  # on disk: not to be handed on and put twice
+                raise
+            self._delivered(batch)
+
+    def _delivered(self, batch: list[Reading]) -> None:
+        del self._held[: len(batch)]
+        self._taken.set()
+        self._stats.read(len(batch))

@@ -35,7 +35,7 @@ from typing import Literal
 
 import structlog
 
-from gateway.errors import BufferFull, StorageError
+from gateway.errors import AcceptedThenCancelled, BufferFull, StorageError
 from gateway.logs import RateLimitedLog
 from gateway.model import Reading
 from gateway.progress import Progress
@@ -133,6 +133,16 @@ def _closed_cleanly(conn: sqlite3.Connection) -> bool:
     except sqlite3.OperationalError:  # a new file: no meta table yet
         return False
     return row is not None and row[0] == "1"
+
+
+async def _committed(future: asyncio.Future[None]) -> bool:
+    """Whether the commit that has `future`'s put ends with it on disk (False if it fails,
+    or if a second cancel comes first: then the caller may put it again, a duplicate)."""
+    try:
+        await asyncio.shield(future)
+    except (asyncio.CancelledError, BufferFull, StorageError):
+        return False
+    return True
 
 
 def encode_chunk(entries: Sequence[tuple[str, str, bytes]]) -> bytes:
@@ -319,6 +329,9 @@ class Buffer:
 
         Raises `BufferFull` (when_full=reject_new) or `StorageError`; then nothing
         of this call was accepted and the caller must not acknowledge its source.
+        Cancelled, it takes the readings back if their commit has not begun (a plain
+        CancelledError: nothing accepted); if it has, it waits for that commit and raises
+        `AcceptedThenCancelled` when the readings are on disk.
         """
         if not readings:
             return
@@ -333,11 +346,20 @@ class Buffer:
                 raise self._failure
             if self._state.closing:
                 raise StorageError("the buffer is closing; the reading was not accepted")
-            self._state.puts.append(_Put(entries, future))
+            put = _Put(entries, future)
+            self._state.puts.append(put)
             self._cond.notify()
         self.progress.begin()
         try:
-            await future
+            await asyncio.shield(future)  # a cancel must not lose what the commit decides
+        except asyncio.CancelledError:
+            with self._cond:
+                withdrawn = put in self._state.puts
+                if withdrawn:
+                    self._state.puts.remove(put)
+            if withdrawn or not await _committed(future):
+                raise
+            raise AcceptedThenCancelled from None
         finally:
             self.progress.end()
 

@@ -4,6 +4,8 @@ Each carries a message a user can act on: what failed, where, and what to do.
 Callers catch these types, never message strings.
 """
 
+import asyncio
+
 
 class GatewayError(Exception):
     """Base of every error the gateway raises on purpose."""
@@ -31,3 +33,10 @@ class BufferFull(GatewayError):
 
 class StorageError(GatewayError):
     """The buffer's disk failed (I/O error, disk full); nothing was accepted."""
+
+
+class AcceptedThenCancelled(asyncio.CancelledError):
+    """A cancelled `Buffer.put` whose readings were committed all the same: the buffer had
+    begun their commit. The caller must not put them again (they would get second ids); the
+    cancel goes on, as for any CancelledError. A put cancelled before its commit began
+    raises a plain CancelledError, and nothing of it was accepted."""

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import threading
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
 import pytest
 import structlog
 
 from drivers.base import DriverStats, Outbox
+from gateway.buffer import Buffer
 from gateway.errors import BufferFull
 from gateway.logs import RateLimitedLog
 from gateway.model import Reading, utc_from_epoch
@@ -102,3 +107,54 @@ async def test_a_driver_run_delivers_beside_its_read_loop_and_ends_stopped() -> 
         await outbox.deliver_while(read)
     assert sink.taken == _readings(1)
     assert stats.state == "stopped"
+
+
+async def _a_cancelled_delivery(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, commit_begun: bool
+) -> tuple[Outbox, list[tuple[int, int]]]:
+    """A driver's delivery of two readings into a real buffer, cancelled (a reload) while
+    its put waits for the group commit, or while that commit runs; then what it still holds
+    is handed on and put, as the supervisor does. (id seq, reading's own seq) of each stored."""
+    async with Buffer(tmp_path / "buffer.db", max_bytes=10**8, commit_interval=1.0) as buffer:
+        await buffer.put(_readings(0))  # a commit just happened: the next one gathers 1 s
+        begun, finish = threading.Event(), threading.Event()
+        commit = buffer._commit
+
+        def held_commit(*args: Any, **kwargs: Any) -> Any:
+            begun.set()
+            finish.wait(5)
+            return commit(*args, **kwargs)
+
+        monkeypatch.setattr(buffer, "_commit", held_commit)
+        outbox = Outbox(
+            100, buffer, "t", DriverStats("serial"), RateLimitedLog(structlog.get_logger())
+        )
+        outbox.add(_readings(1, 2))
+        delivery = asyncio.create_task(outbox.deliver())
+        if commit_begun:
+            await asyncio.to_thread(begun.wait, 5)
+        else:
+            await asyncio.sleep(0.005)  # queued, gathering
+            assert not begun.is_set()
+        delivery.cancel()
+        finish.set()
+        await asyncio.gather(delivery, return_exceptions=True)
+        assert delivery.cancelled()
+        handed_on = outbox.take()
+        if handed_on:
+            await buffer.put(handed_on)
+        chunks = await buffer.fetch(0, 100)
+    stored = [(r.seq, json.loads(r.body)["values"]["seq"]) for c in chunks for r in c.readings]
+    return outbox, stored
+
+
+@pytest.mark.parametrize("commit_begun", [False, True])
+async def test_a_delivery_cancelled_while_its_put_waits_for_the_commit_puts_each_reading_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, commit_begun: bool
+) -> None:
+    """The buffer committed a cancelled put all the same, and the outbox kept and handed on
+    the batch: each reading twice, under two ids (a chaos soak's reloads). Before its commit
+    begins the put is taken back; once it has begun, the outbox learns that it went in."""
+    outbox, stored = await _a_cancelled_delivery(tmp_path, monkeypatch, commit_begun)
+    assert stored == [(1, 0), (2, 1), (3, 2)]  # the earlier reading, then the two: once each
+    assert outbox._stats.readings == (2 if commit_begun else 0)
