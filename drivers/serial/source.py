@@ -115,6 +115,8 @@ class SerialLineSource:
         self._protocol = _protocol(config)
         self._last_byte = time.monotonic()
         self._port: str | None = None
+        self._first_line = True
+        """No line read yet from the port opened last: it may begin mid-line."""
         """The device path open now, or last open: for log lines about its input."""
         self._log = log.bind(driver=self.name)
         self._rate_limited = RateLimitedLog(self._log)
@@ -150,6 +152,7 @@ class SerialLineSource:
     async def _session(self, link: SerialLink) -> None:
         """Read one open port until it goes away (`PortGone`) or the driver is cancelled."""
         framer = LineFramer(self._protocol.delimiter, self._protocol.max_line_bytes)
+        self._first_line = True
         self.stats.state = "reading"
         self._last_byte = time.monotonic()
         try:
@@ -209,16 +212,15 @@ class SerialLineSource:
                     line.sample,
                 )
                 continue
+            first, self._first_line = self._first_line, False
             try:
                 reading = self._protocol.decode(line.rstrip(b"\r"), received)
-            except ChecksumError as exc:
-                self.stats.malformed += 1
-                self.stats.bump("bad_checksum")
-                self._warn("bad_checksum", str(exc), exc.sample)
-                continue
-            except DecodeError as exc:
-                self.stats.malformed += 1
-                self._warn("malformed", str(exc), exc.sample)
+            except DecodeError as exc:  # a ChecksumError too
+                if first:  # the port opened while the device was mid-line: no wiring fault
+                    self.stats.bump("partial")
+                    self._log.info("first line after the port opened was cut; skipped")
+                else:
+                    self._bad_line(exc)
                 continue
             if reading is not None:
                 readings.append(reading)
@@ -235,6 +237,14 @@ class SerialLineSource:
                 hint="the buffer does not take readings: see its log lines "
                 "(buffer full, disk error)",
             )
+
+    def _bad_line(self, exc: DecodeError) -> None:
+        self.stats.malformed += 1
+        if isinstance(exc, ChecksumError):
+            self.stats.bump("bad_checksum")
+            self._warn("bad_checksum", str(exc), exc.sample)
+        else:
+            self._warn("malformed", str(exc), exc.sample)
 
     def _warn(self, kind: str, problem: str, sample: bytes) -> None:
         self._rate_limited.warning(

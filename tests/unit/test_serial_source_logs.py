@@ -33,6 +33,7 @@ def _source(**options: Any) -> SerialLineSource:
     )  # fmt: skip
     source = SerialLineSource(config, "gw", _Sink())
     source._port = PORT  # as `_port_forever` sets it once the port is found
+    source._first_line = False  # lines of a port that has been read a while
     return source
 
 
@@ -98,3 +99,18 @@ async def test_readings_beyond_the_outbox_are_logged_as_dropped_without_an_empty
     assert entry["port"] == PORT and entry["dropped"] == 2 and entry["waiting"] == 0
     assert "sample" not in entry and "buffer" in entry["hint"]
     assert source.stats.counters["overflow"] == 2
+
+
+async def test_a_cut_first_line_after_the_port_opens_is_partial_not_a_wiring_fault() -> None:
+    """A device that streams is met mid-line when the port opens (a restart, a replug): that
+    half line was 'malformed' with a hint to check the cable and baudrate (a chaos soak)."""
+    source = _source()
+    source._first_line = True  # as `_session` sets it for a port just opened
+    with capture_logs() as logs:
+        source._take([b"p 21.5", b"temp 21.5"], time.time())
+    assert source.stats.counters["partial"] == 1
+    assert source.stats.malformed == 1  # the second line is garbage all the same
+    assert [e["event"] for e in logs] == [
+        "first line after the port opened was cut; skipped",
+        "bad serial input; skipped",
+    ]
