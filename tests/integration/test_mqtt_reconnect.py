@@ -10,7 +10,7 @@ import contextlib
 import logging
 import socket
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -51,6 +51,18 @@ def quick_source(name: str, port: int, **settings: Any) -> MqttSource:
     return MqttSource(config, "gw", _Discard())
 
 
+@contextlib.asynccontextmanager
+async def running(source: MqttSource) -> AsyncIterator[None]:
+    """The source runs for the block; it is stopped as a reload or a stop does (cancelled)."""
+    task = asyncio.create_task(source.run())
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
 @pytest.fixture
 def backoff_runs(monkeypatch: pytest.MonkeyPatch) -> list[tuple[float, int]]:
     """For every ended run (a connection, or a connect attempt) handed to a backoff: how long
@@ -70,16 +82,11 @@ async def test_the_backoff_is_told_how_long_each_connection_lasted(
     mosquitto_broker: MosquittoBroker, backoff_runs: list[tuple[float, int]]
 ) -> None:
     source = quick_source("reconnect", mosquitto_broker.port)
-    task = asyncio.create_task(source.run())
-    try:
+    async with running(source):
         await until("connected", lambda: source.stats.state == "connected")
         await asyncio.sleep(1.0)  # a connection that lasts a while
         await asyncio.to_thread(mosquitto_broker.stop)
         await until("two failed connects after the lost one", lambda: len(backoff_runs) >= 3)
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
     lost, *failed = [length for length, _ in backoff_runs]
     assert lost >= 1.0  # the connection's whole life, not the moment it ended
     assert all(run < 0.5 for run in failed)  # a refused connect is a run of no length
@@ -167,17 +174,12 @@ async def test_a_resumed_session_drops_a_filter_another_one_now_covers(
     )
     sink = _Kept()
     source = MqttSource(config, "gw", sink)
-    task = asyncio.create_task(source.run())
-    try:
+    async with running(source):
         await until("connected", lambda: source.stats.state == "connected")
         await asyncio.sleep(0.5)  # SUBACK and UNSUBACK
         await asyncio.to_thread(publish_one, mosquitto_broker.port, "old/kitchen/state")
         await until("a reading", lambda: len(sink.readings) >= 1)
         await asyncio.sleep(1.0)  # time for a second copy, had the broker sent one
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
     assert [r.device for r in sink.readings] == ["kitchen"]
 
 
@@ -197,7 +199,6 @@ async def test_a_client_taking_over_the_session_again_and_again_is_named(
     Mosquitto 2.0 closes the connection without a reason, so the driver names the likely
     cause once its connections keep ending within seconds."""
     source = quick_source("twin", mosquitto_broker.port)
-    task = asyncio.create_task(source.run())
 
     def take_over() -> None:  # the other gateway, connecting with the same client id
         other = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="twin-test")
@@ -205,16 +206,12 @@ async def test_a_client_taking_over_the_session_again_and_again_is_named(
         other.loop(0.2)
         other.disconnect()
 
-    try:
+    async with running(source):
         with capture_logs() as logs:
             await until("connected", lambda: source.stats.state == "connected")
             for _ in range(3):
                 await asyncio.to_thread(take_over)
                 await until("connected again", lambda: source.stats.state == "connected")
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
     named = [e for e in logs if e["event"].startswith("MQTT connections end within seconds")]
     assert named and named[0]["client_id"] == "twin-test", [e["event"] for e in logs]
     assert "another client with client id twin-test" in (source.stats.last_error or "")
@@ -226,8 +223,7 @@ async def test_a_broker_restarted_again_and_again_is_not_taken_for_another_clien
     """Connections that end within seconds because the broker restarts (an operator editing
     its configuration): a connect fails while it is away, so nobody took the session."""
     source = quick_source("restarted", mosquitto_broker.port, protocol="3.1.1")
-    task = asyncio.create_task(source.run())
-    try:
+    async with running(source):
         with capture_logs() as logs:
             for _ in range(4):
                 await until("connected", lambda: source.stats.state == "connected")
@@ -235,10 +231,6 @@ async def test_a_broker_restarted_again_and_again_is_not_taken_for_another_clien
                 await until("a connect failed", lambda: source.stats.state == "unreachable")
                 await asyncio.to_thread(mosquitto_broker.start)
             await until("connected", lambda: source.stats.state == "connected")
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
     assert [e for e in logs if e["log_level"] == "error"] == []
     assert "another client" not in (source.stats.last_error or "")
 
@@ -250,9 +242,8 @@ async def test_a_connection_that_delivered_starts_the_backoff_afresh(
     60 s that reset the backoff. The waits grew to reconnect_max_s, the gateway was away
     most of the time and the broker dropped what it could not queue (a soak's find)."""
     source = quick_source("restarts", mosquitto_broker.port, reconnect_max_s=0.4)
-    task = asyncio.create_task(source.run())
     publisher = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="restarts-publisher")
-    try:
+    async with running(source):
         for _ in range(3):
             await until("connected", lambda: source.stats.state == "connected")
             read = source.stats.readings
@@ -266,10 +257,6 @@ async def test_a_connection_that_delivered_starts_the_backoff_afresh(
             await asyncio.to_thread(mosquitto_broker.stop)
             await asyncio.sleep(1.0)  # failed connects meanwhile grow the backoff
             await asyncio.to_thread(mosquitto_broker.start)
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
     connections = [failures for length, failures in backoff_runs if length > 0.3]
     assert len(connections) >= 3
     assert connections == [0] * len(connections)  # each starts the backoff afresh
@@ -284,8 +271,7 @@ async def test_a_reset_connection_is_one_warning_that_says_so(
     once."""
     async with TcpProxy(mosquitto_broker.port) as proxy:
         source = quick_source("reset", proxy.port)
-        task = asyncio.create_task(source.run())
-        try:
+        async with running(source):
             await until("connected", lambda: source.stats.state == "connected")
             with capture_logs() as logs, caplog.at_level(logging.WARNING, logger="paho.mqtt"):
                 proxy.send_to_clients(b"\x32")  # a PUBLISH begins, and its rest never comes
@@ -293,10 +279,6 @@ async def test_a_reset_connection_is_one_warning_that_says_so(
                 proxy.reset()
                 await until("the loss is logged", lambda: len(logs) > 0)
                 await until("connected again", lambda: source.stats.state == "connected")
-        finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
     lost = [e for e in logs if e["event"].startswith("MQTT connection lost")]
     assert [e["reason"] for e in lost] == ["[Errno 104] Connection reset by peer"], logs
     assert [r.getMessage() for r in caplog.records if r.name.startswith("paho")] == []
@@ -307,15 +289,10 @@ async def test_a_broker_that_closes_the_connection_is_named_as_such(
 ) -> None:
     """Mosquitto killed: no DISCONNECT from it, its socket just closes."""
     source = quick_source("closed", mosquitto_broker.port)
-    task = asyncio.create_task(source.run())
-    try:
+    async with running(source):
         await until("connected", lambda: source.stats.state == "connected")
         with capture_logs() as logs:
             await asyncio.to_thread(mosquitto_broker.kill)
             await until("the loss is logged", lambda: len(logs) > 0)
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
     lost = [e for e in logs if e["event"].startswith("MQTT connection lost")]
     assert [e["reason"] for e in lost] == ["the broker closed the connection"], logs
