@@ -24,7 +24,7 @@ from drivers import create_driver
 from drivers.base import Driver, Sink
 from gateway.backoff import Backoff
 from gateway.config import DriverConfig
-from gateway.errors import BufferFull, ConfigError, StorageError
+from gateway.errors import AcceptedThenCancelled, BufferFull, ConfigError, StorageError
 
 log = structlog.get_logger("gateway.supervisor")
 
@@ -139,6 +139,12 @@ class DriverSupervisor:
         held = driver.outbox.take()
         try:
             await self._sink.put(held)
+        except AcceptedThenCancelled:
+            driver.stats.read(len(held))
+            raise
+        except asyncio.CancelledError:  # taken back by the buffer: held again, for a next stop
+            driver.outbox.add(held)
+            raise
         except (BufferFull, StorageError) as exc:
             log.error(
                 "readings a stopped driver held were lost: the buffer refused them",
@@ -153,8 +159,10 @@ class DriverSupervisor:
 
 async def _cancel(tasks: list[asyncio.Task[None]]) -> None:
     """Cancel `tasks` and wait until they end; one that outlives its cancel by
-    `STOP_WAIT_S` is cancelled again (a library swallowed the cancel), not waited for ever:
-    that wedged a reload, its other drivers stopped, and the shutdown after it."""
+    `STOP_WAIT_S` is cancelled again: a library that swallowed the cancel in a driver's own
+    task (pymodbus did) wedged a reload, its other drivers stopped, and the shutdown after
+    it. (A task group inside a driver lets a second cancel reach only its own body, not
+    its children: those must not swallow one.)"""
     for task in tasks:
         task.cancel()
     pending = set(tasks)
@@ -165,8 +173,8 @@ async def _cancel(tasks: list[asyncio.Task[None]]) -> None:
                 "driver did not stop when cancelled; cancelling it again",
                 driver=task.get_name().removeprefix("driver "),
                 waited_s=STOP_WAIT_S,
-                hint="a library under the driver swallowed the cancel: please report it with "
-                "this log",
+                hint="a library under the driver swallowed the cancel, or the buffer's disk "
+                "hangs a commit: please report it with this log",
             )
             task.cancel()
 

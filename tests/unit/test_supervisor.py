@@ -4,13 +4,19 @@ driver that swallows a cancel."""
 from __future__ import annotations
 
 import asyncio
+import json
+from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 from structlog.testing import capture_logs
 
 import gateway.supervisor
-from drivers.base import DriverStats
+from drivers.base import DriverStats, Outbox
 from drivers.mqtt.config import MqttDriverConfig
+from gateway.buffer import Buffer
+from gateway.logs import RateLimitedLog
+from gateway.model import Reading
 from gateway.supervisor import DriverSupervisor, supervise
 
 
@@ -87,3 +93,42 @@ async def test_a_driver_that_swallows_its_cancel_is_cancelled_again_not_waited_f
                 await supervisor.stop()
     [warned] = [e for e in logs if e["event"].startswith("driver did not stop")]
     assert warned["driver"] == "stubborn"
+
+
+class _Stopped:
+    """A driver stopped for good, its outbox holding two readings."""
+
+    name = "stopped"
+
+    def __init__(self, sink: Buffer) -> None:
+        self.stats = DriverStats(type="serial")
+        self.outbox = Outbox(
+            10, sink, self.name, self.stats, RateLimitedLog(gateway.supervisor.log)
+        )
+        self.outbox.add([_reading(1), _reading(2)])
+
+
+def _reading(seq: int) -> Reading:
+    return Reading("d", datetime(2026, 1, 1, tzinfo=UTC), {"seq": seq}, "stopped")
+
+
+async def test_a_last_put_cancelled_before_its_commit_keeps_the_readings_for_the_next_stop(
+    tmp_path: Path,
+) -> None:
+    """The buffer takes back a put cancelled before its commit began; the readings the last
+    put had taken from the outbox were then nowhere (a sibling task failing during a stop
+    cancels it), and the stop after it found nothing to put."""
+    async with Buffer(tmp_path / "buffer.db", max_bytes=10**8, commit_interval=1.0) as buffer:
+        async with asyncio.TaskGroup() as tasks:
+            supervisor = DriverSupervisor(tasks, "gw", buffer)
+            driver = _Stopped(buffer)
+            await buffer.put([_reading(0)])  # a commit now: the next one gathers 1 s
+            last_put = asyncio.create_task(supervisor._last_put(driver))
+            await asyncio.sleep(0.01)  # the put is queued, the commit gathers for 1 s
+            last_put.cancel()
+            await asyncio.gather(last_put, return_exceptions=True)
+            assert len(driver.outbox) == 2
+            await supervisor._last_put(driver)  # the stop after it
+        chunks = await buffer.fetch(0, 10)
+    assert [json.loads(r.body)["values"]["seq"] for c in chunks for r in c.readings] == [0, 1, 2]
+    assert driver.stats.readings == 2
