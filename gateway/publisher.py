@@ -29,7 +29,7 @@ import structlog
 from aio_pika.abc import AbstractExchange, AbstractRobustConnection
 from yarl import URL
 
-from gateway.backoff import Backoff
+from gateway.backoff import HEALTHY_RUN_S, Backoff
 from gateway.broker import (
     CONNECTION_ERRORS,
     PASSING,
@@ -138,7 +138,9 @@ class Publisher:
         self._uplink_log = RateLimitedLog(log, interval=OUTAGE_LOG_INTERVAL_S)
         """For connection trouble; `_rate_limited` is for refused batches."""
         self._down_since: float | None = None
-        """When the uplink was last lost (or first failed to connect); None while up."""
+        """When the uplink last failed after it was up (it delivered, or a session lasted
+        HEALTHY_RUN_S); None until then. A connect alone is no recovery: a broker that
+        refuses every publish after a good connect is still down."""
         self._stopping = asyncio.Event()
         self._loop_time = asyncio.get_running_loop().time
         self._rate_limited = RateLimitedLog(log)
@@ -172,8 +174,11 @@ class Publisher:
             refused_size = self.counters.too_large > too_large or self._max_body < max_body
             if self._read_again:
                 self._forget_batches()
-            if self.counters.published_messages > confirmed:  # it delivered: this failure
-                backoff.reset()  # starts the backoff afresh, and is logged at once
+            delivered = self.counters.published_messages > confirmed
+            if delivered:  # this failure starts the backoff afresh
+                backoff.reset()
+            if delivered or time.monotonic() - started > HEALTHY_RUN_S:
+                self._down_since = None  # the uplink was up: an outage begins, logged at once
                 self._uplink_log = RateLimitedLog(log, interval=OUTAGE_LOG_INTERVAL_S)
             # A session that opened but never delivered (a refused publish) grows the backoff,
             # unless it lasted long (an idle connection that ended).
@@ -210,13 +215,12 @@ class Publisher:
             self.counters.connected_url = self._shown(url)
             channel = await self._deadline(connection.channel(publisher_confirms=True))
             exchange = await self._exchange(channel)
-            back: dict[str, float] = {}
-            if self._down_since is not None:  # how long it was away, and what it left to send
-                back = {"down_for_s": round(time.monotonic() - self._down_since, 1)}
-                back["buffered"] = self.buffer.depth
-                self._down_since = None
+            outage: dict[str, float] = {}
+            if self._down_since is not None:  # how long it has been down, what waits to go
+                outage = {"down_for_s": round(time.monotonic() - self._down_since, 1)}
+                outage["buffered"] = self.buffer.depth
             log.info(
-                "connected to broker", url=self._shown(url), exchange=self.config.exchange, **back
+                "connected to broker", url=self._shown(url), exchange=self.config.exchange, **outage
             )
             await self._pump(connection, exchange)
         finally:

@@ -273,6 +273,10 @@ async def test_publishes_refused_after_a_good_connect_back_off_more_and_more(
         await until("seven refused sessions", lambda: len(connects()) >= 7)
         at = connects()
         assert at[6] - at[5] >= 1.0  # 0.1 s doubled five times, capped at 2 s, jittered 0.5-1
+        lines = [json.loads(line) for line in site.gateway.log.read_text().splitlines()]
+        connected = [e for e in lines if e["event"] == "connected to broker"]
+        down = [e["down_for_s"] for e in connected if "down_for_s" in e]
+        assert down == sorted(down) and down[-1] > 3  # a connect alone is no recovery
         await asyncio.to_thread(rabbitmq.ctl, "set_permissions", "-p", "/", user, ".*", ".*", ".*")
         await collector.wait_until(lambda got: got.unique >= 100, timeout=30)
     assert collector.received.missing(sent.last_seq) == {}
