@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import sqlite3
+import time
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -20,7 +22,7 @@ from gateway.clock import system_clock_synchronized
 from gateway.config import MetricsSection
 from gateway.errors import ConfigError
 from gateway.publisher import Publisher
-from gateway.status import buffer_figures
+from gateway.status import bytes_on_disk, oldest_accepted
 
 if TYPE_CHECKING:
     from prometheus_client.metrics_core import Metric
@@ -53,17 +55,19 @@ class GatewayCollector:
             "Readings in the buffer (confirmed ones are deleted within a second)",
             self.buffer.depth,
         )
-        figures = buffer_figures(self.buffer.path)  # as `status` reads them, from the file
-        yield gauge(
-            "buffer_oldest_reading_age_seconds",
-            "Age of the oldest reading in the buffer (0 when empty): the uplink's lag",
-            figures.get("oldest_age_s") or 0,
-        )
-        yield gauge(
-            "buffer_disk_bytes",
-            "Bytes of the buffer's files (database and WAL)",
-            figures.get("bytes_on_disk", 0),
-        )
+        with contextlib.suppress(sqlite3.Error):  # unknown: no figure, rather than a 0
+            oldest = oldest_accepted(self.buffer.path)
+            yield gauge(
+                "buffer_oldest_reading_age_seconds",
+                "Age of the oldest reading in the buffer (0 when empty): the uplink's lag",
+                time.time() - oldest if oldest else 0,
+            )
+        with contextlib.suppress(OSError):
+            yield gauge(
+                "buffer_disk_bytes",
+                "Bytes of the buffer's files (database and WAL)",
+                bytes_on_disk(self.buffer.path),
+            )
         yield gauge("buffer_max_bytes", "buffer.max_bytes", self.buffer.max_bytes)
         yield counter(
             "buffer_accepted_readings", "Readings committed to the buffer", buffer.accepted

@@ -8,11 +8,12 @@ command works whether or not the gateway runs.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import sqlite3
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -110,11 +111,7 @@ def buffer_figures(database: Path) -> dict[str, Any]:
                 "dir_exists": database.parent.is_dir(),
                 "not_a_dir": database.parent.exists() and not database.parent.is_dir(),
             }
-        on_disk = sum(
-            Path(f"{database}{suffix}").stat().st_size
-            for suffix in ("", "-wal")
-            if Path(f"{database}{suffix}").exists()
-        )
+        on_disk = bytes_on_disk(database)
     except OSError as exc:  # the state directory is the service's: 0750
         return {
             "path": str(database),
@@ -123,19 +120,40 @@ def buffer_figures(database: Path) -> dict[str, Any]:
         }
     figures: dict[str, Any] = {"path": str(database), "exists": True, "bytes_on_disk": on_disk}
     try:
-        conn = sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=5)
-        try:
-            depth, oldest = conn.execute(
-                "SELECT coalesce(sum(count), 0), min(accepted) FROM chunks"
-            ).fetchone()
-        finally:
-            conn.close()
+        with _read_only(database) as conn:
+            depth = conn.execute("SELECT coalesce(sum(count), 0) FROM chunks").fetchone()[0]
+        oldest = oldest_accepted(database)
     except sqlite3.Error as exc:
         figures["error"] = f"cannot read the buffer: {exc}"
         return figures
     figures["depth"] = depth
     figures["oldest_age_s"] = round(time.time() - oldest, 1) if oldest else None
     return figures
+
+
+def bytes_on_disk(database: Path) -> int:
+    """The buffer's database and its write-ahead log, in bytes; OSError if unreadable."""
+    files = (database, Path(f"{database}-wal"))
+    return sum(path.stat().st_size for path in files if path.exists())
+
+
+def oldest_accepted(database: Path) -> float | None:
+    """When the oldest reading in the buffer was accepted (Unix time); None when empty.
+
+    One row by its key, not a scan: the metrics endpoint asks at every scrape, also while
+    an outage's backlog fills the buffer."""
+    with _read_only(database) as conn:
+        row = conn.execute("SELECT accepted FROM chunks ORDER BY first_seq LIMIT 1").fetchone()
+    return row[0] if row else None
+
+
+@contextlib.contextmanager
+def _read_only(database: Path) -> Iterator[sqlite3.Connection]:
+    conn = sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=5)
+    try:
+        yield conn
+    finally:
+        conn.close()
 
 
 def is_running(report: dict[str, Any]) -> bool:
@@ -228,7 +246,7 @@ def format_status(report: dict[str, Any]) -> str:
             + "".join(f", {kind} {n}" for kind, n in sorted(stats.get("counters", {}).items()))
             + f", errors {stats['errors']}"
             + (
-                f" (last{_ago(stats.get('last_error_at'))}: {stats['last_error']})"
+                f" (last{_ago(stats.get('last_error_age_s'), stale)}: {stats['last_error']})"
                 if stats["last_error"]
                 else ""
             )
@@ -236,11 +254,12 @@ def format_status(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _ago(when: float | None) -> str:
-    """' 5 s ago', ' 12 min ago', ' 3 h ago'; nothing for a report without the time."""
-    if when is None:
+def _ago(age_s: float | None, stale_s: float) -> str:
+    """' 5 s ago', ' 12 min ago', ' 3 h ago': `age_s` as of the report, `stale_s` ago; nothing
+    for a report without it (written by an older version)."""
+    if age_s is None:
         return ""
-    age = max(0.0, time.time() - when)
+    age = age_s + max(0.0, stale_s)
     if age < 120:
         return f" {age:.0f} s ago"
     if age < 7200:
