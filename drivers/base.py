@@ -54,8 +54,9 @@ class DriverStats:
     errors: int = 0
     last_error: str | None = None
     last_error_at: float | None = None
-    """When `last_error` happened (Unix time): status shows its age, as an error long past
-    beside a driver that reads again is no news."""
+    """When `last_error` happened, by the monotonic clock (NTP steps the wall clock of a Pi
+    without a real-time clock after boot): `snapshot()` turns it into `last_error_age_s`,
+    which status shows, as an error long past beside a driver that reads again is no news."""
     counters: dict[str, int] = field(default_factory=dict)
 
     def read(self, count: int) -> None:
@@ -65,14 +66,17 @@ class DriverStats:
     def failed(self, message: str) -> None:
         self.errors += 1
         self.last_error = message
-        self.last_error_at = time.time()
+        self.last_error_at = time.monotonic()
 
     def bump(self, counter: str, n: int = 1) -> None:
         """Add `n` to a named counter (`counters`, shown by `edge-gateway status`)."""
         self.counters[counter] = self.counters.get(counter, 0) + n
 
     def snapshot(self) -> dict[str, Any]:
-        return asdict(self)
+        figures = asdict(self)
+        at = figures.pop("last_error_at")
+        figures["last_error_age_s"] = None if at is None else round(time.monotonic() - at, 1)
+        return figures
 
 
 async def put_until_accepted(
