@@ -115,9 +115,9 @@ class SerialLineSource:
         self._protocol = _protocol(config)
         self._last_byte = time.monotonic()
         self._port: str | None = None
+        """The device path open now, or last open: for log lines about its input."""
         self._first_line = True
         """No line read yet from the port opened last: it may begin mid-line."""
-        """The device path open now, or last open: for log lines about its input."""
         self._log = log.bind(driver=self.name)
         self._rate_limited = RateLimitedLog(self._log)
         self.outbox = Outbox(_MAX_PENDING, sink, self.name, self.stats, self._rate_limited)
@@ -204,6 +204,7 @@ class SerialLineSource:
     def _take(self, lines: list[bytes | Overlong], received: float) -> None:
         readings = []
         for line in lines:
+            first, self._first_line = self._first_line, False
             if isinstance(line, Overlong):
                 self.stats.oversized += 1
                 self._warn(
@@ -212,7 +213,6 @@ class SerialLineSource:
                     line.sample,
                 )
                 continue
-            first, self._first_line = self._first_line, False
             try:
                 reading = self._protocol.decode(line.rstrip(b"\r"), received)
             except DecodeError as exc:  # a ChecksumError too
