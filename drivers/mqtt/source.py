@@ -36,7 +36,13 @@ from drivers.mqtt.paho_loop import LoopBinding, LoopClient
 from drivers.mqtt.topics import DeviceTemplate, topic_matches
 from gateway.backoff import Backoff
 from gateway.config_types import read_secret
-from gateway.errors import BufferFull, DecodeError, GatewayError, StorageError
+from gateway.errors import (
+    AcceptedThenCancelled,
+    BufferFull,
+    DecodeError,
+    GatewayError,
+    StorageError,
+)
 from gateway.logs import RateLimitedLog
 from gateway.model import Reading
 
@@ -115,6 +121,8 @@ class MqttSource:
         self._inbox: list[_Message] = []
         self._arrived = asyncio.Event()
         self._in_order: asyncio.Queue[_Batch] = asyncio.Queue()
+        self._settling: _Batch | None = None
+        """The batch `_acknowledge` took from `_in_order` and has not acknowledged yet."""
         self._unsettled = 0
         """Messages in `_in_order`: bounded by `_MESSAGES_IN_FLIGHT`."""
         self._room = asyncio.Event()
@@ -132,6 +140,7 @@ class MqttSource:
         loop = asyncio.get_running_loop()
         self._inbox = []  # a restart begins afresh: unacknowledged messages come again
         self._in_order = asyncio.Queue()
+        self._settling = None
         self._unsettled = 0
         self._room.set()
         client = self._client()
@@ -145,6 +154,7 @@ class MqttSource:
         finally:
             self.stats.state = "stopped"
             if client.is_connected():
+                self._ack_the_accepted(client)
                 client.disconnect()
                 client.loop_write()  # send DISCONNECT now; the session stays on the broker
             self._binding.detach()
@@ -221,23 +231,47 @@ class MqttSource:
             await asyncio.sleep(0)  # a slice per turn: reading, acks and publishing get theirs
 
     async def _put(self, readings: list[Reading]) -> GatewayError | None:
-        """Put into the buffer; a refusal is returned, for `_acknowledge` to retry in order."""
+        """Put into the buffer; a refusal is returned, for `_acknowledge` to retry in order.
+
+        A put that the buffer committed as a stop or reload cancelled it returns None as
+        well: the stop acknowledges it (`_ack_the_accepted`). This task only puts, so it
+        ends here; nothing waits on after the cancel it absorbs (`_acknowledge` awaits it
+        shielded, so that its own cancel is not absorbed with it).
+        """
         try:
             await self._sink.put(readings)
         except (BufferFull, StorageError) as exc:
             return exc
+        except AcceptedThenCancelled:
+            return None
         return None
 
     async def _acknowledge(self, client: LoopClient) -> None:
         while True:
-            batch = await self._in_order.get()
-            if await batch.put is not None:
+            batch = self._settling = await self._in_order.get()
+            # Shielded: this task's cancel must end it, not pass into `_put`, which absorbs one.
+            if await asyncio.shield(batch.put) is not None:
                 await self._accept(batch.readings)
-            self.stats.read(len(batch.readings))
-            client.ack_all(m.mid for m in batch.messages if m.qos and m.session == self._session)
+            self._ack(client, batch)
+            self._settling = None
             self._unsettled -= len(batch.messages)
             if self._unsettled < _MESSAGES_IN_FLIGHT:
                 self._room.set()
+
+    def _ack(self, client: LoopClient, batch: _Batch) -> None:
+        self.stats.read(len(batch.readings))
+        client.ack_all(m.mid for m in batch.messages if m.qos and m.session == self._session)
+
+    def _ack_the_accepted(self, client: LoopClient) -> None:
+        """At a stop: acknowledge what the buffer has taken but was not acknowledged yet, or
+        the resumed session would bring it again, as readings with new ids."""
+        batches = [self._settling] if self._settling is not None else []
+        while not self._in_order.empty():
+            batches.append(self._in_order.get_nowait())
+        for batch in batches:
+            put = batch.put
+            if put.done() and not put.cancelled() and put.result() is None:
+                self._ack(client, batch)
 
     def _client(self) -> LoopClient:
         v5 = self.config.protocol == "5"

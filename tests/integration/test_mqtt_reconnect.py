@@ -9,8 +9,10 @@ import asyncio
 import contextlib
 import logging
 import socket
+import threading
 import time
 from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -22,9 +24,11 @@ from paho.mqtt.properties import Properties
 from structlog.testing import capture_logs
 from tcp_proxy import TcpProxy
 
+from drivers.base import Sink
 from drivers.mqtt.config import MqttDriverConfig
 from drivers.mqtt.source import MqttSource
 from gateway.backoff import Backoff
+from gateway.buffer import Buffer
 from gateway.model import Reading
 
 
@@ -33,7 +37,7 @@ class _Discard:
         pass
 
 
-def quick_source(name: str, port: int, **settings: Any) -> MqttSource:
+def quick_source(name: str, port: int, sink: Sink | None = None, **settings: Any) -> MqttSource:
     """A source on `port` with client id `name`-test and topics `name`/#, reconnecting within
     a fraction of a second; its readings are discarded."""
     config = MqttDriverConfig.model_validate(
@@ -48,15 +52,15 @@ def quick_source(name: str, port: int, **settings: Any) -> MqttSource:
             **settings,
         }
     )
-    return MqttSource(config, "gw", _Discard())
+    return MqttSource(config, "gw", sink or _Discard())
 
 
 @contextlib.asynccontextmanager
-async def running(source: MqttSource) -> AsyncIterator[None]:
+async def running(source: MqttSource) -> AsyncIterator[MqttSource]:
     """The source runs for the block; it is stopped as a reload or a stop does (cancelled)."""
     task = asyncio.create_task(source.run())
     try:
-        yield
+        yield source
     finally:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -296,3 +300,37 @@ async def test_a_broker_that_closes_the_connection_is_named_as_such(
             await until("the loss is logged", lambda: len(logs) > 0)
     lost = [e for e in logs if e["event"].startswith("MQTT connection lost")]
     assert [e["reason"] for e in lost] == ["the broker closed the connection"], logs
+
+
+async def test_a_stop_during_a_commit_acknowledges_what_the_buffer_took(
+    mosquitto_broker: MosquittoBroker, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reload that restarts the MQTT driver while the buffer commits its readings: they
+    are on disk, but were never acknowledged, so the resumed session brought them again, as
+    readings with new ids. The stop now acknowledges what the buffer took."""
+    async with Buffer(tmp_path / "buffer.db", max_bytes=10**8, commit_interval=0.2) as buffer:
+        begun, finish = threading.Event(), threading.Event()
+        commit = buffer._commit
+
+        def held_commit(*args: Any, **kwargs: Any) -> Any:
+            begun.set()
+            finish.wait(5)
+            return commit(*args, **kwargs)
+
+        source = quick_source("acked", mosquitto_broker.port, sink=buffer)
+        task = asyncio.create_task(source.run())
+        await until("connected", lambda: source.stats.state == "connected")
+        monkeypatch.setattr(buffer, "_commit", held_commit)
+        await asyncio.to_thread(publish_one, mosquitto_broker.port, "acked/kitchen")
+        await asyncio.to_thread(begun.wait, 5)  # the reading is being committed
+        task.cancel()  # the reload
+        await asyncio.sleep(0.2)
+        finish.set()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        monkeypatch.undo()
+        async with running(quick_source("acked", mosquitto_broker.port, sink=buffer)) as again:
+            await until("connected", lambda: again.stats.state == "connected")
+            await asyncio.sleep(1.0)  # time for the broker to send it again, had it kept it
+        chunks = await buffer.fetch(0, 10)
+    assert len([r for chunk in chunks for r in chunk.readings]) == 1
