@@ -61,6 +61,9 @@ emptied, not even of what the broker confirmed. A WAL checkpoint's worth, four t
 _CACHE_KIB = 256
 """SQLite's page cache per connection (its default is 2 MiB). Chunks are written once and
 read once, in order: a cache saves little, and under overload both filled up."""
+_CANCEL_WAIT_S = 5.0
+"""How long a cancelled put waits for the commit that has its readings (a commit takes
+milliseconds; an SD card may stall one for a second or two)."""
 _RECENT_READINGS = 1_000
 """Readings of the latest commits kept in memory, so that a publisher keeping up takes them
 from there: no thread hop, no read, no inflate (latency, CPU). Two to three commits at
@@ -136,13 +139,11 @@ def _closed_cleanly(conn: sqlite3.Connection) -> bool:
 
 
 async def _committed(future: asyncio.Future[None]) -> bool:
-    """Whether the commit that has `future`'s put ends with it on disk (False if it fails,
-    or if a second cancel comes first: then the caller may put it again, a duplicate)."""
-    try:
-        await asyncio.shield(future)
-    except (asyncio.CancelledError, BufferFull, StorageError):
-        return False
-    return True
+    """Whether the commit that has `future`'s put ends with it on disk, within
+    `_CANCEL_WAIT_S`. False if it fails, or takes longer (a disk that hangs must not hang
+    a reload or a stop): the caller may then put it again, a duplicate, never a loss."""
+    done, _ = await asyncio.wait({future}, timeout=_CANCEL_WAIT_S)
+    return bool(done) and future.exception() is None
 
 
 def encode_chunk(entries: Sequence[tuple[str, str, bytes]]) -> bytes:

@@ -251,7 +251,11 @@ class MqttSource:
             batch = self._settling = await self._in_order.get()
             # Shielded: this task's cancel must end it, not pass into `_put`, which absorbs one.
             if await asyncio.shield(batch.put) is not None:
-                await self._accept(batch.readings)
+                try:
+                    await self._accept(batch.readings)
+                except AcceptedThenCancelled:  # a stop, as the retry's commit took them
+                    self._ack(client, batch)
+                    raise
             self._ack(client, batch)
             self._settling = None
             self._unsettled -= len(batch.messages)

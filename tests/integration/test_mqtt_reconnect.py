@@ -29,6 +29,7 @@ from drivers.mqtt.config import MqttDriverConfig
 from drivers.mqtt.source import MqttSource
 from gateway.backoff import Backoff
 from gateway.buffer import Buffer
+from gateway.errors import BufferFull
 from gateway.model import Reading
 
 
@@ -302,12 +303,31 @@ async def test_a_broker_that_closes_the_connection_is_named_as_such(
     assert [e["reason"] for e in lost] == ["the broker closed the connection"], logs
 
 
+class _RefusingOnce:
+    """The buffer, refusing the first put as a full one with `when_full: reject_new` does."""
+
+    def __init__(self, buffer: Buffer) -> None:
+        self.buffer = buffer
+        self.refused = False
+
+    async def put(self, readings: Sequence[Reading]) -> None:
+        if not self.refused:
+            self.refused = True
+            raise BufferFull("full")
+        await self.buffer.put(readings)
+
+
+@pytest.mark.parametrize("refused_first", [False, True])
 async def test_a_stop_during_a_commit_acknowledges_what_the_buffer_took(
-    mosquitto_broker: MosquittoBroker, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    mosquitto_broker: MosquittoBroker,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    refused_first: bool,
 ) -> None:
-    """A reload that restarts the MQTT driver while the buffer commits its readings: they
-    are on disk, but were never acknowledged, so the resumed session brought them again, as
-    readings with new ids. The stop now acknowledges what the buffer took."""
+    """A reload that restarts the MQTT driver while the buffer commits its readings (at
+    once, or on a retry after a refusal): they are on disk, but were never acknowledged, so
+    the resumed session brought them again, as readings with new ids. The stop now
+    acknowledges what the buffer took."""
     async with Buffer(tmp_path / "buffer.db", max_bytes=10**8, commit_interval=0.2) as buffer:
         begun, finish = threading.Event(), threading.Event()
         commit = buffer._commit
@@ -317,7 +337,8 @@ async def test_a_stop_during_a_commit_acknowledges_what_the_buffer_took(
             finish.wait(5)
             return commit(*args, **kwargs)
 
-        source = quick_source("acked", mosquitto_broker.port, sink=buffer)
+        sink = _RefusingOnce(buffer) if refused_first else buffer
+        source = quick_source("acked", mosquitto_broker.port, sink=sink)
         task = asyncio.create_task(source.run())
         await until("connected", lambda: source.stats.state == "connected")
         monkeypatch.setattr(buffer, "_commit", held_commit)

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 import structlog
 
+import gateway.buffer
 from drivers.base import DriverStats, Outbox
 from gateway.buffer import Buffer
 from gateway.errors import BufferFull
@@ -158,3 +159,32 @@ async def test_a_delivery_cancelled_while_its_put_waits_for_the_commit_puts_each
     outbox, stored = await _a_cancelled_delivery(tmp_path, monkeypatch, commit_begun)
     assert stored == [(1, 0), (2, 1), (3, 2)]  # the earlier reading, then the two: once each
     assert outbox._stats.readings == (2 if commit_begun else 0)
+
+
+async def test_a_cancelled_delivery_waits_for_a_hung_commit_only_so_long(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A disk that hangs a commit must not hang a reload or a stop: after a while the put
+    gives up on learning the outcome, and the outbox keeps the batch (a duplicate at worst,
+    if the commit ends after all; never a loss)."""
+    monkeypatch.setattr(gateway.buffer, "_CANCEL_WAIT_S", 0.3)
+    async with Buffer(tmp_path / "buffer.db", max_bytes=10**8, commit_interval=0) as buffer:
+        begun, finish = threading.Event(), threading.Event()
+        commit = buffer._commit
+
+        def hung_commit(*args: Any, **kwargs: Any) -> Any:
+            begun.set()
+            finish.wait(10)
+            return commit(*args, **kwargs)
+
+        monkeypatch.setattr(buffer, "_commit", hung_commit)
+        stats = DriverStats("serial")
+        outbox = Outbox(100, buffer, "t", stats, RateLimitedLog(structlog.get_logger()))
+        outbox.add(_readings(1, 2))
+        delivery = asyncio.create_task(outbox.deliver())
+        await asyncio.to_thread(begun.wait, 5)
+        delivery.cancel()
+        done, _ = await asyncio.wait([delivery], timeout=3)
+        finish.set()
+    assert done and delivery.cancelled()
+    assert len(outbox) == 2
