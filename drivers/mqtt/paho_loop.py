@@ -27,6 +27,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
+import ssl
 import threading
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -198,6 +200,14 @@ class LoopClient(mqtt.Client):
             self._unsent = self._unsent[sent:]
         return MQTTErrorCode.MQTT_ERR_SUCCESS
 
+    def queue_disconnect(self) -> None:
+        """A DISCONNECT (normal disconnection; the session stays), behind what is queued."""
+        self._unsent += b"\xe0\x00"
+
+    def flush_unsent(self) -> MQTTErrorCode:
+        """Write what is queued: MQTT_ERR_AGAIN while the socket takes no more."""
+        return self._flush()
+
     def want_write(self) -> bool:
         return bool(self._unsent) or super().want_write()
 
@@ -275,9 +285,45 @@ class LoopBinding:
 
     def detach(self) -> None:
         sock = self._client.socket()
-        if sock is not None:
+        if sock is not None and sock.fileno() >= 0:  # -1: closed already (`disconnect`)
             self._loop.remove_reader(sock)
             self._loop.remove_writer(sock)
+
+    async def disconnect(self, within_s: float) -> None:
+        """Send DISCONNECT after what is queued (the stop's PUBACKs), then close the socket
+        only once the broker has read it all, or after `within_s`.
+
+        paho closes right after writing a DISCONNECT. A close with bytes unread in the
+        socket (the broker was still sending) resets the connection, and the kernel drops
+        what the broker had not read yet: the last PUBACKs and the DISCONNECT, so the broker
+        sent those messages again as new readings. So: send, shut our side, read what still
+        comes until the broker closes (a DISCONNECT makes it), then close.
+        """
+        client, sock = self._client, self._client.socket()
+        if not isinstance(sock, socket.socket):  # ssl.SSLSocket too; paho's WebSockets not
+            return
+        self.detach()
+        client.queue_disconnect()
+        with contextlib.suppress(TimeoutError, OSError):
+            async with asyncio.timeout(within_s):
+                while client.flush_unsent() == MQTTErrorCode.MQTT_ERR_AGAIN:
+                    await self._until_ready(sock, writing=True)
+                sock.shutdown(socket.SHUT_WR)
+                while _read_some(sock):
+                    await self._until_ready(sock, writing=False)
+        sock.close()
+
+    async def _until_ready(self, sock: Any, writing: bool) -> None:
+        """Wait until `sock` is writable (`writing`) or readable."""
+        ready = asyncio.Event()
+        if writing:
+            self._loop.add_writer(sock, ready.set)
+        else:
+            self._loop.add_reader(sock, ready.set)
+        try:
+            await ready.wait()
+        finally:
+            (self._loop.remove_writer if writing else self._loop.remove_reader)(sock)
 
     def _read(self) -> None:
         # paho parses one packet per call. Parse at most a turn's worth, then let the other
@@ -317,3 +363,13 @@ class LoopBinding:
 
     def _on_wrote(self, _client: mqtt.Client, _userdata: Any, sock: Any) -> None:
         self._in_loop(self._loop.remove_writer, sock)
+
+
+def _read_some(sock: Any) -> bool:
+    """Read and drop what has arrived; False once the peer has closed its side."""
+    try:
+        while data := sock.recv(65536):
+            del data
+    except (BlockingIOError, ssl.SSLWantReadError):
+        return True
+    return False

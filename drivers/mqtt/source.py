@@ -62,6 +62,8 @@ _PAUSE_READING_AT = 1_000
 socket and with the broker (QoS 1), or is dropped there (QoS 0), instead of in our memory.
 One commit cycle's worth at 12,000/s; with 2,000 peak RSS under overload was 1 MB higher."""
 _RESUME_READING_BELOW = 500
+_DISCONNECT_WITHIN_S = 1.0
+"""How long a stop waits for the broker to read its last acks and DISCONNECT and close."""
 _SHORT_CONNECTION_S = 10.0
 _SHORT_CONNECTIONS = 3
 """Connections in a row that end this soon, the broker up all the while: another client is
@@ -155,8 +157,7 @@ class MqttSource:
             self.stats.state = "stopped"
             if client.is_connected():
                 self._ack_the_accepted(client)
-                client.disconnect()
-                client.loop_write()  # send DISCONNECT now; the session stays on the broker
+                await self._binding.disconnect(_DISCONNECT_WITHIN_S)  # the session stays
             self._binding.detach()
             sock = client.socket()
             if sock is not None:

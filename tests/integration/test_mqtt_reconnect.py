@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import socket
 import threading
@@ -355,3 +356,44 @@ async def test_a_stop_during_a_commit_acknowledges_what_the_buffer_took(
             await asyncio.sleep(1.0)  # time for the broker to send it again, had it kept it
         chunks = await buffer.fetch(0, 10)
     assert len([r for chunk in chunks for r in chunk.readings]) == 1
+
+
+async def test_stops_while_messages_stream_in_store_each_message_once(
+    mosquitto_broker: MosquittoBroker, tmp_path: Path
+) -> None:
+    """Reloads that restart the MQTT driver while a sensor publishes. The stop's last acks
+    were lost when the socket closed with the broker's next messages unread (a reset: the
+    kernel drops what the broker has not read yet), and the broker sent those messages
+    again, stored twice under new ids (a review's chaos run)."""
+    sent = 4000
+    publishing = asyncio.create_task(asyncio.to_thread(_publish_many, mosquitto_broker.port, sent))
+    async with Buffer(tmp_path / "buffer.db", max_bytes=10**8) as buffer:
+        for _ in range(6):
+            async with running(quick_source("flow", mosquitto_broker.port, sink=buffer)) as s:
+                await until("connected", lambda s=s: s.stats.state == "connected")
+                await asyncio.sleep(0.3)
+        await publishing
+        async with running(quick_source("flow", mosquitto_broker.port, sink=buffer)):
+            stored = -1
+            while buffer.last_seq != stored:  # until the broker has nothing more for us
+                stored = buffer.last_seq
+                await asyncio.sleep(1.0)
+        chunks = await buffer.fetch(0, 2 * sent)
+    stored_ns = [json.loads(r.body)["values"]["n"] for c in chunks for r in c.readings]
+    assert len(stored_ns) > sent / 2  # Mosquitto drops beyond max_queued_messages meanwhile
+    assert len(stored_ns) == len(set(stored_ns))
+
+
+def _publish_many(port: int, count: int) -> None:
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="flow-publisher")
+    client.connect("127.0.0.1", port)
+    client.loop_start()
+    published = []
+    for n in range(count):
+        published.append(client.publish("flow/d1", json.dumps({"n": n}), qos=1))
+        if n % 200 == 199:
+            time.sleep(0.05)  # a sensor fleet's pace: the broker sends to us as we stop
+    for message in published:
+        message.wait_for_publish(30)  # Mosquitto has it (and queues it for the gateway)
+    client.disconnect()
+    client.loop_stop()
