@@ -10,7 +10,6 @@ import contextlib
 import json
 import logging
 import socket
-import threading
 import time
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
@@ -18,6 +17,7 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
+from commit_hold import hold_commits
 from edge_gateway_sim.brokers import MosquittoBroker
 from harness import until
 from paho.mqtt.packettypes import PacketTypes
@@ -330,19 +330,11 @@ async def test_a_stop_during_a_commit_acknowledges_what_the_buffer_took(
     the resumed session brought them again, as readings with new ids. The stop now
     acknowledges what the buffer took."""
     async with Buffer(tmp_path / "buffer.db", max_bytes=10**8, commit_interval=0.2) as buffer:
-        begun, finish = threading.Event(), threading.Event()
-        commit = buffer._commit
-
-        def held_commit(*args: Any, **kwargs: Any) -> Any:
-            begun.set()
-            finish.wait(5)
-            return commit(*args, **kwargs)
-
         sink = _RefusingOnce(buffer) if refused_first else buffer
         source = quick_source("acked", mosquitto_broker.port, sink=sink)
         task = asyncio.create_task(source.run())
         await until("connected", lambda: source.stats.state == "connected")
-        monkeypatch.setattr(buffer, "_commit", held_commit)
+        begun, finish = hold_commits(buffer, monkeypatch)
         await asyncio.to_thread(publish_one, mosquitto_broker.port, "acked/kitchen")
         await asyncio.to_thread(begun.wait, 5)  # the reading is being committed
         task.cancel()  # the reload

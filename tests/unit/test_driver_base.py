@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-import threading
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import pytest
 import structlog
+from commit_hold import hold_commits
 
 import gateway.buffer
 from drivers.base import DriverStats, Outbox
@@ -118,15 +117,7 @@ async def _a_cancelled_delivery(
     is handed on and put, as the supervisor does. (id seq, reading's own seq) of each stored."""
     async with Buffer(tmp_path / "buffer.db", max_bytes=10**8, commit_interval=1.0) as buffer:
         await buffer.put(_readings(0))  # a commit just happened: the next one gathers 1 s
-        begun, finish = threading.Event(), threading.Event()
-        commit = buffer._commit
-
-        def held_commit(*args: Any, **kwargs: Any) -> Any:
-            begun.set()
-            finish.wait(5)
-            return commit(*args, **kwargs)
-
-        monkeypatch.setattr(buffer, "_commit", held_commit)
+        begun, finish = hold_commits(buffer, monkeypatch)
         outbox = Outbox(
             100, buffer, "t", DriverStats("serial"), RateLimitedLog(structlog.get_logger())
         )
@@ -169,15 +160,7 @@ async def test_a_cancelled_delivery_waits_for_a_hung_commit_only_so_long(
     if the commit ends after all; never a loss)."""
     monkeypatch.setattr(gateway.buffer, "_CANCEL_WAIT_S", 0.3)
     async with Buffer(tmp_path / "buffer.db", max_bytes=10**8, commit_interval=0) as buffer:
-        begun, finish = threading.Event(), threading.Event()
-        commit = buffer._commit
-
-        def hung_commit(*args: Any, **kwargs: Any) -> Any:
-            begun.set()
-            finish.wait(10)
-            return commit(*args, **kwargs)
-
-        monkeypatch.setattr(buffer, "_commit", hung_commit)
+        begun, finish = hold_commits(buffer, monkeypatch)
         stats = DriverStats("serial")
         outbox = Outbox(100, buffer, "t", stats, RateLimitedLog(structlog.get_logger()))
         outbox.add(_readings(1, 2))
