@@ -274,8 +274,8 @@ class MqttSource:
         while not self._in_order.empty():
             batches.append(self._in_order.get_nowait())
         for batch in batches:
-            put = batch.put
-            if put.done() and not put.cancelled() and put.result() is None:
+            put = batch.put  # on disk: it returned None (an error, a refusal: it did not)
+            if put.done() and not put.cancelled() and not put.exception() and not put.result():
                 self._ack(client, batch)
 
     def _client(self) -> LoopClient:
