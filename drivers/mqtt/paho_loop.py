@@ -350,16 +350,27 @@ class LoopBinding:
     def _opened(self, sock: Any) -> None:
         """A new connection is read even while intake is behind: its CONNACK comes first, and
         unread it would make paho close the connection again; a message pauses it anew."""
+        if sock.fileno() < 0:
+            return  # closed before the loop came to it (a stop during a connect)
         self._client.socket_error = None
         self._paused = self._client.reading_paused = False
         self._loop.add_reader(sock, self._read)
 
     def _on_close(self, _client: mqtt.Client, _userdata: Any, sock: Any) -> None:
-        self._in_loop(self._loop.remove_reader, sock)
-        self._in_loop(self._loop.remove_writer, sock)
+        # By number: paho closes the socket right after this call, in the executor thread
+        # during a connect, before the loop comes to the removal. A closed socket has no
+        # number: the removal failed ("Invalid file descriptor: -1") and left the
+        # registration behind, in the way of the next socket given that number.
+        fd = sock.fileno()
+        self._in_loop(self._loop.remove_reader, fd)
+        self._in_loop(self._loop.remove_writer, fd)
 
     def _on_want_write(self, client: mqtt.Client, _userdata: Any, sock: Any) -> None:
-        self._in_loop(self._loop.add_writer, sock, client.loop_write)
+        self._in_loop(self._watch_writable, sock, client.loop_write)
+
+    def _watch_writable(self, sock: Any, write: Callable[[], object]) -> None:
+        if sock.fileno() >= 0:  # not closed meanwhile
+            self._loop.add_writer(sock, write)
 
     def _on_wrote(self, _client: mqtt.Client, _userdata: Any, sock: Any) -> None:
         self._in_loop(self._loop.remove_writer, sock)

@@ -3,12 +3,16 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
+import socket
+
 import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.exception import MalformedPacket
 
-from drivers.mqtt.paho_loop import LoopClient, _remaining_length
+from drivers.mqtt.paho_loop import LoopBinding, LoopClient, _remaining_length
 
 
 @pytest.mark.parametrize(
@@ -78,3 +82,39 @@ def test_a_short_publish_is_malformed(body: bytes, why: str) -> None:
     with pytest.raises(MalformedPacket):
         client._deliver(0x32, body + b"bytes of the next packet", 0, len(body))
     assert got == [], why
+
+
+async def test_a_socket_paho_closes_in_its_connect_thread_leaves_nothing_registered() -> None:
+    """paho's (re)connect closes the old socket in the executor thread, right after telling
+    the binding, before the loop comes to the removal: the socket had no number any more,
+    the removal failed ('Invalid file descriptor: -1' from asyncio, seen by a review) and
+    left its registration behind. The next socket given that number must still be read."""
+    loop = asyncio.get_running_loop()
+    errors: list[dict[str, object]] = []
+    loop.set_exception_handler(lambda _loop, context: errors.append(context))
+    client = LoopClient(CallbackAPIVersion.VERSION2)
+    binding = LoopBinding(client, loop)
+    old, _old_peer = socket.socketpair()
+    binding._opened(old)  # connected: read by the loop
+    number = old.fileno()
+
+    def reconnect_closes_it() -> None:
+        binding._on_close(client, None, old)
+        old.close()
+
+    await asyncio.to_thread(reconnect_closes_it)
+    new, new_peer = socket.socketpair()
+    if new.fileno() != number:  # the number went elsewhere: take it for the new socket
+        os.dup2(new.fileno(), number)
+        new.close()
+        new = socket.socket(fileno=number)
+    readable = asyncio.Event()
+    loop.add_reader(new, readable.set)
+    new_peer.send(b"x")
+    try:
+        await asyncio.wait_for(readable.wait(), 2)
+    finally:
+        loop.remove_reader(new)
+        for sock in (new, new_peer, _old_peer):
+            sock.close()
+    assert errors == []
