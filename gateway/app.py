@@ -68,7 +68,7 @@ async def run_gateway(
                 config.gateway.state_dir, buffer, publisher, lambda: supervisor.drivers
             )
             collector = GatewayCollector(buffer, publisher, lambda: list(supervisor.drivers))
-            with metrics_endpoint(config.metrics, collector):
+            async with metrics_endpoint(config.metrics, collector):
                 publishing = tasks.create_task(publisher.run())
                 reporting = tasks.create_task(status.run())
                 watching = tasks.create_task(_watch_storage(buffer))

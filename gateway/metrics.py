@@ -7,11 +7,13 @@ nothing for them; prometheus-client is imported only when the endpoint is on.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import errno
+import gzip
 import sqlite3
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -26,6 +28,7 @@ from gateway.status import bytes_on_disk, oldest_accepted
 
 if TYPE_CHECKING:
     from prometheus_client.metrics_core import Metric
+    from prometheus_client.registry import CollectorRegistry
 
 log = structlog.get_logger("gateway.metrics")
 
@@ -39,6 +42,21 @@ class GatewayCollector:
         self.buffer = buffer
         self.publisher = publisher
         self.drivers = drivers
+        self.oldest_age_s: float | None = None
+        """Age of the oldest buffered reading (0 when none); None when it could not be read."""
+        self.disk_bytes: int | None = None
+
+    def read_disk(self) -> None:
+        """Take the figures that read the disk: before each scrape, off the event loop."""
+        try:
+            oldest = oldest_accepted(self.buffer.path)
+            self.oldest_age_s = time.time() - oldest if oldest else 0.0
+        except sqlite3.Error:
+            self.oldest_age_s = None  # unknown: no figure, rather than a 0
+        try:
+            self.disk_bytes = bytes_on_disk(self.buffer.path)
+        except OSError:
+            self.disk_bytes = None
 
     def collect(self) -> Iterator[Metric]:
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -55,18 +73,17 @@ class GatewayCollector:
             "Readings in the buffer (confirmed ones are deleted within a second)",
             self.buffer.depth,
         )
-        with contextlib.suppress(sqlite3.Error):  # unknown: no figure, rather than a 0
-            oldest = oldest_accepted(self.buffer.path)
+        if self.oldest_age_s is not None:
             yield gauge(
                 "buffer_oldest_reading_age_seconds",
                 "Age of the oldest reading in the buffer (0 when empty): the uplink's lag",
-                time.time() - oldest if oldest else 0,
+                self.oldest_age_s,
             )
-        with contextlib.suppress(OSError):
+        if self.disk_bytes is not None:
             yield gauge(
                 "buffer_disk_bytes",
                 "Bytes of the buffer's files (database and WAL)",
-                bytes_on_disk(self.buffer.path),
+                self.disk_bytes,
             )
         yield gauge("buffer_max_bytes", "buffer.max_bytes", self.buffer.max_bytes)
         yield counter(
@@ -155,14 +172,16 @@ class GatewayCollector:
         yield events
 
 
-@contextlib.contextmanager
-def metrics_endpoint(settings: MetricsSection, collector: GatewayCollector) -> Iterator[None]:
+@contextlib.asynccontextmanager
+async def metrics_endpoint(
+    settings: MetricsSection, collector: GatewayCollector
+) -> AsyncIterator[None]:
     """Serve /metrics while the block runs (when enabled); raise `ConfigError` if it cannot."""
     if not settings.enabled:
         yield
         return
     try:
-        from prometheus_client import CollectorRegistry, start_http_server
+        from prometheus_client import CollectorRegistry
     except ImportError:
         raise ConfigError(
             "metrics.enabled is true, but prometheus-client is not installed: "
@@ -170,8 +189,11 @@ def metrics_endpoint(settings: MetricsSection, collector: GatewayCollector) -> I
         ) from None
     registry = CollectorRegistry(auto_describe=True)
     registry.register(collector)
+    endpoint = _Endpoint(registry, collector)
     try:
-        server, thread = start_http_server(settings.port, settings.host, registry=registry)
+        server = await asyncio.start_server(
+            endpoint.serve, settings.host, settings.port, limit=_MAX_REQUEST_BYTES
+        )
     except OSError as exc:
         if exc.errno in (errno.EADDRINUSE, errno.EACCES):  # the settings must change
             raise ConfigError(
@@ -193,6 +215,95 @@ def metrics_endpoint(settings: MetricsSection, collector: GatewayCollector) -> I
     try:
         yield
     finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
+        server.close()
+        endpoint.close()
+
+
+_MAX_REQUEST_BYTES = 8192
+"""A scrape's request line and headers fit in this; more is not a scrape."""
+_MAX_CONNECTIONS = 16
+"""Connections served at once; more are closed at once (Prometheus uses one per target)."""
+IDLE_TIMEOUT_S = 10.0
+"""How long a connection may take to send its request, or to take the answer."""
+
+
+class _Endpoint:
+    """HTTP/1.1 on the event loop, one request per connection: GET or HEAD /metrics.
+
+    On the loop rather than in prometheus-client's server thread, so that a scrape reads
+    the counters between two of the loop's steps, never while they change, and a client
+    that connects and says nothing costs a socket for `IDLE_TIMEOUT_S`, not a thread."""
+
+    def __init__(self, registry: CollectorRegistry, collector: GatewayCollector) -> None:
+        self.registry = registry
+        self.collector = collector
+        self.connections: set[asyncio.StreamWriter] = set()
+
+    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if len(self.connections) >= _MAX_CONNECTIONS:
+            writer.close()
+            return
+        self.connections.add(writer)
+        try:
+            async with asyncio.timeout(IDLE_TIMEOUT_S):
+                head = b""
+                try:
+                    head = await reader.readuntil(b"\r\n\r\n")
+                    status, headers, body = await self.answer(head)
+                except asyncio.LimitOverrunError:
+                    status, headers, body = _REFUSED["431 Request Header Fields Too Large"]
+                except ValueError:
+                    status, headers, body = _REFUSED["400 Bad Request"]
+                lines = [f"HTTP/1.1 {status}", *headers, f"Content-Length: {len(body)}"]
+                if head.startswith(b"HEAD "):
+                    body = b""
+                writer.write("\r\n".join([*lines, "Connection: close", "", ""]).encode() + body)
+                await writer.drain()
+        except (TimeoutError, ConnectionError, asyncio.IncompleteReadError):
+            pass  # silent, or gone: nobody to answer
+        finally:
+            self.connections.discard(writer)
+            writer.close()
+
+    async def answer(self, head: bytes) -> tuple[str, list[str], bytes]:
+        """Status line, headers and body for a request's head (ValueError: not HTTP)."""
+        from prometheus_client.exposition import choose_encoder
+
+        request, *header_lines = head.decode("latin-1").split("\r\n")
+        method, target, _version = request.split(" ")
+        headers = {}
+        for line in header_lines:
+            name, _, value = line.partition(":")
+            headers[name.strip().lower()] = value.strip()
+        if target.partition("?")[0] != "/metrics":
+            return _REFUSED["404 Not Found"]
+        if method not in ("GET", "HEAD"):
+            return _REFUSED["405 Method Not Allowed"]
+        await asyncio.to_thread(self.collector.read_disk)
+        encode, content_type = choose_encoder(headers.get("accept", ""))
+        body = encode(self.registry)
+        extra = [f"Content-Type: {content_type}"]
+        if "gzip" in headers.get("accept-encoding", ""):
+            body = gzip.compress(body)
+            extra.append("Content-Encoding: gzip")
+        return "200 OK", extra, body
+
+    def close(self) -> None:
+        for writer in list(self.connections):
+            writer.close()
+
+
+_TEXT = "Content-Type: text/plain; charset=utf-8"
+_REFUSED = {
+    status: (status, [_TEXT, *extra], text.encode())
+    for status, extra, text in (
+        ("400 Bad Request", [], "not an HTTP request; ask for GET /metrics\n"),
+        ("404 Not Found", [], "only /metrics is here\n"),
+        ("405 Method Not Allowed", ["Allow: GET, HEAD"], "GET or HEAD /metrics\n"),
+        (
+            "431 Request Header Fields Too Large",
+            [],
+            f"a request's line and headers must fit in {_MAX_REQUEST_BYTES} bytes\n",
+        ),
+    )
+}

@@ -39,7 +39,9 @@ async def test_driver_counters_and_damaged_chunks_are_exported(tmp_path: Path) -
         buffer.counters.damaged = 3  # as after setting three damaged chunks aside
         publisher = Publisher(AmqpSection(), GatewaySection(id="gw"), buffer)
         registry = CollectorRegistry()
-        registry.register(GatewayCollector(buffer, publisher, lambda: [modbus]))
+        collector = GatewayCollector(buffer, publisher, lambda: [modbus])
+        registry.register(collector)
+        collector.read_disk()
         text = generate_latest(registry).decode()
     lines = text.splitlines()
     assert "edge_gateway_buffer_damaged_chunks_total 3.0" in lines
@@ -58,7 +60,9 @@ async def test_the_backlogs_age_and_size_are_exported(tmp_path: Path) -> None:
         await asyncio.sleep(1.2)
         publisher = Publisher(AmqpSection(), GatewaySection(id="gw"), buffer)
         registry = CollectorRegistry()
-        registry.register(GatewayCollector(buffer, publisher, list))
+        collector = GatewayCollector(buffer, publisher, list)
+        registry.register(collector)
+        collector.read_disk()
         figures = {
             line.split()[0]: float(line.split()[1])
             for line in generate_latest(registry).decode().splitlines()
@@ -92,7 +96,7 @@ async def test_an_address_not_there_yet_leaves_the_gateway_running_without_metri
         with capture_logs() as logs, contextlib.ExitStack() as stack:
             if stops:
                 stack.enter_context(pytest.raises(ConfigError, match="choose another"))
-            with metrics_endpoint(settings, collector):
+            async with metrics_endpoint(settings, collector):
                 ran = True
     assert ran is not stops
     if not stops:
