@@ -216,7 +216,7 @@ async def metrics_endpoint(
         yield
     finally:
         server.close()
-        endpoint.close()
+        await endpoint.close()
 
 
 _MAX_REQUEST_BYTES = 8192
@@ -237,13 +237,15 @@ class _Endpoint:
     def __init__(self, registry: CollectorRegistry, collector: GatewayCollector) -> None:
         self.registry = registry
         self.collector = collector
-        self.connections: set[asyncio.StreamWriter] = set()
+        self.connections: dict[asyncio.StreamWriter, asyncio.Task[None]] = {}
 
     async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         if len(self.connections) >= _MAX_CONNECTIONS:
             writer.close()
             return
-        self.connections.add(writer)
+        serving = asyncio.current_task()
+        assert serving is not None, "asyncio runs each connection's callback as a task"
+        self.connections[writer] = serving
         try:
             async with asyncio.timeout(IDLE_TIMEOUT_S):
                 head = b""
@@ -262,7 +264,7 @@ class _Endpoint:
         except (TimeoutError, ConnectionError, asyncio.IncompleteReadError):
             pass  # silent, or gone: nobody to answer
         finally:
-            self.connections.discard(writer)
+            del self.connections[writer]
             writer.close()
 
     async def answer(self, head: bytes) -> tuple[str, list[str], bytes]:
@@ -288,9 +290,14 @@ class _Endpoint:
             extra.append("Content-Encoding: gzip")
         return "200 OK", extra, body
 
-    def close(self) -> None:
-        for writer in list(self.connections):
+    async def close(self) -> None:
+        """Hang up on the clients and let their tasks end: one still running when the loop
+        ends is cancelled, and Python 3.11's streams log that as an error with a traceback."""
+        serving = list(self.connections.values())
+        for writer in self.connections:
             writer.close()
+        if serving:
+            await asyncio.wait(serving, timeout=IDLE_TIMEOUT_S)
 
 
 _TEXT = "Content-Type: text/plain; charset=utf-8"

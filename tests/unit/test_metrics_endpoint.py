@@ -130,3 +130,26 @@ async def test_connections_beyond_the_limit_are_closed_and_scrapes_resume(
     assert status == "HTTP/1.1 200 OK"
     for _, writer in idle:
         writer.close()
+
+
+async def test_a_stop_with_clients_connected_leaves_no_connection_task_behind(
+    tmp_path: Path,
+) -> None:
+    """A connection's task still running when the loop ends is cancelled, which Python
+    3.11's streams log as an error with a traceback."""
+    settings = MetricsSection(enabled=True, host="127.0.0.1", port=free_port())
+    async with Buffer(tmp_path / "buffer.db", max_bytes=1 << 20) as buffer:
+        publisher = Publisher(AmqpSection(), GatewaySection(id="gw"), buffer)
+        async with metrics_endpoint(settings, GatewayCollector(buffer, publisher, list)):
+            _, idle = await asyncio.open_connection("127.0.0.1", settings.port)
+            _, halfway = await asyncio.open_connection("127.0.0.1", settings.port)
+            halfway.write(b"GET /metrics HTTP/1.1\r\n")
+            await asyncio.sleep(0.1)  # the endpoint has taken both
+        left = [
+            task
+            for task in asyncio.all_tasks()
+            if task.get_coro().__qualname__ == "_Endpoint.serve" and not task.done()
+        ]
+    assert left == []
+    idle.close()
+    halfway.close()
