@@ -108,6 +108,14 @@ def read_secret(path: Path) -> str:
 Seconds = Annotated[float, Field(gt=0, le=86_400)]
 
 
+def number_from_text(value: object) -> object:
+    """`"1"` as 1: what `${ENV}` gives is text, and a choice of numbers (`Literal[0, 1]`)
+    does not convert it as plain number fields do."""
+    if isinstance(value, str) and value.strip().isdecimal():
+        return int(value)
+    return value
+
+
 class TlsConfig(StrictModel):
     """TLS towards a broker. Without `ca_file` the system's trust store is used."""
 

@@ -35,7 +35,9 @@ def _uuid(value: object) -> str:
     raise ValueError(f"{value!r} is not a UUID; write 2a6e, '12345678' or the full 128-bit form")
 
 
-def _bindkey(value: str) -> bytes:
+def _bindkey(value: object) -> bytes:
+    if not isinstance(value, str):  # YAML reads a key of decimal digits as a number
+        raise ValueError("the bind key was read as a number; put it in quotes")
     text = value.strip().lower()
     if not re.fullmatch(r"[0-9a-f]{32}", text):
         raise ValueError("a bind key is 32 hex digits (16 bytes)")

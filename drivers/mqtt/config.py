@@ -7,7 +7,15 @@ from typing import Annotated, Literal
 from pydantic import BeforeValidator, Field, field_validator, model_validator
 
 from drivers.mqtt.topics import covers, overlaps, shared_parts
-from gateway.config_types import Claim, Name, PasswordFile, Seconds, StrictModel, TlsConfig
+from gateway.config_types import (
+    Claim,
+    Name,
+    PasswordFile,
+    Seconds,
+    StrictModel,
+    TlsConfig,
+    number_from_text,
+)
 
 CONNECT_TIMEOUT_S = 10.0
 """paho's connect timeout, for the TCP connect and again for a TLS handshake. The connect
@@ -38,7 +46,7 @@ class Subscription(StrictModel):
     """number: the value's unit."""
     units: dict[str, str] = Field(default_factory=dict)
     """Units by value name, for values picked without a `fields` entry of their own."""
-    qos: Literal[0, 1] = 1
+    qos: Annotated[Literal[0, 1], BeforeValidator(number_from_text)] = 1
     tags: dict[str, str] = Field(default_factory=dict)
 
     @field_validator("topic")

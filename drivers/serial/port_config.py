@@ -7,11 +7,11 @@ protocol's own keys side by side.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import BeforeValidator, Field, field_validator, model_validator
 
-from gateway.config_types import Claim, Name, StrictModel
+from gateway.config_types import Claim, Name, StrictModel, number_from_text
 
 PARITY = {"none": "N", "even": "E", "odd": "O", "mark": "M", "space": "S"}
 """`parity` as pyserial (and so pymodbus) spells it: serial.PARITY_NONE is "N", and so on."""
@@ -43,7 +43,7 @@ class SerialPortConfig(StrictModel):
     """A device path (prefer /dev/serial/by-id/...) or a glob such as /dev/ttyUSB*."""
     usb: UsbMatch | None = None
     baudrate: int = Field(default=9600, gt=0, le=MAX_BAUDRATE)
-    bytesize: Literal[5, 6, 7, 8] = 8
+    bytesize: Annotated[Literal[5, 6, 7, 8], BeforeValidator(number_from_text)] = 8
     parity: Literal["none", "even", "odd", "mark", "space"] = "none"
     stopbits: float = 1
     """1, 1.5 or 2 (a float: typing's Literal cannot hold 1.5)."""

@@ -80,6 +80,11 @@ def test_a_gatt_characteristic_takes_its_sig_format_or_a_configured_one(tmp_path
         ("    allow: {service_uuids: [xyz]}\n", "is not a UUID; write 2a6e"),
         ("    allow: {service_uuids: [12345678]}\n", "was read as a number; put it in quotes"),
         (
+            "    devices: [{address: AA:BB:CC:DD:EE:FF,"
+            " bindkey: 12345678901234567890123456789012}]\n",
+            "the bind key was read as a number; put it in quotes",
+        ),
+        (
             "    devices: [{address: AA:BB:CC:DD:EE:FF}]\n"
             "    gatt: [{address: aa:bb:cc:dd:ee:ff, characteristics: [{uuid: 2a19}]}]\n",
             "device AA:BB:CC:DD:EE:FF is configured twice",

@@ -739,6 +739,40 @@ def test_unset_env_reference_takes_its_default(
     assert config.drivers[0].port == 1884
 
 
+def test_env_references_fill_choices_of_numbers_too(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`${ENV}` gives text; a key whose values are a few numbers (qos, bytesize) took "1"
+    for a wrong value although the documentation promises numbers from the environment."""
+    monkeypatch.setenv("MQTT_QOS", "0")
+    monkeypatch.delenv("BYTESIZE", raising=False)
+    path = write(
+        tmp_path,
+        """\
+        gateway:
+          id: gw-1
+        drivers:
+          - type: mqtt
+            name: local
+            subscriptions: [{topic: a, qos: "${MQTT_QOS}"}]
+          - type: serial
+            name: meter
+            protocol: lines
+            port: /dev/ttyUSB0
+            format: json
+            bytesize: ${BYTESIZE:-7}
+        """,
+    )
+    mqtt, serial = load_config(path).drivers
+    assert mqtt.subscriptions[0].qos == 0  # type: ignore[union-attr]
+    assert serial.bytesize == 7  # type: ignore[union-attr]
+    path = write(
+        tmp_path,
+        MINIMAL + "drivers:\n  - {type: mqtt, name: m, subscriptions: [{topic: a, qos: '2'}]}\n",
+    )
+    assert "input should be 0 or 1 (got 2)" in config_error(path)
+
+
 def test_set_env_reference_wins_over_its_default(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
