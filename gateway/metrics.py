@@ -292,12 +292,13 @@ class _Endpoint:
 
     async def close(self) -> None:
         """Hang up on the clients and let their tasks end: one still running when the loop
-        ends is cancelled, and Python 3.11's streams log that as an error with a traceback."""
+        ends is cancelled, and Python 3.11's streams log that as an error with a traceback.
+        A scrape that is reading the disk gets a second to finish, not more: it is a stop."""
         serving = list(self.connections.values())
         for writer in self.connections:
             writer.close()
         if serving:
-            await asyncio.wait(serving, timeout=IDLE_TIMEOUT_S)
+            await asyncio.wait(serving, timeout=1.0)
 
 
 _TEXT = "Content-Type: text/plain; charset=utf-8"
