@@ -31,7 +31,7 @@ from drivers.serial.modbus_config import ModbusRtuConfig
 from drivers.serial.nmea_config import SerialNmeaConfig
 from gateway.config_loader import config_files as config_files  # where callers find it
 from gateway.config_loader import describe, read_config
-from gateway.config_types import Name, PasswordFile, Seconds, StrictModel, TlsConfig
+from gateway.config_types import Host, Name, OptionalTls, PasswordFile, Seconds, StrictModel
 from gateway.errors import ConfigError
 from gateway.state_dir import problem_with
 
@@ -88,6 +88,23 @@ class BufferSection(StrictModel):
     commit_interval_ms: Annotated[float, Field(ge=0, le=5_000)] = 40.0
     """Least time between two commits (each one fsync): fewer fsyncs, longer waits."""
 
+    @field_validator("max_bytes")
+    @classmethod
+    def _holds_readings(cls, size: ByteSize) -> ByteSize:
+        if size < MIN_BUFFER_BYTES:  # 0, or "512" meant as MB: the buffer would refuse all
+            raise ValueError(
+                f"{int(size)} bytes hold no readings; sizes take a unit: write e.g. 512MiB"
+            )
+        return size
+
+
+MIN_BUFFER_BYTES = 1000
+SMALL_BUFFER_BYTES = 1024**2
+"""Below this `check` and the start warn: a few thousand readings at most, minutes of outage."""
+
+AMQP_NAME = re.compile(r"[a-zA-Z0-9-_.:@#,/+ ]{0,127}")
+"""What the AMQP client library (pamqp) sends as an exchange name; it refuses others."""
+
 
 class BatchSection(StrictModel):
     max_readings: Annotated[int, Field(ge=1, le=10_000)] = 100
@@ -133,11 +150,21 @@ class AmqpSection(StrictModel):
     """A broker back after an outage is found within this (at 60 s the gateway stayed away
     26 to 41 s longer than a 60 s outage); trying a connect every 15 s costs nothing."""
     shutdown_grace_s: Annotated[float, Field(ge=0, le=300)] = 5.0
-    tls: TlsConfig | None = None
+    tls: OptionalTls = None
 
     @property
     def urls(self) -> list[str]:
         return [self.url] if isinstance(self.url, str) else list(self.url)
+
+    @field_validator("exchange")
+    @classmethod
+    def _sendable_name(cls, name: str) -> str:
+        if not AMQP_NAME.fullmatch(name):
+            raise ValueError(
+                f"{name!r} cannot be an AMQP exchange name: up to 127 of the characters "
+                "A-Z a-z 0-9 - _ . : @ # , / + and space"
+            )
+        return name
 
     @field_validator("url")
     @classmethod
@@ -149,6 +176,18 @@ class AmqpSection(StrictModel):
         if isinstance(url, list) and not url:
             raise ValueError("give at least one broker URL")
         return url
+
+    @model_validator(mode="after")
+    def _a_password_for_the_user(self) -> AmqpSection:
+        for url in self.urls:
+            parsed = URL(url)
+            if parsed.user and not parsed.password and self.password_file is None:
+                raise ValueError(
+                    f"a broker URL names the user {parsed.user!r} but no password (the client "
+                    "would send 'guest'): write amqp://user:password@host/ or set "
+                    "amqp.password_file"
+                )
+        return self
 
     @model_validator(mode="after")
     def _tls_needs_amqps(self) -> AmqpSection:
@@ -188,7 +227,7 @@ class MetricsSection(StrictModel):
     """An optional Prometheus endpoint (the `prometheus` extra) with the figures of `status`."""
 
     enabled: bool = False
-    host: str = "127.0.0.1"
+    host: Host = "127.0.0.1"
     """Loopback by default: the figures name brokers and devices."""
     port: Annotated[int, Field(ge=1, le=65535)] = 9464
 
@@ -228,6 +267,16 @@ class GatewayConfig(StrictModel):
         configuration that ran before an upgrade still runs, and a unit whose timeouts were
         raised in a drop-in is right to ignore them."""
         found: list[tuple[str, dict[str, object]]] = []
+        if self.buffer.max_bytes < SMALL_BUFFER_BYTES:
+            found.append(
+                (
+                    "buffer.max_bytes is small: an outage of minutes fills it",
+                    {
+                        "max_bytes": int(self.buffer.max_bytes),
+                        "hint": "sizes take a unit: write e.g. 512MiB (the default is 1GiB)",
+                    },
+                )
+            )
         if self.amqp.timeout_s >= watchdog_s:
             found.append(
                 (

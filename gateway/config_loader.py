@@ -128,10 +128,13 @@ def _parse_yaml(path: Path, text: str, keep_unset_env: bool) -> tuple[Any, dict[
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}" if mark else str(path)
         problem = getattr(exc, "problem", None) or str(exc)
-        raise ConfigError(f"{where}: invalid YAML: {problem}") from None
+        mark = getattr(exc, "problem_mark", None)
+        if problem == _NO_COLON:  # the key it was reading, not where it gave up
+            mark = getattr(exc, "context_mark", None) or mark
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        hint = next((hint for start, hint in _YAML_HINTS if problem.startswith(start)), "")
+        raise ConfigError(f"{where}: invalid YAML: {problem}{hint}") from None
     except RecursionError:  # PyYAML composes nested nodes recursively
         raise ConfigError(
             f"{path}: nested too deeply to read (more than {_MAX_DEPTH} levels); "
@@ -194,6 +197,25 @@ def _parse_yaml(path: Path, text: str, keep_unset_env: bool) -> tuple[Any, dict[
     return (build(root, ()) if root is not None else None), lines
 
 
+_NO_COLON = "could not find expected ':'"
+_YAML_HINTS = (
+    (_NO_COLON, "; a key needs a space after its colon: port: 1883"),
+    ("found character '\\t'", "; indent with spaces, not tabs"),
+    ("found character", "; a value that starts with this character needs quotes: '%RH'"),
+    (
+        "found unknown escape character",
+        "; in double quotes a backslash starts an escape: put regular expressions in single "
+        "quotes, '\\d+'",
+    ),
+    (
+        "expected <block end>",
+        "; check this line's indentation, and quote a value that starts with { or [: "
+        "'{site}.{device}'",
+    ),
+)
+"""Hints for PyYAML's most common complaints, by how the complaint begins."""
+
+
 def _merge_sources(path: Path, node: yaml.Node) -> list[yaml.Node]:
     """The mappings a YAML merge key (`<<`) names: one alias or a list of them."""
     sources = node.value if isinstance(node, yaml.SequenceNode) else [node]
@@ -213,6 +235,11 @@ def _substitute_env(value: str, where: str, at: KeyPath, keep_unset: bool) -> st
             return default
         if keep_unset:
             return match.group(0)
+        if at[-1:] == ("routing_key",):  # ${site} for {site}: a shell habit
+            raise ConfigError(
+                f"{where}: {_dotted(at)}: ${{{name}}} is an environment reference; routing "
+                f"key placeholders are written {{{name}}}"
+            )
         raise ConfigError(
             f"{where}: {_dotted(at)}: environment variable {name} is not set; "
             f"set it or write ${{{name}:-default}}"
@@ -220,7 +247,12 @@ def _substitute_env(value: str, where: str, at: KeyPath, keep_unset: bool) -> st
 
     leftover = _ENV_REF.sub("", value)
     if "${" in leftover and not keep_unset:  # `${NAME:x}`, `${NAME-x}`, `${ NAME }`, a lone `${`
-        written = leftover[leftover.index("${") :].split("}")[0] + "}"
+        written = leftover[leftover.index("${") :]
+        if "}" not in written:
+            raise ConfigError(
+                f"{where}: {_dotted(at)}: {written!r} has no closing '}}': write ${{NAME}}"
+            )
+        written = written.split("}")[0] + "}"
         raise ConfigError(
             f"{where}: {_dotted(at)}: {written!r} is not an environment reference: "
             "write ${NAME}, or ${NAME:-default} for a default"
@@ -305,8 +337,38 @@ def _explain(error: Any, data: Any, at: KeyPath, root: type[BaseModel]) -> str:
     if kind == "value_error":
         return str(error["ctx"]["error"])
     got = error.get("input")
+    if kind in ("model_type", "dict_type", "list_type", "tuple_type") and got is None:
+        empty = "{}" if kind in ("model_type", "dict_type") else "[]"
+        return (
+            "is empty (its lines commented out?): remove the key to take the defaults, "
+            f"or write {empty}"
+        )
+    if kind == "model_type" and not isinstance(got, dict):
+        return f"expected keys under it, not {got!r}" + _example(data, at, root, got)
+    if kind == "string_pattern_mismatch" and error["ctx"]["pattern"] in _PATTERNS:
+        return f"{got!r}: {_PATTERNS[error['ctx']['pattern']]}"
     shown = "" if isinstance(got, dict | list) else f" (got {got!r})"
     return msg[0].lower() + msg[1:] + shown + _quoting_hint(kind, got)
+
+
+_PATTERNS = {
+    r"^[A-Za-z0-9_.-]+$": "use only letters A-Z a-z, digits and _ . - (no spaces)",
+    r"^[A-Za-z0-9_.:-]+$": "use only letters A-Z a-z, digits and _ . : - (no spaces)",
+    r"^[0-9a-fA-F]{4}$": "write 4 hex digits as lsusb shows them, e.g. '2341' (no 0x)",
+    r"^hci[0-9]+$": "write the adapter as hciconfig names it: hci0, hci1, ...",
+}
+
+
+def _example(data: Any, at: KeyPath, root: type[BaseModel], got: Any) -> str:
+    """How the value would be written as the mapping expected: under its first required key,
+    or `{}` for all defaults."""
+    model = _model_at(data, at, root)
+    if model is None:
+        return ""
+    required = [name for name, field in model.model_fields.items() if field.is_required()]
+    if not required:
+        return ": write {} for the defaults, or the keys you need"
+    return f": e.g. {{{required[0]}: {got}}}"
 
 
 def _quoting_hint(kind: str, got: Any) -> str:
@@ -332,6 +394,12 @@ _TAG_HINTS = {
 
 def _allowed_keys(data: Any, at: KeyPath, root: type[BaseModel]) -> list[str]:
     """The keys the model accepts at a path, for 'unknown key' hints."""
+    model = _model_at(data, at, root)
+    return sorted(model.model_fields) if model is not None else []
+
+
+def _model_at(data: Any, at: KeyPath, root: type[BaseModel]) -> Any:
+    """The model that a path's value is validated as, or None."""
     annotation: Any = root
     node = data
     for part in at:
@@ -348,9 +416,8 @@ def _allowed_keys(data: Any, at: KeyPath, root: type[BaseModel]) -> list[str]:
         elif model is not None and part in model.model_fields:
             annotation = model.model_fields[part].annotation
         else:
-            return []
-    model = _model_in(annotation, node)
-    return sorted(model.model_fields) if model is not None else []
+            return None
+    return _model_in(annotation, node)
 
 
 def _container(annotation: Any) -> Any:

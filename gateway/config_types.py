@@ -8,7 +8,15 @@ import ssl
 from pathlib import Path
 from typing import Annotated, NamedTuple
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    model_validator,
+)
 
 from gateway.errors import ConfigError
 
@@ -69,6 +77,8 @@ def _resolve_password_file(path: Path, info: ValidationInfo) -> Path:
             ) from None
         if not password:
             raise ValueError(f"{path} is empty; write the password into it")
+        if "\n" in password:
+            raise ValueError(f"{path} holds more than one line; write only the password")
     return path
 
 
@@ -113,6 +123,29 @@ def number_from_text(value: object) -> object:
     does not convert it as plain number fields do."""
     if isinstance(value, str) and value.strip().isdecimal():
         return int(value)
+    return value
+
+
+def _host(host: str) -> str:
+    if not host.strip():
+        raise ValueError("give a host name or address, e.g. 127.0.0.1")
+    if "/" in host or " " in host or (host.count(":") == 1):  # IPv6 has two colons or more
+        raise ValueError(
+            f"{host!r} is not a host name or address: write the host alone (192.168.1.10, "
+            "broker.lan); a port goes in `port`"
+        )
+    return host
+
+
+Host = Annotated[str, AfterValidator(_host)]
+
+
+def _tls_section(value: object) -> object:
+    if value is None:  # `tls:` with its keys commented out: TLS wanted, but null means off
+        raise ValueError(
+            "is empty: write tls: {} for TLS with the system's trust store, or remove the "
+            "line for no TLS"
+        )
     return value
 
 
@@ -166,3 +199,7 @@ class TlsConfig(StrictModel):
             context.check_hostname = False
             context.verify_mode = ssl.CERT_NONE
         return context
+
+
+OptionalTls = Annotated[TlsConfig | None, BeforeValidator(_tls_section)]
+"""A `tls` key: absent is no TLS; present, even without settings, is TLS."""

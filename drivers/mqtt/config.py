@@ -9,11 +9,12 @@ from pydantic import BeforeValidator, Field, field_validator, model_validator
 from drivers.mqtt.topics import covers, overlaps, shared_parts
 from gateway.config_types import (
     Claim,
+    Host,
     Name,
+    OptionalTls,
     PasswordFile,
     Seconds,
     StrictModel,
-    TlsConfig,
     number_from_text,
 )
 
@@ -90,7 +91,7 @@ class MqttDriverConfig(StrictModel):
 
     type: Literal["mqtt"]
     name: Name
-    host: str = "127.0.0.1"
+    host: Host = "127.0.0.1"
     port: Annotated[int, Field(ge=1, le=65535)] | None = None
     """Default 1883, or 8883 with `tls`."""
     client_id: str | None = None
@@ -98,7 +99,7 @@ class MqttDriverConfig(StrictModel):
     protocol: Annotated[Literal["5", "3.1.1"], BeforeValidator(str)] = "5"
     username: str | None = None
     password_file: PasswordFile | None = None
-    tls: TlsConfig | None = None
+    tls: OptionalTls = None
     keepalive_s: Annotated[int, Field(ge=5, le=3600)] = 30
     session_expiry_s: Annotated[int, Field(ge=0, le=2**32 - 1)] = 7 * 86_400
     """MQTT 5: how long the broker keeps our session (and queues QoS 1 messages) while away."""

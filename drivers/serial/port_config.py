@@ -50,6 +50,16 @@ class SerialPortConfig(StrictModel):
     exclusive: bool = True
     """Lock the port (flock, as pyserial does) so that a second program cannot open it too."""
 
+    @field_validator("port")
+    @classmethod
+    def _absolute(cls, port: str | None) -> str | None:
+        if port is not None and not port.startswith("/"):  # under systemd, relative to /
+            raise ValueError(
+                f"{port!r} is not a device path; write it in full: /dev/{port.lstrip('./')}, "
+                "or better a /dev/serial/by-id/... path"
+            )
+        return port
+
     @field_validator("stopbits")
     @classmethod
     def _known_stopbits(cls, stopbits: float) -> float:

@@ -345,7 +345,9 @@ def test_missing_gateway_section_is_named(tmp_path: Path) -> None:
 
 def test_bad_gateway_id_characters(tmp_path: Path) -> None:
     path = write(tmp_path, "gateway:\n  id: gw 1/2\n")
-    assert_one_error(config_error(path), path, 2, "gateway.id", "pattern", "(got 'gw 1/2')")
+    assert_one_error(
+        config_error(path), path, 2, "gateway.id", "'gw 1/2'", "letters A-Z a-z, digits and _ . -"
+    )
 
 
 TWO_DRIVERS_NAMED_A = """\
@@ -1168,3 +1170,108 @@ def test_cli_check_bad_file_returns_2_with_the_message_on_stderr(
     assert err == (
         f"configuration error:\n{path}:4: amqp.exchnage: unknown key; did you mean 'exchange'?\n"
     )
+
+
+# --- a first configuration's mistakes -----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("written", "line", "key_path", "words"),
+    [
+        ("buffer:\n", 3, "buffer", ["is empty", "remove the key", "{}"]),
+        ("drivers:\n", 3, "drivers", ["is empty", "[]"]),
+        ("buffer:\n  max_bytes: 100\n", 4, "buffer.max_bytes", ["100 bytes", "512MiB"]),
+        ("amqp:\n  exchange: Tür\n", 4, "amqp.exchange", ["'Tür'", "127", "A-Z"]),
+        ("amqp:\n  exchange: " + "x" * 128 + "\n", 4, "amqp.exchange", ["up to 127"]),
+        (
+            "amqp:\n  url: amqp://gateway:@127.0.0.1/\n",
+            3,
+            "amqp",
+            ["user 'gateway' but no password", "'guest'", "password_file"],
+        ),
+        ("metrics:\n  host: localhost:9464\n", 4, "metrics.host", ["a port goes in `port`"]),
+        (
+            "drivers:\n  - {type: mqtt, name: m, subscriptions: [sensors/+/state]}\n",
+            4,
+            "drivers[0].subscriptions[0]",
+            ["not 'sensors/+/state'", "e.g. {topic: sensors/+/state}"],
+        ),
+        (
+            "drivers:\n  - {type: mqtt, name: m, tls: , subscriptions: [{topic: a}]}\n",
+            4,
+            "drivers[0].tls",
+            ["is empty", "tls: {}", "remove the line for no TLS"],
+        ),
+        (
+            "drivers:\n  - {type: mqtt, name: m, tls: true, subscriptions: [{topic: a}]}\n",
+            4,
+            "drivers[0].tls",
+            ["not True", "write {}"],
+        ),
+        (
+            "drivers:\n  - {type: mqtt, name: '', subscriptions: [{topic: a}]}\n",
+            4,
+            "drivers[0].name",
+            ["''", "letters A-Z a-z, digits and _ . -"],
+        ),
+        (
+            "drivers:\n  - {type: mqtt, name: m, host: '', subscriptions: [{topic: a}]}\n",
+            4,
+            "drivers[0].host",
+            ["give a host name"],
+        ),
+        (
+            "drivers:\n  - {type: serial, name: s, protocol: lines, format: json, port: ttyUSB0}\n",
+            4,
+            "drivers[0].port",
+            ["not a device path", "/dev/ttyUSB0"],
+        ),
+        ("amqp:\n  url: ${AMQP_URL\n", 4, "amqp.url", ["'${AMQP_URL' has no closing '}'"]),
+        (
+            "amqp:\n  routing_key: ${site}.x\n",
+            4,
+            "amqp.routing_key",
+            ["${site} is an environment reference", "written {site}"],
+        ),
+    ],
+)
+def test_a_first_configurations_mistakes_say_what_to_write(
+    tmp_path: Path, written: str, line: int, key_path: str, words: list[str]
+) -> None:
+    path = write(tmp_path, MINIMAL, written)
+    assert_one_error(config_error(path), path, line, key_path, *words)
+
+
+@pytest.mark.parametrize(
+    ("written", "line", "words"),
+    [
+        ("port:1883\n", 3, ["a space after its colon"]),  # the key's line, not the next one
+        ("amqp:\n\tretry_max_s: 1\n", 4, ["spaces, not tabs"]),
+        ("units: {h: %RH}\n", 3, ["needs quotes"]),
+        ('pattern: "\\d+"\n', 3, ["single quotes"]),
+        ("amqp:\n  routing_key: {site}.{device}\n", 4, ["quote a value that starts with {"]),
+    ],
+)
+def test_yaml_mistakes_name_the_line_and_what_to_write(
+    tmp_path: Path, written: str, line: int, words: list[str]
+) -> None:
+    path = write(tmp_path, MINIMAL, written)
+    message = config_error(path)
+    assert message.startswith(f"{path}:{line}: invalid YAML: "), message
+    for word in words:
+        assert word in message, message
+
+
+def test_a_password_file_of_two_lines_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "password").write_text("s3cret\nsecond\n")
+    path = write(tmp_path, MINIMAL, "amqp:\n  password_file: password\n")
+    assert_one_error(
+        config_error(path), path, 4, "amqp.password_file", "more than one line", "only the password"
+    )
+
+
+def test_a_small_buffer_is_warned_about(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, MINIMAL, "buffer:\n  max_bytes: 100KB\n"))
+    [(message, fields)] = config.service_warnings(60.0, under_systemd=False)
+    assert message == "buffer.max_bytes is small: an outage of minutes fills it"
+    assert "512MiB" in str(fields["hint"])

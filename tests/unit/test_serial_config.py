@@ -125,8 +125,8 @@ def test_lines_and_nmea_items_load_into_their_own_models(tmp_path: Path) -> None
         ),
         (
             "- {type: serial, name: a, protocol: nmea, usb: {vendor_id: 67b}}",
-            "FILE:3: drivers[0].usb.vendor_id: string should match pattern '^[0-9a-fA-F]{4}$' "
-            "(got '67b')",
+            "FILE:3: drivers[0].usb.vendor_id: '67b': write 4 hex digits as lsusb shows them, "
+            "e.g. '2341' (no 0x)",
         ),
     ],
 )
@@ -150,7 +150,7 @@ def test_a_driver_name_the_readings_source_cannot_carry_is_refused(
     """The name becomes each reading's `source`: the same characters as MQTT and BLE names."""
     item = f'- {{type: serial, name: "{name}", protocol: {protocol}, port: /dev/x}}'
     assert _load(tmp_path, item) == (
-        f"FILE:3: drivers[0].name: string should match pattern '^[A-Za-z0-9_.-]+$' (got {name!r})"
+        f"FILE:3: drivers[0].name: {name!r}: use only letters A-Z a-z, digits and _ . - (no spaces)"
     )
 
 
