@@ -85,6 +85,31 @@ class Subscription(StrictModel):
             )
         return template
 
+    @model_validator(mode="after")
+    def _template_fits_the_filter(self) -> Subscription:
+        """A template that no topic of the filter fits makes every message malformed."""
+        if self.device is None:
+            return self
+        levels = shared_parts(self.topic)[1].split("/")
+        template = self.device.split("/")
+        if levels[-1] == "#":
+            levels = levels[:-1]
+            fits = len(template) >= len(levels)
+        else:
+            fits = len(template) == len(levels)
+        if not fits:
+            raise ValueError(
+                f"device template {self.device!r} has {len(template)} levels, which no topic "
+                f"of {self.topic!r} has: write one template level per topic level"
+            )
+        for level, pattern in zip(levels, template, strict=False):
+            if level != "+" and pattern not in ("{device}", "{_}") and pattern != level:
+                raise ValueError(
+                    f"device template {self.device!r} says {pattern!r} where topic filter "
+                    f"{self.topic!r} says {level!r}: no topic fits both"
+                )
+        return self
+
 
 class MqttDriverConfig(StrictModel):
     """One MQTT broker connection with its subscriptions."""

@@ -1226,6 +1226,20 @@ def test_cli_check_bad_file_returns_2_with_the_message_on_stderr(
             "drivers[0].port",
             ["not a device path", "/dev/ttyUSB0"],
         ),
+        (
+            "drivers:\n  - {type: mqtt, name: m, subscriptions: "
+            "[{topic: sensors/+/state, device: 'sensor/{device}/state'}]}\n",
+            4,
+            "drivers[0].subscriptions[0]",
+            ["says 'sensor' where topic filter 'sensors/+/state' says 'sensors'"],
+        ),
+        (
+            "drivers:\n  - {type: mqtt, name: m, subscriptions: "
+            "[{topic: home/+/+/temp, device: 'home/{device}/temp'}]}\n",
+            4,
+            "drivers[0].subscriptions[0]",
+            ["has 3 levels, which no topic of 'home/+/+/temp' has"],
+        ),
         ("amqp:\n  url: ${AMQP_URL\n", 4, "amqp.url", ["'${AMQP_URL' has no closing '}'"]),
         (
             "amqp:\n  routing_key: ${site}.x\n",
