@@ -320,6 +320,9 @@ def _explain(error: Any, data: Any, at: KeyPath, root: type[BaseModel]) -> str:
     kind: str = error["type"]
     msg: str = error["msg"]
     if kind == "extra_forbidden":
+        elsewhere = _key_elsewhere(str(at[-1]), data, at[:-1], root)
+        if elsewhere:
+            return f"unknown key here; {elsewhere}"
         allowed = _allowed_keys(data, at[:-1], root)
         hint = difflib.get_close_matches(str(at[-1]), allowed, n=1)
         if hint:
@@ -400,6 +403,12 @@ def _allowed_keys(data: Any, at: KeyPath, root: type[BaseModel]) -> list[str]:
 
 def _model_at(data: Any, at: KeyPath, root: type[BaseModel]) -> Any:
     """The model that a path's value is validated as, or None."""
+    found = _annotation_at(data, at, root)
+    return _model_in(*found) if found else None
+
+
+def _annotation_at(data: Any, at: KeyPath, root: type[BaseModel]) -> tuple[Any, Any] | None:
+    """The annotation a path's value is validated against, and the value; None if unknown."""
     annotation: Any = root
     node = data
     for part in at:
@@ -417,7 +426,49 @@ def _model_at(data: Any, at: KeyPath, root: type[BaseModel]) -> Any:
             annotation = model.model_fields[part].annotation
         else:
             return None
-    return _model_in(annotation, node)
+    return annotation, node
+
+
+def _key_elsewhere(key: str, data: Any, at: KeyPath, root: type[BaseModel]) -> str | None:
+    """Where an unknown key belongs instead: in a section below, or in another driver type."""
+    found = _annotation_at(data, at, root)
+    model = _model_in(*found) if found else None
+    if found is None or model is None:
+        return None
+    below = _holder(key, model)
+    if below:
+        return f"{key!r} belongs under {below!r}"
+    candidates = [(_holder(key, other), other) for other in _models(found[0]) if other is not model]
+    for under, other in sorted(
+        ((under, other) for under, other in candidates if under is not None),
+        key=lambda pair: pair[0] != "",  # a driver that has the key itself first
+    ):
+        tags = [
+            f"{tag}: {get_args(other.model_fields[tag].annotation)[0]}"
+            for tag in ("type", "protocol")  # the discriminators: one value each
+            if tag in other.model_fields and len(get_args(other.model_fields[tag].annotation)) == 1
+        ]
+        if tags:
+            where = f" (under {under!r})" if under else ""
+            return f"{key!r} is a key of drivers with {', '.join(tags)}{where}"
+    return None
+
+
+def _holder(key: str, model: type[BaseModel]) -> str | None:
+    """ "" when the model has the key, the name of its field whose model has it, else None."""
+    if key in model.model_fields:
+        return ""
+    for name, field in model.model_fields.items():
+        if any(key in inner.model_fields for inner in _models(field.annotation)):
+            return name
+    return None
+
+
+def _models(annotation: Any) -> list[type[BaseModel]]:
+    """Every model an annotation names, through unions, lists and `Annotated`."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    return [model for arg in get_args(annotation) for model in _models(arg)]
 
 
 def _container(annotation: Any) -> Any:

@@ -1240,6 +1240,24 @@ def test_cli_check_bad_file_returns_2_with_the_message_on_stderr(
             "drivers[0].subscriptions[0]",
             ["has 3 levels, which no topic of 'home/+/+/temp' has"],
         ),
+        (
+            "drivers:\n  - {type: mqtt, name: m, format: json, subscriptions: [{topic: a}]}\n",
+            4,
+            "drivers[0].format",
+            ["unknown key here; 'format' belongs under 'subscriptions'"],
+        ),
+        (
+            "drivers:\n  - {type: mqtt, name: m, baudrate: 9600, subscriptions: [{topic: a}]}\n",
+            4,
+            "drivers[0].baudrate",
+            ["'baudrate' is a key of drivers with type: serial, protocol: lines"],
+        ),
+        (
+            "drivers:\n  - {type: ble, name: b, topic: x}\n",
+            4,
+            "drivers[0].topic",
+            ["'topic' is a key of drivers with type: mqtt (under 'subscriptions')"],
+        ),
         ("amqp:\n  url: ${AMQP_URL\n", 4, "amqp.url", ["'${AMQP_URL' has no closing '}'"]),
         (
             "amqp:\n  routing_key: ${site}.x\n",
