@@ -84,8 +84,10 @@ def _read(path: Path, keep_unset_env: bool) -> tuple[dict[str, Any] | None, dict
             "the user running the gateway may read it"
         ) from None
     except UnicodeDecodeError as exc:
+        line = exc.object[: exc.start].count(b"\n") + 1
         raise ConfigError(
-            f"{path}: the file is not UTF-8 text (byte {exc.start}); save it as UTF-8"
+            f"{path}:{line}: the file is not UTF-8 text (byte {exc.start}, "
+            f"{exc.object[exc.start : exc.start + 1]!r}); save it as UTF-8"
         ) from None
     data, lines = _parse_yaml(path, text, keep_unset_env)
     if data is not None and not isinstance(data, dict):
@@ -285,6 +287,7 @@ def describe(
         for error in exc.errors()
     ]
     messages = []
+    located.sort(key=lambda item: _line_of(item[0], where))  # in the file's order
     for at, error in located:
         if any(len(other) > len(at) and other[: len(at)] == at for other, _ in located):
             continue  # a union's other branch failing less specifically: noise
@@ -295,6 +298,15 @@ def describe(
         if message not in messages:
             messages.append(message)
     return "\n".join(messages)
+
+
+def _line_of(at: KeyPath, where: dict[KeyPath, str]) -> tuple[str, int]:
+    """(file, line) where a path's nearest written key is, to sort messages by."""
+    for n in range(len(at), -1, -1):
+        if at[:n] in where:
+            file, _, line = where[at[:n]].rpartition(":")
+            return file, int(line)
+    return "", 0
 
 
 def _data_path(data: Any, loc: tuple[str | int, ...], key_error: bool) -> KeyPath:
@@ -348,6 +360,11 @@ def _explain(error: Any, data: Any, at: KeyPath, root: type[BaseModel]) -> str:
         )
     if kind == "model_type" and not isinstance(got, dict):
         return f"expected keys under it, not {got!r}" + _example(data, at, root, got)
+    if kind in ("byte_size", "byte_size_unit"):
+        return (
+            f"{got!r} is not a size: write a whole number and a unit, e.g. 512MiB or 2GB "
+            "(KiB, MiB, GiB are powers of 1024; KB, MB, GB of 1000)"
+        )
     if kind == "string_pattern_mismatch" and error["ctx"]["pattern"] in _PATTERNS:
         return f"{got!r}: {_PATTERNS[error['ctx']['pattern']]}"
     shown = "" if isinstance(got, dict | list) else f" (got {got!r})"

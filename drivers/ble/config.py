@@ -23,8 +23,13 @@ def _address(value: str) -> str:
 
 def _uuid(value: object) -> str:
     """16-bit (`2a6e`) and 32-bit UUIDs become the full 128-bit form bleak reports."""
-    if not isinstance(value, str):  # YAML reads 12345678 and 0x2A6E as numbers
-        raise ValueError(f"UUID {value!r} was read as a number; put it in quotes: '2a6e'")
+    if isinstance(value, int):  # YAML reads 12345678 and 0x2A6E as numbers
+        raise ValueError(
+            f"a UUID was read as a number ({value}, or {value:#x}); put it in quotes as you "
+            "wrote it: '2a6e', '12345678'"
+        )
+    if not isinstance(value, str):
+        raise ValueError(f"{value!r} is not a UUID; write 2a6e, '12345678' or the full form")
     text = value.strip().lower().removeprefix("0x")
     if re.fullmatch(r"[0-9a-f]{4}", text):
         return f"0000{text}{_SIG_BASE}"

@@ -78,7 +78,10 @@ def test_a_gatt_characteristic_takes_its_sig_format_or_a_configured_one(tmp_path
         ("    allow: {addresses: [AA:BB:CC]}\n", "not a Bluetooth address; write it as"),
         ("    devices: [{address: AA:BB:CC:DD:EE:FF, bindkey: abc}]\n", "32 hex digits"),
         ("    allow: {service_uuids: [xyz]}\n", "is not a UUID; write 2a6e"),
-        ("    allow: {service_uuids: [12345678]}\n", "was read as a number; put it in quotes"),
+        (
+            "    allow: {service_uuids: [0xfcd2]}\n",
+            "a UUID was read as a number (64722, or 0xfcd2); put it in quotes as you wrote it",
+        ),
         (
             "    devices: [{address: AA:BB:CC:DD:EE:FF,"
             " bindkey: 12345678901234567890123456789012}]\n",

@@ -1033,7 +1033,10 @@ def test_an_alias_bomb_is_refused_quickly(tmp_path: Path) -> None:
 def test_non_utf8_file_is_a_config_error(tmp_path: Path) -> None:
     path = tmp_path / "latin1.yaml"
     path.write_bytes("gateway:\n  id: gw-1\n  site: Köln\n".encode("latin-1"))
-    assert config_error(path) == f"{path}: the file is not UTF-8 text (byte 29); save it as UTF-8"
+    assert (
+        config_error(path)
+        == f"{path}:3: the file is not UTF-8 text (byte 29, b'\\xf6'); save it as UTF-8"
+    )
 
 
 FIELD_TYPO = """\
@@ -1300,6 +1303,26 @@ def test_a_password_file_of_two_lines_is_refused(tmp_path: Path) -> None:
     assert_one_error(
         config_error(path), path, 4, "amqp.password_file", "more than one line", "only the password"
     )
+
+
+@pytest.mark.parametrize("size", ["-5MB", "1e6", "10 MiBs"])
+def test_a_size_that_is_not_one_says_how_to_write_one(tmp_path: Path, size: str) -> None:
+    path = write(tmp_path, MINIMAL, f"buffer:\n  max_bytes: {size}\n")
+    assert_one_error(
+        config_error(path), path, 4, "buffer.max_bytes", f"{size!r} is not a size", "512MiB"
+    )
+
+
+def test_problems_are_listed_in_the_files_order(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        MINIMAL,
+        "drivers:\n  - {type: mqtt, name: m, subscriptions: [{topic: a}], qos: 1}\n",
+        "buffer:\n  when_full: never\n",
+        "amqp:\n  exchange: Tür\n",
+    )
+    lines = [int(line.split(":")[1]) for line in config_error(path).splitlines()]
+    assert lines == sorted(lines) and len(lines) == 3
 
 
 def test_a_small_buffer_is_warned_about(tmp_path: Path) -> None:
