@@ -257,6 +257,7 @@ class ModbusSource:
                     address=block.address,
                     count=block.count,
                     exception_code=getattr(response, "exception_code", None),
+                    **_numbering_hint(block.address),
                 )
                 return "refused"
             return list(response.bits if block.kind in ("coil", "discrete") else response.registers)
@@ -364,3 +365,17 @@ def _raise_a_swallowed_cancel() -> None:
     task = asyncio.current_task()
     if task is not None and task.cancelling():
         raise asyncio.CancelledError
+
+
+def _numbering_hint(address: int) -> dict[str, str]:
+    """Register maps often number registers from 1 with the kind in front (40001 is holding
+    register 0, 30001 input register 0): written as an address, a device refuses it."""
+    if address < 10_001:
+        return {}
+    kind = {0: "coil", 1: "discrete", 3: "input", 4: "holding"}.get(address // 10_000)
+    if kind is None or address % 10_000 == 0:
+        return {}
+    return {
+        "numbering": f"if the map's {address} means {kind} register {address % 10_000 - 1}, "
+        f"write kind: {kind}, address: {address % 10_000 - 1}"
+    }

@@ -291,17 +291,24 @@ async def test_readings_held_when_the_driver_is_cancelled_are_put_by_its_next_ru
 
 
 async def test_a_refused_read_is_counted_and_the_rest_of_the_reading_kept(tmp_path: Path) -> None:
+    """The warning names the block; for 40001, a register map's numbering written as an
+    address, it says what to write instead."""
     link = tmp_path / "meter"
     sink = ListSink()
     config = bus_config(link, [1]).model_dump()
-    config["units"][0]["registers"].append({"name": "missing", "address": 50, "type": "int16"})
+    config["units"][0]["registers"].append({"name": "map", "address": 40001, "type": "int16"})
     async with meter_bus(tmp_path, units=[1]):
         source = ModbusSource(ModbusRtuConfig.model_validate(config), "gw", sink)
-        async with running(source):
-            await sink.wait_for(lambda: len(sink.readings) >= 2)
+        with capture_logs() as logs:
+            async with running(source):
+                await sink.wait_for(lambda: len(sink.readings) >= 2)
     assert set(sink.readings[0].values) == {str(r["name"]) for r in REGISTERS}
     assert source.stats.counters["exception_response"] >= 2
     assert "no_response" not in source.stats.counters
+    [refused] = [e for e in logs if e["event"].startswith("Modbus unit refused")]  # per 10 s
+    assert refused["numbering"] == (
+        "if the map's 40001 means holding register 0, write kind: holding, address: 0"
+    )
 
 
 async def test_noise_between_requests_is_counted_with_a_sample(tmp_path: Path) -> None:
