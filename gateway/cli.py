@@ -18,6 +18,7 @@ from gateway.config import (
     GatewayConfig,
     broker_url_problem,
     config_files,
+    exchange_name_problem,
     load_config,
     state_dir_of,
 )
@@ -62,10 +63,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "tail":
         from gateway.tail import tail_readings
 
-        problem = broker_url_problem(args.url)
-        if problem is not None:
-            print(f"edge-gateway tail: --url: {problem}", file=sys.stderr)
-            return EXIT_CONFIG
+        for option, problem in (
+            ("--url", broker_url_problem(args.url)),
+            ("--exchange", exchange_name_problem(args.exchange)),
+        ):
+            if problem is not None:
+                print(f"edge-gateway tail: {option}: {problem}", file=sys.stderr)
+                return EXIT_CONFIG
         configure_logging("warning", stream=sys.stderr)  # stdout is for the readings
         try:
             return asyncio.run(

@@ -132,6 +132,16 @@ def broker_url_problem(url: str) -> str | None:
     return None
 
 
+def exchange_name_problem(name: str) -> str | None:
+    """Why the AMQP client (pamqp) would refuse to send `name` as an exchange, or None."""
+    if AMQP_NAME.fullmatch(name):
+        return None
+    return (
+        f"{name!r} cannot be an AMQP exchange name: up to 127 of the characters "
+        "A-Z a-z 0-9 - _ . : @ # , / + and space"
+    )
+
+
 class AmqpSection(StrictModel):
     url: str | list[str] = "amqp://guest:guest@127.0.0.1:5672/"
     """One broker URL, or a list tried in turn (a cluster)."""
@@ -159,11 +169,9 @@ class AmqpSection(StrictModel):
     @field_validator("exchange")
     @classmethod
     def _sendable_name(cls, name: str) -> str:
-        if not AMQP_NAME.fullmatch(name):
-            raise ValueError(
-                f"{name!r} cannot be an AMQP exchange name: up to 127 of the characters "
-                "A-Z a-z 0-9 - _ . : @ # , / + and space"
-            )
+        problem = exchange_name_problem(name)
+        if problem is not None:
+            raise ValueError(problem)
         return name
 
     @field_validator("url")

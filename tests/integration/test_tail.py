@@ -149,6 +149,14 @@ async def test_tail_with_a_url_it_cannot_read_says_so_without_a_traceback(tail: 
     assert "Traceback" not in err
 
 
+async def test_tail_with_an_exchange_name_amqp_cannot_carry_says_so(tail: Tail) -> None:
+    """pamqp refuses to send such a name: it was a traceback from inside the client."""
+    wrong = tail(f"amqp://guest:guest@127.0.0.1:{free_port()}/", "--exchange", "Tür")
+    _, err = await asyncio.to_thread(wrong.communicate, timeout=30)
+    assert wrong.returncode == 2
+    assert err.startswith("edge-gateway tail: --exchange: 'Tür' cannot be an AMQP exchange"), err
+
+
 async def test_tail_refused_a_virtual_host_says_so(tail: Tail, rabbitmq: RabbitMQNode) -> None:
     refused = tail(f"amqp://guest:guest@127.0.0.1:{rabbitmq.port}/no-such-vhost")
     _, err = await asyncio.to_thread(refused.communicate, timeout=30)
