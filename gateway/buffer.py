@@ -61,6 +61,9 @@ emptied, not even of what the broker confirmed. A WAL checkpoint's worth, four t
 _CACHE_KIB = 256
 """SQLite's page cache per connection (its default is 2 MiB). Chunks are written once and
 read once, in order: a cache saves little, and under overload both filled up."""
+_DROPPED = "buffer full: dropped the oldest readings (when_full: drop_oldest)"
+_DROPS_QUIET_S = 10.0
+"""Drops that have stopped this long get their line, rate-limited or not."""
 _CANCEL_WAIT_S = 5.0
 """How long a cancelled put waits for the commit that has its readings (a commit takes
 milliseconds; an SD card may stall one for a second or two)."""
@@ -206,6 +209,7 @@ class Buffer:
         self._rate_limited = RateLimitedLog(log)
         self._unlogged_drops = 0
         """Readings dropped since the last `dropped the oldest` line (writer thread only)."""
+        self._last_drop = 0.0
         self.progress = Progress()
         """Puts waiting for their commit: the watchdog's view of the writer thread."""
         self.read_progress = Progress()
@@ -524,10 +528,26 @@ class Buffer:
                 self._loop.call_soon_threadsafe(self._settle, stranded, failure, None)
             raise
         finally:
+            self._log_the_last_drops()
             if self._failure is None:
                 with contextlib.suppress(sqlite3.Error):
                     conn.execute("INSERT OR REPLACE INTO meta VALUES ('clean', '1')")
             conn.close()
+
+    def _drops_logged(self) -> dict[str, object]:
+        return {
+            "dropped": self._unlogged_drops,
+            "dropped_total": self.counters.dropped,
+            "max_bytes": self.max_bytes,
+            "hint": "raise buffer.max_bytes, or use when_full: reject_new to hold sources",
+        }
+
+    def _log_the_last_drops(self) -> None:
+        """The drops after the last rate-limited line: once they have stopped, or at close.
+        Without this line the journal would never tell the last ones of a burst."""
+        if self._unlogged_drops:
+            log.warning(_DROPPED, **self._drops_logged())
+            self._unlogged_drops = 0
 
     def _take_acks(self) -> list[int]:
         with self._cond:
@@ -591,15 +611,13 @@ class Buffer:
             self.counters.last_commit = time.time()
             if dropped:
                 self._unlogged_drops += dropped
+                self._last_drop = time.monotonic()
                 if self._rate_limited.warning(  # every commit drops during a long outage
-                    "drop_oldest",
-                    "buffer full: dropped the oldest readings (when_full: drop_oldest)",
-                    dropped=self._unlogged_drops,
-                    dropped_total=self.counters.dropped,
-                    max_bytes=self.max_bytes,
-                    hint="raise buffer.max_bytes, or use when_full: reject_new to hold sources",
+                    "drop_oldest", _DROPPED, **self._drops_logged()
                 ):
                     self._unlogged_drops = 0
+            elif self._unlogged_drops and time.monotonic() - self._last_drop >= _DROPS_QUIET_S:
+                self._log_the_last_drops()
         if isinstance(error, BufferFull):
             self.counters.rejected += len(entries)
         chunk = chunk_of(first_seq, accepted, entries) if added else None
