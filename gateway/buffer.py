@@ -102,6 +102,8 @@ class BufferCounters:
     damaged: int = 0
     """Chunks whose bytes did not decode, kept apart in the table `damaged`."""
     dropped: int = 0
+    dropped_ever: int = 0
+    """Dropped since the buffer's file was created: kept in it, exact across crashes."""
     commits: int = 0
     last_commit: float = 0.0
 
@@ -297,6 +299,8 @@ class Buffer:
             saved = conn.execute("SELECT value FROM meta WHERE key='next_seq'").fetchone()
             self._next_seq = max(last[0] or 1, int(saved[0]) if saved else 1)
             self._depth = conn.execute("SELECT coalesce(sum(count), 0) FROM chunks").fetchone()[0]
+            dropped = conn.execute("SELECT value FROM meta WHERE key='dropped'").fetchone()
+            self.counters.dropped_ever = int(dropped[0]) if dropped else 0
         except BaseException:
             conn.close()
             raise
@@ -590,6 +594,11 @@ class Buffer:
                 conn.execute("RELEASE intake")
             if deleted or dropped:
                 self._save_next_seq(conn)
+            if dropped:  # in the same transaction: a crash cannot lose the count
+                conn.execute(
+                    "INSERT OR REPLACE INTO meta VALUES ('dropped', ?)",
+                    (str(self.counters.dropped_ever + dropped),),
+                )
             self._commit_transaction(conn)
         except sqlite3.Error as exc:
             if conn.in_transaction:
@@ -606,6 +615,7 @@ class Buffer:
         self._depth += added - deleted - dropped
         self.counters.accepted += added
         self.counters.dropped += dropped
+        self.counters.dropped_ever += dropped
         if not isinstance(error, StorageError):
             self.counters.commits += 1
             self.counters.last_commit = time.time()

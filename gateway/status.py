@@ -213,7 +213,13 @@ def format_status(report: dict[str, Any]) -> str:
     counters = live["buffer"]
     lines.append(
         f"           accepted {counters['accepted']}, rejected {counters['rejected']}, "
-        f"dropped {counters['dropped']}, commits {counters['commits']}"
+        f"dropped {counters['dropped']}"
+        + (
+            f" ({counters['dropped_ever']} since the buffer was created)"
+            if counters.get("dropped_ever", 0) > counters["dropped"]
+            else ""
+        )
+        + f", commits {counters['commits']}"
         + (f", DAMAGED chunks set aside {counters['damaged']}" if counters.get("damaged") else "")
     )
     pub = live["publisher"]

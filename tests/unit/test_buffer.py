@@ -305,6 +305,20 @@ async def test_the_last_drops_of_a_burst_get_their_line_too(
         assert said() == buf.counters.dropped  # the close told the last one
 
 
+async def test_drops_are_counted_in_the_file_across_restarts(db: Path) -> None:
+    """status showed the drops of the current run only: a crash or a restart hid the rest."""
+    async with Buffer(db, max_bytes=32 * 1024, when_full="drop_oldest", commit_interval=0) as buf:
+        for i in range(120):
+            await buf.put([reading(i, pad_bytes=600)])
+        first_run = buf.counters.dropped
+    assert first_run > 0 and buf.counters.dropped_ever == first_run
+    async with Buffer(db, max_bytes=32 * 1024, when_full="drop_oldest", commit_interval=0) as buf:
+        assert (buf.counters.dropped, buf.counters.dropped_ever) == (0, first_run)
+        for i in range(120, 130):
+            await buf.put([reading(i, pad_bytes=600)])
+        assert buf.counters.dropped_ever == first_run + buf.counters.dropped > first_run
+
+
 async def test_the_latest_commits_come_from_memory_and_older_ones_from_disk(
     db: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

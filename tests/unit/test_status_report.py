@@ -120,3 +120,12 @@ async def test_a_drivers_last_error_says_how_long_ago_it_was(tmp_path: Path) -> 
         shown = format_status(read_status(tmp_path))
     assert "connected, 0 readings" in shown
     assert "errors 1 (last 4 min ago: cannot connect to 127.0.0.1:1883" in shown
+
+
+async def test_drops_before_this_start_are_shown_beside_this_runs(tmp_path: Path) -> None:
+    async with Buffer(tmp_path / "buffer.db", max_bytes=1 << 20) as buffer:
+        publisher = Publisher(AmqpSection(), GatewaySection(id="gw"), buffer)
+        buffer.counters.dropped, buffer.counters.dropped_ever = 5, 46  # 41 before a restart
+        StatusWriter(tmp_path, buffer, publisher, lambda: []).write()
+        shown = format_status(read_status(tmp_path))
+    assert "dropped 5 (46 since the buffer was created), commits" in shown
