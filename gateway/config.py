@@ -189,7 +189,11 @@ class AmqpSection(StrictModel):
     def _a_password_for_the_user(self) -> AmqpSection:
         for url in self.urls:
             parsed = URL(url)
-            if parsed.user and not parsed.password and self.password_file is None:
+            if (
+                parsed.user not in (None, "", "guest")  # guest's password is guest
+                and not parsed.password
+                and self.password_file is None
+            ):
                 raise ValueError(
                     f"a broker URL names the user {parsed.user!r} but no password (the client "
                     "would send 'guest'): write amqp://user:password@host/ or set "

@@ -472,7 +472,8 @@ def _key_elsewhere(key: str, data: Any, at: KeyPath, root: type[BaseModel]) -> s
 
 
 def _holder(key: str, model: type[BaseModel]) -> str | None:
-    """ "" when the model has the key, the name of its field whose model has it, else None."""
+    """Where a model takes a key: itself (the empty name), one of its fields' models (that
+    field's name), or not at all (None)."""
     if key in model.model_fields:
         return ""
     for name, field in model.model_fields.items():

@@ -1297,6 +1297,11 @@ def test_yaml_mistakes_name_the_line_and_what_to_write(
         assert word in message, message
 
 
+def test_guest_needs_no_password_in_the_url(tmp_path: Path) -> None:
+    path = write(tmp_path, MINIMAL, "amqp:\n  url: amqp://guest@127.0.0.1/\n")
+    assert load_config(path).amqp.url == "amqp://guest@127.0.0.1/"  # the client sends guest
+
+
 def test_a_password_file_of_two_lines_is_refused(tmp_path: Path) -> None:
     (tmp_path / "password").write_text("s3cret\nsecond\n")
     path = write(tmp_path, MINIMAL, "amqp:\n  password_file: password\n")
