@@ -263,16 +263,21 @@ class _Endpoint:
                 await writer.drain()
         except (TimeoutError, ConnectionError, asyncio.IncompleteReadError):
             pass  # silent, or gone: nobody to answer
+        except asyncio.CancelledError:
+            # Only `close()` cancels a connection (a scrape still reading the disk at a
+            # stop): the task ends here, as Python 3.11's streams log a cancelled one as an
+            # error with a traceback. Nothing else waits for this task to be cancelled.
+            pass
         finally:
             del self.connections[writer]
             writer.close()
 
     async def answer(self, head: bytes) -> tuple[str, list[str], bytes]:
         """Status line, headers and body for a request's head (ValueError: not HTTP)."""
-        from prometheus_client.exposition import choose_encoder
+        from prometheus_client.exposition import choose_encoder, gzip_accepted
 
-        request, *header_lines = head.decode("latin-1").split("\r\n")
-        method, target, _version = request.split(" ")
+        request, *header_lines = head.decode("latin-1").lstrip("\r\n").split("\r\n")
+        method, target, _version = request.split()
         headers = {}
         for line in header_lines:
             name, _, value = line.partition(":")
@@ -285,7 +290,7 @@ class _Endpoint:
         encode, content_type = choose_encoder(headers.get("accept", ""))
         body = encode(self.registry)
         extra = [f"Content-Type: {content_type}"]
-        if "gzip" in headers.get("accept-encoding", ""):
+        if gzip_accepted(headers.get("accept-encoding", "")):
             body = gzip.compress(body)
             extra.append("Content-Encoding: gzip")
         return "200 OK", extra, body
@@ -296,9 +301,13 @@ class _Endpoint:
         A scrape that is reading the disk gets a second to finish, not more: it is a stop."""
         serving = list(self.connections.values())
         for writer in self.connections:
-            writer.close()
+            writer.transport.abort()  # also one that does not read its answer
         if serving:
-            await asyncio.wait(serving, timeout=1.0)
+            _, reading_the_disk = await asyncio.wait(serving, timeout=1.0)
+            for task in reading_the_disk:
+                task.cancel()
+            if reading_the_disk:
+                await asyncio.wait(reading_the_disk)
 
 
 _TEXT = "Content-Type: text/plain; charset=utf-8"
