@@ -455,20 +455,25 @@ def _key_elsewhere(key: str, data: Any, at: KeyPath, root: type[BaseModel]) -> s
     below = _holder(key, model)
     if below:
         return f"{key!r} belongs under {below!r}"
-    candidates = [(_holder(key, other), other) for other in _models(found[0]) if other is not model]
-    for under, other in sorted(
-        ((under, other) for under, other in candidates if under is not None),
-        key=lambda pair: pair[0] != "",  # a driver that has the key itself first
-    ):
-        tags = [
-            f"{tag}: {get_args(other.model_fields[tag].annotation)[0]}"
-            for tag in ("type", "protocol")  # the discriminators: one value each
-            if tag in other.model_fields and len(get_args(other.model_fields[tag].annotation)) == 1
+    holders = [(_holder(key, other), other) for other in _models(found[0]) if other is not model]
+    for nested in (False, True):  # drivers that have the key themselves, else below
+        kinds = [
+            _driver_kind(other) + (f" (under {under!r})" if under else "")
+            for under, other in holders
+            if under is not None and bool(under) == nested and _driver_kind(other)
         ]
-        if tags:
-            where = f" (under {under!r})" if under else ""
-            return f"{key!r} is a key of drivers with {', '.join(tags)}{where}"
+        if kinds:
+            return f"{key!r} is a key of drivers with {' or '.join(kinds)}"
     return None
+
+
+def _driver_kind(model: type[BaseModel]) -> str:
+    """`type: serial, protocol: lines`: the discriminators of a driver model, one value each."""
+    return ", ".join(
+        f"{tag}: {get_args(model.model_fields[tag].annotation)[0]}"
+        for tag in ("type", "protocol")
+        if tag in model.model_fields and len(get_args(model.model_fields[tag].annotation)) == 1
+    )
 
 
 def _holder(key: str, model: type[BaseModel]) -> str | None:
