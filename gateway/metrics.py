@@ -250,7 +250,7 @@ class _Endpoint:
             async with asyncio.timeout(IDLE_TIMEOUT_S):
                 head = b""
                 try:
-                    head = await reader.readuntil(b"\r\n\r\n")
+                    head = (await reader.readuntil(b"\r\n\r\n")).lstrip(b"\r\n")
                     status, headers, body = await self.answer(head)
                 except asyncio.LimitOverrunError:
                     status, headers, body = _REFUSED["431 Request Header Fields Too Large"]
@@ -276,7 +276,7 @@ class _Endpoint:
         """Status line, headers and body for a request's head (ValueError: not HTTP)."""
         from prometheus_client.exposition import choose_encoder, gzip_accepted
 
-        request, *header_lines = head.decode("latin-1").lstrip("\r\n").split("\r\n")
+        request, *header_lines = head.decode("latin-1").split("\r\n")
         method, target, _version = request.split()
         headers = {}
         for line in header_lines:

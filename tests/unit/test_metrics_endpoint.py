@@ -54,10 +54,11 @@ async def test_a_scrape_gets_the_figures_and_head_only_their_headers(port: int) 
     assert b"\nedge_gateway_buffer_readings 0.0\n" in body
     assert b"\nedge_gateway_buffer_oldest_reading_age_seconds 0.0\n" in body  # from the disk
 
-    status, headers, head_body = await ask(port, "HEAD /metrics HTTP/1.1\r\n\r\n")
-    assert status == "HTTP/1.1 200 OK"
-    assert int(headers["content-length"]) > 0
-    assert head_body == b""
+    for request in ("HEAD /metrics HTTP/1.1\r\n\r\n", "\r\nHEAD /metrics HTTP/1.1\r\n\r\n"):
+        status, headers, head_body = await ask(port, request)
+        assert status == "HTTP/1.1 200 OK"
+        assert int(headers["content-length"]) > 0
+        assert head_body == b""
 
 
 async def test_openmetrics_and_gzip_when_asked(port: int) -> None:
