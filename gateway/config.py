@@ -82,6 +82,14 @@ class GatewaySection(StrictModel):
     """Where the buffer and status live; systemd's `StateDirectory=` sets $STATE_DIRECTORY."""
 
 
+MIN_BUFFER_BYTES = 1000
+SMALL_BUFFER_BYTES = 1024**2
+"""Below this `check` and the start warn: a few thousand readings at most, minutes of outage."""
+
+AMQP_NAME = re.compile(r"[a-zA-Z0-9-_.:@#,/+ ]{0,127}")
+"""What the AMQP client library (pamqp) sends as an exchange name; it refuses others."""
+
+
 class BufferSection(StrictModel):
     max_bytes: ByteSize = ByteSize(1024**3)
     when_full: Literal["reject_new", "drop_oldest"] = "reject_new"
@@ -96,14 +104,6 @@ class BufferSection(StrictModel):
                 f"{int(size)} bytes hold no readings; sizes take a unit: write e.g. 512MiB"
             )
         return size
-
-
-MIN_BUFFER_BYTES = 1000
-SMALL_BUFFER_BYTES = 1024**2
-"""Below this `check` and the start warn: a few thousand readings at most, minutes of outage."""
-
-AMQP_NAME = re.compile(r"[a-zA-Z0-9-_.:@#,/+ ]{0,127}")
-"""What the AMQP client library (pamqp) sends as an exchange name; it refuses others."""
 
 
 class BatchSection(StrictModel):
