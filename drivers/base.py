@@ -11,7 +11,7 @@ from typing import Any, Protocol
 from gateway.backoff import Backoff
 from gateway.errors import AcceptedThenCancelled, BufferFull, StorageError
 from gateway.logs import RateLimitedLog
-from gateway.model import Reading
+from gateway.model import Encoded, Reading
 
 
 class Sink(Protocol):
@@ -21,7 +21,7 @@ class Sink(Protocol):
     driver must then not acknowledge its source, and retry later.
     """
 
-    async def put(self, readings: Sequence[Reading]) -> None: ...
+    async def put(self, readings: Sequence[Reading] | Encoded) -> None: ...
 
 
 class Driver(Protocol):
@@ -81,7 +81,7 @@ class DriverStats:
 
 async def put_until_accepted(
     sink: Sink,
-    readings: Sequence[Reading],
+    readings: Sequence[Reading] | Encoded,
     driver: str,
     stats: DriverStats,
     log: RateLimitedLog,

@@ -37,7 +37,7 @@ import structlog
 
 from gateway.errors import AcceptedThenCancelled, BufferFull, StorageError
 from gateway.logs import RateLimitedLog
-from gateway.model import Reading
+from gateway.model import Encoded, Entry, Reading, flag_clock_unsynchronized
 from gateway.progress import Progress
 
 log = structlog.get_logger("gateway.buffer")
@@ -110,7 +110,7 @@ class BufferCounters:
 
 @dataclass(slots=True, eq=False)  # one put is one put: found and taken back by identity
 class _Put:
-    entries: list[tuple[str, str, bytes]]
+    entries: list[Entry]
     future: asyncio.Future[None]
 
 
@@ -151,7 +151,7 @@ async def _committed(future: asyncio.Future[None]) -> bool:
     return bool(done) and future.exception() is None
 
 
-def encode_chunk(entries: Sequence[tuple[str, str, bytes]]) -> bytes:
+def encode_chunk(entries: Sequence[Entry]) -> bytes:
     """First line: JSON list of [device, source]; then one JSON reading per line; deflated."""
     header = json.dumps([[d, s] for d, s, _ in entries], separators=(",", ":")).encode()
     return zlib.compress(b"\n".join([header, *(body for _, _, body in entries)]), _COMPRESS_LEVEL)
@@ -164,7 +164,7 @@ def decode_chunk(first_seq: int, accepted: float, data: bytes) -> Chunk:
     return chunk_of(first_seq, accepted, entries)
 
 
-def chunk_of(first_seq: int, accepted: float, entries: Sequence[tuple[str, str, bytes]]) -> Chunk:
+def chunk_of(first_seq: int, accepted: float, entries: Sequence[Entry]) -> Chunk:
     """The chunk whose readings are `entries` (device, source, body), numbered from `first_seq`."""
     return Chunk(
         first_seq,
@@ -333,7 +333,7 @@ class Buffer:
 
     # --- the producer side ------------------------------------------------------
 
-    async def put(self, readings: Sequence[Reading]) -> None:
+    async def put(self, readings: Sequence[Reading] | Encoded) -> None:
         """Return once the readings are committed to disk (accepted).
 
         Raises `BufferFull` (when_full=reject_new) or `StorageError`; then nothing
@@ -347,8 +347,9 @@ class Buffer:
         if self._failure is not None:
             raise self._failure
         assert self._loop is not None, "use the buffer inside `async with`"
-        flag = self._clock_synchronized is not None and not self._clock_synchronized()
-        entries = [(r.device, r.source, r.to_json(clock_unsynchronized=flag)) for r in readings]
+        entries = (readings if isinstance(readings, Encoded) else Encoded.of(readings)).entries
+        if self._clock_synchronized is not None and not self._clock_synchronized():
+            entries = [(d, s, flag_clock_unsynchronized(body)) for d, s, body in entries]
         future = self._loop.create_future()
         with self._cond:
             if self._failure is not None:  # the writer failed since the check above

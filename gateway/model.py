@@ -6,7 +6,7 @@ splices the stored bytes into messages without parsing them again.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -31,13 +31,8 @@ class Reading:
     units: Mapping[str, str] = field(default_factory=dict)
     tags: Mapping[str, str] = field(default_factory=dict)
 
-    def to_json(self, clock_unsynchronized: bool = False) -> bytes:
-        """The reading as a compact JSON object, without its id (the buffer assigns that).
-
-        `clock_unsynchronized` adds `"clock_unsynchronized": true`: the gateway's clock was
-        not synchronised when it accepted the reading, so `ts` may be far off. The key is
-        absent otherwise, so consumers that do not know it see nothing new.
-        """
+    def to_json(self) -> bytes:
+        """The reading as a compact JSON object, without its id (the buffer assigns that)."""
         doc: dict[str, object] = {
             "device": self.device,
             "ts": format_ts(self.ts),
@@ -48,9 +43,37 @@ class Reading:
         doc["source"] = self.source
         if self.tags:
             doc["tags"] = self.tags
-        if clock_unsynchronized:
-            doc["clock_unsynchronized"] = True
         return fastjson.dumps(doc)
+
+
+Entry = tuple[str, str, bytes]
+"""A reading as the buffer stores it: device, source, and its JSON (`Reading.to_json`)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Encoded:
+    """Readings encoded for the buffer, which takes them as they are.
+
+    For a driver that holds readings until they are on disk (MQTT holds a thousand messages'
+    worth under overload, until their PUBACK): an entry takes about a third of the memory
+    of a `Reading` with its dicts and datetime.
+    """
+
+    entries: list[Entry]
+
+    @classmethod
+    def of(cls, readings: Iterable[Reading]) -> Encoded:
+        return cls([(r.device, r.source, r.to_json()) for r in readings])
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+
+def flag_clock_unsynchronized(body: bytes) -> bytes:
+    """`body` with `"clock_unsynchronized":true` as its last key: the gateway's clock was not
+    synchronised when it accepted the reading, so `ts` may be far off. Unflagged readings
+    have no such key, so consumers that do not know it see nothing new."""
+    return body[:-1] + b',"clock_unsynchronized":true}'
 
 
 def format_ts(ts: datetime) -> str:

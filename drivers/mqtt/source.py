@@ -17,7 +17,6 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -44,7 +43,7 @@ from gateway.errors import (
     StorageError,
 )
 from gateway.logs import RateLimitedLog
-from gateway.model import Reading
+from gateway.model import Encoded, Reading
 
 log = structlog.get_logger("drivers.mqtt")
 
@@ -72,11 +71,20 @@ taking our session."""
 
 @dataclass(frozen=True, slots=True)
 class _Batch:
-    """Messages that arrived together, their readings, and the put that makes them durable."""
+    """Messages that arrived together: the put that makes their readings durable, and what
+    acknowledging them takes.
+
+    Held until the put returns (a commit cycle or more, a thousand messages' worth under
+    overload), so it keeps the readings encoded and the packet ids, not the messages and
+    `Reading` objects: 1 MB less at the peak (docs/performance.md).
+    """
 
     put: asyncio.Task[GatewayError | None]
-    messages: list[_Message]
-    readings: list[Reading]
+    readings: Encoded
+    messages: int
+    session: int
+    mids: list[int]
+    """Of its QoS 1 messages received on `session`: only that connection can acknowledge."""
 
 
 _INVALID_TOPIC = "\x00invalid-utf8-topic"
@@ -222,16 +230,22 @@ class MqttSource:
                 self._binding.resume_reading()
             if not messages:
                 continue
-            readings = [reading for message in messages for reading in self._decode(message)]
-            put = tasks.create_task(self._put(readings))
-            self._in_order.put_nowait(_Batch(put, messages, readings))
-            self._unsettled += len(messages)
+            self._start_put(tasks, messages)
+            del messages  # not held while waiting for room
             if self._unsettled >= _MESSAGES_IN_FLIGHT:
                 self._room.clear()
                 await self._room.wait()  # back-pressure: `_acknowledge` makes room
             await asyncio.sleep(0)  # a slice per turn: reading, acks and publishing get theirs
 
-    async def _put(self, readings: list[Reading]) -> GatewayError | None:
+    def _start_put(self, tasks: asyncio.TaskGroup, messages: list[_Message]) -> None:
+        readings = Encoded.of(reading for message in messages for reading in self._decode(message))
+        put = tasks.create_task(self._put(readings))
+        session = self._session
+        mids = [m.mid for m in messages if m.qos and m.session == session]
+        self._in_order.put_nowait(_Batch(put, readings, len(messages), session, mids))
+        self._unsettled += len(messages)
+
+    async def _put(self, readings: Encoded) -> GatewayError | None:
         """Put into the buffer; a refusal is returned, for `_acknowledge` to retry in order.
 
         A put that the buffer committed as a stop or reload cancelled it returns None as
@@ -259,13 +273,14 @@ class MqttSource:
                     raise
             self._ack(client, batch)
             self._settling = None
-            self._unsettled -= len(batch.messages)
+            self._unsettled -= batch.messages
             if self._unsettled < _MESSAGES_IN_FLIGHT:
                 self._room.set()
 
     def _ack(self, client: LoopClient, batch: _Batch) -> None:
         self.stats.read(len(batch.readings))
-        client.ack_all(m.mid for m in batch.messages if m.qos and m.session == self._session)
+        if batch.session == self._session:
+            client.ack_all(batch.mids)
 
     def _ack_the_accepted(self, client: LoopClient) -> None:
         """At a stop: acknowledge what the buffer has taken but was not acknowledged yet, or
@@ -499,7 +514,7 @@ class MqttSource:
         self._topic_cache[topic] = index
         return index
 
-    async def _accept(self, readings: Sequence[Reading]) -> None:
+    async def _accept(self, readings: Encoded) -> None:
         """Put into the buffer, retrying until it takes them; meanwhile nothing is acked."""
         await put_until_accepted(
             self._sink,

@@ -9,9 +9,11 @@ When intake is behind it leaves the socket unread, which must not look like a de
 from __future__ import annotations
 
 import asyncio
+import json
 import sys
 import time
 from collections.abc import Sequence
+from typing import Any
 
 import paho.mqtt.client as mqtt
 from edge_gateway_sim.brokers import MosquittoBroker
@@ -21,7 +23,7 @@ from structlog.testing import capture_logs
 from drivers.mqtt.config import MqttDriverConfig
 from drivers.mqtt.source import MqttSource
 from gateway.errors import BufferFull
-from gateway.model import Reading
+from gateway.model import Encoded, Reading
 
 
 class CountingSink:
@@ -30,7 +32,7 @@ class CountingSink:
     def __init__(self) -> None:
         self.readings = 0
 
-    async def put(self, readings: Sequence[Reading]) -> None:
+    async def put(self, readings: Sequence[Reading] | Encoded) -> None:
         self.readings += len(readings)
 
 
@@ -95,12 +97,14 @@ class RefusingSink:
 
     def __init__(self) -> None:
         self.refusing = True
-        self.readings: list[Reading] = []
+        self.readings: list[dict[str, Any]] = []
+        """As the buffer would store them."""
 
-    async def put(self, readings: Sequence[Reading]) -> None:
+    async def put(self, readings: Sequence[Reading] | Encoded) -> None:
         if self.refusing:
             raise BufferFull("buffer full (test)")
-        self.readings.extend(readings)
+        assert isinstance(readings, Encoded), "the MQTT source holds its readings encoded"
+        self.readings.extend(json.loads(body) for _, _, body in readings.entries)
 
 
 def _publish_qos1(port: int, count: int) -> None:
@@ -145,7 +149,7 @@ async def test_a_socket_left_unread_for_longer_than_keepalive_stays_connected(
             await until("every message read", lambda: len(sink.readings) >= 3000, 30)
             await asyncio.sleep(2)  # time for redeliveries, had there been any
         assert [e for e in logs if e["event"].startswith("MQTT connection lost")] == []
-        assert sorted(r.values["n"] for r in sink.readings) == list(range(3000))
+        assert sorted(r["values"]["n"] for r in sink.readings) == list(range(3000))
     finally:
         running.cancel()
         await asyncio.gather(running, return_exceptions=True)

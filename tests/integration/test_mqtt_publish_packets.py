@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Sequence
+from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
@@ -20,15 +21,17 @@ from paho.mqtt.properties import Properties
 
 from drivers.mqtt.config import MqttDriverConfig
 from drivers.mqtt.source import MqttSource
-from gateway.model import Reading
+from gateway.model import Encoded, Reading
 
 
 class Collected:
     def __init__(self) -> None:
-        self.readings: list[Reading] = []
+        self.readings: list[dict[str, Any]] = []
+        """As the buffer would store them."""
 
-    async def put(self, readings: Sequence[Reading]) -> None:
-        self.readings.extend(readings)
+    async def put(self, readings: Sequence[Reading] | Encoded) -> None:
+        assert isinstance(readings, Encoded), "the MQTT source holds its readings encoded"
+        self.readings.extend(json.loads(body) for _, _, body in readings.entries)
 
 
 def _properties() -> Properties:
@@ -93,7 +96,7 @@ async def test_publish_packets_are_read_exactly(mosquitto: MosquittoBroker, prot
         running.cancel()
         await asyncio.gather(running, return_exceptions=True)
 
-    got = [(r.device, dict(r.values)) for r in sink.readings]
+    got = [(r["device"], r["values"]) for r in sink.readings]
     assert got[:4] == [
         ("small", {"n": 1}),
         ("big", {"n": 2, "text": big_text}),

@@ -31,11 +31,11 @@ from drivers.mqtt.source import MqttSource
 from gateway.backoff import Backoff
 from gateway.buffer import Buffer
 from gateway.errors import BufferFull
-from gateway.model import Reading
+from gateway.model import Encoded, Reading
 
 
 class _Discard:
-    async def put(self, readings: Sequence[Reading]) -> None:
+    async def put(self, readings: Sequence[Reading] | Encoded) -> None:
         pass
 
 
@@ -133,10 +133,12 @@ async def test_a_stop_while_the_broker_does_not_answer_waits_at_most_the_connect
 
 class _Kept:
     def __init__(self) -> None:
-        self.readings: list[Reading] = []
+        self.readings: list[dict[str, Any]] = []
+        """As the buffer would store them."""
 
-    async def put(self, readings: Sequence[Reading]) -> None:
-        self.readings.extend(readings)
+    async def put(self, readings: Sequence[Reading] | Encoded) -> None:
+        assert isinstance(readings, Encoded), "the MQTT source holds its readings encoded"
+        self.readings.extend(json.loads(body) for _, _, body in readings.entries)
 
 
 def _session_holding(port: int, client_id: str, topics: list[str]) -> None:
@@ -186,7 +188,7 @@ async def test_a_resumed_session_drops_a_filter_another_one_now_covers(
         await asyncio.to_thread(publish_one, mosquitto_broker.port, "old/kitchen/state")
         await until("a reading", lambda: len(sink.readings) >= 1)
         await asyncio.sleep(1.0)  # time for a second copy, had the broker sent one
-    assert [r.device for r in sink.readings] == ["kitchen"]
+    assert [r["device"] for r in sink.readings] == ["kitchen"]
 
 
 def publish_one(port: int, topic: str) -> None:
@@ -311,7 +313,7 @@ class _RefusingOnce:
         self.buffer = buffer
         self.refused = False
 
-    async def put(self, readings: Sequence[Reading]) -> None:
+    async def put(self, readings: Sequence[Reading] | Encoded) -> None:
         if not self.refused:
             self.refused = True
             raise BufferFull("full")

@@ -9,7 +9,7 @@ from pathlib import Path
 import jsonschema
 
 from gateway.buffer import Buffer
-from gateway.model import Reading
+from gateway.model import Encoded, Reading
 
 SCHEMA = json.loads(
     (Path(__file__).parents[2] / "gateway" / "schemas" / "message.schema.json").read_text()
@@ -21,7 +21,7 @@ def reading(i: int) -> Reading:
 
 
 async def test_only_readings_put_while_unsynchronised_are_flagged(tmp_path: Path) -> None:
-    answers = iter([False, True])  # the clock is asked once per put
+    answers = iter([False, False, True])  # the clock is asked once per put
     async with Buffer(
         tmp_path / "b.db",
         max_bytes=2**26,
@@ -29,10 +29,12 @@ async def test_only_readings_put_while_unsynchronised_are_flagged(tmp_path: Path
         clock_synchronized=lambda: next(answers),
     ) as buffer:
         await buffer.put([reading(1), reading(2)])
-        await buffer.put([reading(3)])
+        await buffer.put(Encoded.of([reading(3)]))  # as the MQTT source puts them
+        await buffer.put([reading(4)])
         chunks = await buffer.fetch(0, 10)
     docs = [json.loads(r.body) for chunk in chunks for r in chunk.readings]
-    assert [d.get("clock_unsynchronized") for d in docs] == [True, True, None]
+    assert [d.get("clock_unsynchronized") for d in docs] == [True, True, True, None]
+    assert list(docs[2]) == ["device", "ts", "values", "source", "clock_unsynchronized"]
     message = {
         "v": 1,
         "gateway": "g",

@@ -31,7 +31,7 @@ from gateway.cli import main
 from gateway.config import GatewayConfig, load_config
 from gateway.config_types import read_secret
 from gateway.errors import ConfigError
-from gateway.model import Reading
+from gateway.model import Encoded, Reading
 
 MINIMAL = """\
 gateway:
@@ -515,7 +515,7 @@ async def test_filters_that_share_topics_without_covering_are_warned_about(
 
 
 class _Discard:
-    async def put(self, readings: Sequence[Reading]) -> None:
+    async def put(self, readings: Sequence[Reading] | Encoded) -> None:
         pass
 
 
