@@ -27,6 +27,7 @@ from structlog.testing import capture_logs
 
 from drivers.mqtt.config import MqttDriverConfig
 from drivers.mqtt.source import MqttSource
+from gateway import config as config_module
 from gateway.cli import main
 from gateway.config import GatewayConfig, load_config
 from gateway.config_types import read_secret
@@ -1335,3 +1336,54 @@ def test_a_small_buffer_is_warned_about(tmp_path: Path) -> None:
     [(message, fields)] = config.service_warnings(60.0, under_systemd=False)
     assert message == "buffer.max_bytes is small: an outage of minutes fills it"
     assert "512MiB" in str(fields["hint"])
+
+
+# --- the drivers' union, narrowed to the types a file uses ---------------------------
+
+_MQTT = "  - {type: mqtt, name: m, subscriptions: [{topic: 'a/+'}]}\n"
+_SERIAL = "  - {type: serial, name: s, protocol: nmea, port: /dev/ttyUSB0}\n"
+_BLE = "  - {type: ble, name: b, devices: [{address: 'AA:BB:CC:DD:EE:FF', name: cellar}]}\n"
+
+
+@pytest.mark.parametrize(
+    "drivers",
+    [
+        _MQTT,
+        _SERIAL,
+        _BLE,
+        _MQTT + _SERIAL,
+        _MQTT + _SERIAL + _BLE,
+        _MQTT.replace("a/+", "a/#/b"),  # a bad value
+        _MQTT.replace("name: m,", "name: m, bindkey: x,"),  # a key of another type
+        _SERIAL.replace("nmea", "modbus"),  # a protocol the serial type does not know
+        _BLE.replace("cellar", "cellar, bindkey: '00'"),
+        _MQTT + _MQTT.replace("a/+", "b/+"),  # a name twice
+        _MQTT + _SERIAL.replace("type: serial", "type: serail"),  # a type nobody knows
+        _MQTT + "  - {name: x}\n",  # no type
+        "  - [mqtt]\n",
+    ],
+)
+def test_a_file_is_judged_as_by_the_union_of_every_driver_type(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, drivers: str
+) -> None:
+    """load_config validates with the union of the driver types the file uses (memory:
+    docs/performance.md); what it accepts, and what it says, must be what the whole
+    union accepts and says."""
+    path = write(tmp_path, MINIMAL, "drivers:\n", drivers)
+
+    def outcome() -> object:
+        try:
+            return load_config(path, check_files=False).model_dump()
+        except ConfigError as exc:
+            return str(exc)
+
+    narrowed = outcome()
+    monkeypatch.setattr(config_module, "_model_for", lambda types: GatewayConfig)
+    assert outcome() == narrowed
+
+
+def test_an_mqtt_only_file_gets_a_union_of_mqtt_alone(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, MINIMAL, "drivers:\n", _MQTT, _MQTT.replace("m,", "n,")))
+    drivers = type(config).model_fields["drivers"].annotation
+    assert "MqttDriverConfig" in str(drivers)
+    assert "Ble" not in str(drivers) and "Serial" not in str(drivers)
