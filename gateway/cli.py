@@ -24,6 +24,7 @@ from gateway.config import (
 )
 from gateway.errors import ConfigError, GatewayError
 from gateway.logs import configure_logging
+from gateway.malloc import use_one_arena
 from gateway.status import BUFFER_FILE, format_status, is_running, read_status
 
 EXIT_OK, EXIT_FAILURE, EXIT_CONFIG, EXIT_NOT_RUNNING = 0, 1, 2, 3
@@ -92,6 +93,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"warning: {message}; {fields['hint']}", file=sys.stderr)
         return EXIT_OK
     configure_logging(config.logging.level, config.logging.format)
+    use_one_arena()
     return asyncio.run(_run(args.config, config))
 
 
