@@ -1,11 +1,10 @@
 """glibc's malloc, set for a small, long-running service: one arena for every thread.
 
-glibc gives a thread that allocates while another holds the lock an arena of its own (up
-to eight per core) and keeps what each arena once held. The gateway's few threads (the
-buffer's writer and reader, the executor's) allocate little, and mostly under the GIL;
-with arenas of their own the gateway held 0.7 MB more at 1,000 readings/s and under
-overload, with one it spends no more CPU (docs/performance.md, Memory). It must be set
-before those threads first allocate.
+By default glibc gives threads arenas of their own (up to eight per core), and an arena
+keeps most of what it once held. The gateway's few threads (the buffer's writer and reader,
+the executor's) allocate little and seldom at the same moment: with arenas of their own the
+gateway held 0.7 MB more, at 1,000 readings/s and under overload alike; with one it spends
+no more CPU (docs/performance.md, Memory). Set before those threads first allocate.
 """
 
 from __future__ import annotations
