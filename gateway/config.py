@@ -403,15 +403,17 @@ def load_config(path: Path | str, check_files: bool = True) -> GatewayConfig:
         raise ConfigError(describe(f"{path}:1", data, where, exc, GatewayConfig)) from None
 
 
-def _driver_types(data: object) -> frozenset[object]:
+def _driver_types(data: object) -> frozenset[str | None]:
+    """The drivers' `type`s; None for a driver without one, or with one that is no text."""
     drivers = data.get("drivers") if isinstance(data, dict) else None
     if not isinstance(drivers, list):
         return frozenset()
-    return frozenset(d.get("type") if isinstance(d, dict) else None for d in drivers)
+    kinds = (d.get("type") if isinstance(d, dict) else None for d in drivers)
+    return frozenset(kind if isinstance(kind, str) else None for kind in kinds)
 
 
 @functools.cache
-def _model_for(types: frozenset[object]) -> type[GatewayConfig]:
+def _model_for(types: frozenset[str | None]) -> type[GatewayConfig]:
     """GatewayConfig whose drivers can be only of these types.
 
     pydantic builds a validator for every member of the drivers' union, and the serial and

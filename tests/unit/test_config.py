@@ -1360,6 +1360,9 @@ _BLE = "  - {type: ble, name: b, devices: [{address: 'AA:BB:CC:DD:EE:FF', name: 
         _MQTT + _MQTT.replace("a/+", "b/+"),  # a name twice
         _MQTT + _SERIAL.replace("type: serial", "type: serail"),  # a type nobody knows
         _MQTT + "  - {name: x}\n",  # no type
+        _MQTT.replace("type: mqtt", "type: [mqtt]"),  # a type that is no text
+        _MQTT.replace("type: mqtt", "type: {mqtt: 1}"),
+        _MQTT.replace("type: mqtt", "type: 1"),
         "  - [mqtt]\n",
     ],
 )
