@@ -184,7 +184,8 @@ async def _reload(
             sections=pending,
             hint="systemctl restart edge-gateway",
         )
-    return running.model_copy(update={"drivers": new.drivers})
+    # The new file's model (its drivers' union is narrowed to their types), the running sections.
+    return new.model_copy(update={s: getattr(running, s) for s in RESTART_SECTIONS})
 
 
 async def _watch_storage(buffer: Buffer) -> None:

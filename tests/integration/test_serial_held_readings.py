@@ -12,6 +12,7 @@ import asyncio
 import json
 import os
 import time
+import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from datetime import UTC, datetime
@@ -22,10 +23,10 @@ import pytest
 from structlog.testing import capture_logs
 
 from drivers.serial.lines_config import SerialLinesConfig
-from gateway.app import run_gateway
+from gateway.app import _reload, run_gateway
 from gateway.buffer import Buffer
 from gateway.cli import EXIT_CONFIG, main
-from gateway.config import GatewayConfig
+from gateway.config import GatewayConfig, load_config
 from gateway.errors import BufferFull, ConfigError
 from gateway.model import Reading
 from gateway.publisher import Publisher
@@ -170,6 +171,32 @@ async def test_a_reload_with_a_driver_that_cannot_be_built_changes_nothing(
                 await supervisor.apply([lines_config(port, stall_timeout_s=60), unbuildable(port)])
             assert supervisor.drivers == (running,)
             assert running.stats.state != "stopped"
+
+
+async def test_a_reload_to_other_driver_types_runs_a_whole_configuration_of_them(
+    tmp_path: Path,
+) -> None:
+    """load_config narrows the drivers' union to the file's types; after a reload that adds
+    a type, what runs is the new file's configuration (with the sections a reload does not
+    apply kept), not the old one's holding drivers its union does not have."""
+    with pty() as (_, port):
+        path = tmp_path / "gateway.yaml"
+        head = f"gateway: {{id: gw, state_dir: {tmp_path / 'state'}}}\ndrivers:\n"
+        serial = (
+            f"  - {{type: serial, protocol: lines, name: thermo, format: json, port: {port}}}\n"
+        )
+        path.write_text(head + serial)
+        running = load_config(path)
+        async with supervised(tmp_path, running.drivers[0]) as (supervisor, _):  # type: ignore[arg-type]
+            mqtt = "  - {type: mqtt, name: radio, port: 1, subscriptions: [{topic: 'a/+'}]}\n"
+            path.write_text(head + serial + mqtt + "amqp: {exchange: other}\n")
+            now = await _reload(running, lambda: load_config(path), supervisor)
+            assert [d.name for d in supervisor.drivers] == ["thermo", "radio"]
+    assert [d.type for d in now.drivers] == ["serial", "mqtt"]
+    assert now.amqp == running.amqp  # a restart applies it
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # pydantic warns when a value does not fit its model
+        now.model_dump()
 
 
 async def test_a_start_with_a_driver_that_cannot_be_built_starts_none(tmp_path: Path) -> None:
