@@ -284,7 +284,15 @@ class LoopBinding:
                 self._loop.call_soon(self._read)  # what was read before the pause
 
     def detach(self) -> None:
-        sock = self._client.socket()
+        """The binding's end (a stop): the socket leaves the loop, and what paho does with it
+        from now on is not the loop's business. paho closes the socket again when the client
+        is freed, at some later garbage collection, perhaps after the loop has closed; its
+        callback could only fail then ("Invalid file descriptor: -1", "Event loop is closed"),
+        and paho logged that as an error."""
+        client = self._client
+        client.on_socket_open = client.on_socket_close = None
+        client.on_socket_register_write = client.on_socket_unregister_write = None
+        sock = client.socket()
         if sock is not None and sock.fileno() >= 0:  # -1: closed already (`disconnect`)
             self._loop.remove_reader(sock)
             self._loop.remove_writer(sock)

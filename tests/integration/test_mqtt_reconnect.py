@@ -27,6 +27,7 @@ from tcp_proxy import TcpProxy
 
 from drivers.base import Sink
 from drivers.mqtt.config import MqttDriverConfig
+from drivers.mqtt.paho_loop import LoopClient
 from drivers.mqtt.source import MqttSource
 from gateway.backoff import Backoff
 from gateway.buffer import Buffer
@@ -290,6 +291,33 @@ async def test_a_reset_connection_is_one_warning_that_says_so(
     lost = [e for e in logs if e["event"].startswith("MQTT connection lost")]
     assert [e["reason"] for e in lost] == ["[Errno 104] Connection reset by peer"], logs
     assert [r.getMessage() for r in caplog.records if r.name.startswith("paho")] == []
+
+
+async def test_a_stopped_sources_client_logs_nothing_when_it_is_freed(
+    mosquitto_broker: MosquittoBroker,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A stop closes the connection itself, after its last PUBACKs. paho closes the socket
+    again when the client is freed (at some later garbage collection, perhaps after the
+    loop has closed) and called back to take it off the loop, which failed: an error line
+    'Caught exception in on_socket_close: Invalid file descriptor: -1' (or 'Event loop is
+    closed') after stops, reloads and driver restarts."""
+    clients: list[mqtt.Client] = []
+    make = MqttSource._client
+
+    def kept(self: MqttSource) -> LoopClient:
+        clients.append(make(self))
+        return clients[-1]
+
+    monkeypatch.setattr(MqttSource, "_client", kept)
+    source = quick_source("freed", mosquitto_broker.port)
+    async with running(source):
+        await until("connected", lambda: source.stats.state == "connected")
+    with caplog.at_level(logging.DEBUG, logger="paho.mqtt"):
+        clients[0].__del__()  # what paho does when the client is freed
+        await asyncio.sleep(0.1)  # anything it handed to the loop
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
 
 
 async def test_a_broker_that_closes_the_connection_is_named_as_such(
