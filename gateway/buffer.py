@@ -487,7 +487,10 @@ class Buffer:
                         or self._state.damaged
                         or self._state.closing
                     ):
-                        self._cond.wait()
+                        quiet_in = self._drops_quiet_in()
+                        if quiet_in == 0.0:
+                            break  # idle, and the last drops are still to be told
+                        self._cond.wait(quiet_in)
                     closing = self._state.closing
                 wait = last_commit + self.commit_interval - time.monotonic()
                 if wait > 0 and not closing:
@@ -503,6 +506,8 @@ class Buffer:
                 if not puts and not acks:
                     if closing:
                         return
+                    if self._drops_quiet_in() == 0.0:
+                        self._log_the_last_drops()
                     with self._cond:  # only acks, not yet due: wait for them or for puts
                         due = last_delete + _DELETE_INTERVAL_S
                         while (
@@ -546,6 +551,13 @@ class Buffer:
             "max_bytes": self.max_bytes,
             "hint": "raise buffer.max_bytes, or use when_full: reject_new to hold sources",
         }
+
+    def _drops_quiet_in(self) -> float | None:
+        """Seconds until the drops not yet logged have been quiet for `_DROPS_QUIET_S`
+        (0.0: they have); None when there are none."""
+        if not self._unlogged_drops:
+            return None
+        return max(0.0, self._last_drop + _DROPS_QUIET_S - time.monotonic())
 
     def _log_the_last_drops(self) -> None:
         """The drops after the last rate-limited line: once they have stopped, or at close.
@@ -627,7 +639,7 @@ class Buffer:
                     "drop_oldest", _DROPPED, **self._drops_logged()
                 ):
                     self._unlogged_drops = 0
-            elif self._unlogged_drops and time.monotonic() - self._last_drop >= _DROPS_QUIET_S:
+            elif self._drops_quiet_in() == 0.0:
                 self._log_the_last_drops()
         if isinstance(error, BufferFull):
             self.counters.rejected += len(entries)

@@ -282,7 +282,7 @@ async def test_the_last_drops_of_a_burst_get_their_line_too(
 ) -> None:
     """Once drops stop, and at the latest at close: the rate-limited line alone left the
     last ones of a burst out of the journal (1,277 of 96,827 in a 5-minute outage)."""
-    monkeypatch.setattr(gateway.buffer, "_DROPS_QUIET_S", 0.0)
+    monkeypatch.setattr(gateway.buffer, "_DROPS_QUIET_S", 0.5)  # longer than a put takes
 
     def said() -> int:
         return sum(e["dropped"] for e in logs if e["event"] == gateway.buffer._DROPPED)
@@ -303,6 +303,30 @@ async def test_the_last_drops_of_a_burst_get_their_line_too(
             assert said() == buf.counters.dropped
             await buf.put([reading(120, pad_bytes=600)])  # drops again, within 10 s
         assert said() == buf.counters.dropped  # the close told the last one
+
+
+async def test_the_last_drops_get_their_line_when_nothing_more_comes(
+    db: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Sensors gone quiet during an outage: no put, no confirm, so no commit to notice that
+    the drops have stopped; the idle writer tells them all the same."""
+    monkeypatch.setattr(gateway.buffer, "_DROPS_QUIET_S", 0.2)
+
+    def said() -> int:
+        return sum(e["dropped"] for e in logs if e["event"] == gateway.buffer._DROPPED)
+
+    with capture_logs() as logs:
+        async with Buffer(
+            db, max_bytes=32 * 1024, when_full="drop_oldest", commit_interval=0
+        ) as buf:
+            for i in range(120):
+                await buf.put([reading(i, pad_bytes=600)])
+            assert said() < buf.counters.dropped  # the rest was rate-limited away
+            for _ in range(50):
+                if said() == buf.counters.dropped:
+                    break
+                await asyncio.sleep(0.1)
+            assert said() == buf.counters.dropped  # before the close
 
 
 async def test_drops_are_counted_in_the_file_across_restarts(db: Path) -> None:
