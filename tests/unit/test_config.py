@@ -14,6 +14,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 from textwrap import dedent, indent
+from typing import get_args
 
 import pytest
 import yaml
@@ -29,7 +30,7 @@ from drivers.mqtt.config import MqttDriverConfig
 from drivers.mqtt.source import MqttSource
 from gateway import config as config_module
 from gateway.cli import main
-from gateway.config import GatewayConfig, load_config
+from gateway.config import DriverConfig, GatewayConfig, load_config
 from gateway.config_types import read_secret
 from gateway.errors import ConfigError
 from gateway.model import Encoded, Reading
@@ -1383,6 +1384,13 @@ def test_a_file_is_judged_as_by_the_union_of_every_driver_type(
     narrowed = outcome()
     monkeypatch.setattr(config_module, "_model_for", lambda types: GatewayConfig)
     assert outcome() == narrowed
+
+
+def test_the_narrowed_unions_are_made_of_the_whole_ones_members() -> None:
+    """A driver type added to DriverConfig but not to the narrowing's table would be
+    validated with the whole union: correct, but no longer narrowed."""
+    members = get_args(get_args(DriverConfig)[0])
+    assert list(config_module._DRIVER_TYPES.values()) == list(members)
 
 
 def test_an_mqtt_only_file_gets_a_union_of_mqtt_alone(tmp_path: Path) -> None:
